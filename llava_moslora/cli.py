@@ -1,0 +1,47 @@
+"""The `llava-moslora` command: a thin dispatcher to the rooms' entry points.
+
+Each subcommand lives in its room as a module with `add_arguments(parser)` and `run(args) -> int`;
+it is imported only when chosen, so `llava-moslora --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# name -> (module, one-line help). Later issues add train, merge, eval, chat, ... here.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "env": ("llava_moslora.envinfo",
+            "print the versions of the stack and the accelerators it sees (paste into bug reports)"),
+}
+
+
+def build_parser(chosen: Optional[str] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llava-moslora",
+        description="LLaVA visual instruction tuning with MoSLoRA and MoE-LoRA adapters. "
+                    "Run `llava-moslora COMMAND --help` for a command's options.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(command)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

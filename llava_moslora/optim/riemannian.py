@@ -1,0 +1,156 @@
+"""Riemannian preconditioning of low-rank adapter gradients, as backward hooks.
+
+For a LoRA update dW = s B A (B: d_out x r, A: r x d_in), Zhang & Pilanci (2024) precondition
+
+    grad_A <- (B^T B + reg I)^-1 grad_A        grad_B <- grad_B (A A^T + reg I)^-1
+
+Each is the least-squares step of one factor with the other fixed: the step that best moves the
+product along the full-matrix gradient G, which makes the update invariant to how the product is
+split between the factors. With SGD this is RSGD; fed to AdamW it is their "scaled AdamW".
+
+MoSLoRA, dW = s B M A. Holding two of the three factors fixed gives each one's preconditioner:
+  * A sees the effective up-projection B M:     grad_A <- ((BM)^T (BM) + reg I)^-1 grad_A
+  * B sees the effective down-projection M A:   grad_B <- grad_B ((MA)(MA)^T + reg I)^-1
+  * M sits between B and A. Its gradient is B^T G A^T, and the least-squares step
+    argmin_dM ||B dM A - G||_F is (B^T B)^-1 (B^T G A^T) (A A^T)^-1, so M gets the two-sided
+                                                grad_M <- (B^T B + reg I)^-1 grad_M (A A^T + reg I)^-1
+  With M = I (frozen identity) all of this reduces exactly to LoRA's rule.
+MoE-LoRA: the same LoRA rule for every expert (A_i, B_i), batched over experts; the router is
+left alone. Pairs are taken from the layer's own tensor layout, never from parameter order.
+
+Why hooks: a hook on each factor rewrites that factor's gradient as soon as autograd computes
+it, before DeepSpeed ZeRO-1/2 reduces or partitions it (the preconditioner is identical on every
+rank, so it commutes with the all-reduce), and before any optimizer sees it; any torch optimizer
+works unchanged. The preconditioner is linear in the gradient and depends only on the weights,
+which do not change within a step, so gradient accumulation equals one large batch.
+ZeRO-3 partitions the factors themselves, so the other factor is not available in a hook: that
+case is refused with an error rather than computed wrongly. Inverses (solves) run in fp32.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..adapters import LoraLinear, MoELoraLinear, iter_adapter_layers
+
+
+class RiemannianHandle:
+    """The registered gradient hooks; `.remove()` takes them all off again."""
+
+    def __init__(self, hooks: list, parameters: list[str]) -> None:
+        self._hooks = hooks
+        self.parameters = parameters  # names of the preconditioned tensors, for logging
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+
+def _full(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    # ZeRO-3 marks every parameter it manages with ds_status and empties it between uses.
+    if hasattr(tensor, "ds_status") or tensor.numel() == 0:
+        raise RuntimeError(
+            f"Riemannian preconditioning needs the full adapter factor {name!r}, but it is "
+            "partitioned (DeepSpeed ZeRO-3). Use ZeRO-1/2, or train without --riemannian.")
+    return tensor.detach()
+
+
+def _gram_inverse_apply(gram: torch.Tensor, rhs: torch.Tensor, reg: float) -> torch.Tensor:
+    """(gram + reg I)^-1 rhs for a (batch of) symmetric r x r gram matrix."""
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram + reg * eye, rhs)
+
+
+def _compute_dtype(grad: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(grad.dtype, torch.float32)
+
+
+def _lora_hooks(name: str, layer: LoraLinear, reg: float) -> dict[str, Callable]:
+    def effective_B(dtype):  # B M, or B for plain LoRA
+        B = _full(layer.lora_B, f"{name}.lora_B").to(dtype)
+        return B if layer.lora_M is None else B @ layer.lora_M.detach().to(dtype)
+
+    def effective_A(dtype):  # M A, or A
+        A = _full(layer.lora_A, f"{name}.lora_A").to(dtype)
+        return A if layer.lora_M is None else layer.lora_M.detach().to(dtype) @ A
+
+    def precondition_A(grad):
+        dtype = _compute_dtype(grad)
+        B = effective_B(dtype)
+        return _gram_inverse_apply(B.T @ B, grad.to(dtype), reg).to(grad.dtype)
+
+    def precondition_B(grad):
+        dtype = _compute_dtype(grad)
+        A = effective_A(dtype)
+        # grad (A A^T + reg I)^-1 == ((A A^T + reg I)^-1 grad^T)^T, the gram being symmetric
+        return _gram_inverse_apply(A @ A.T, grad.to(dtype).T, reg).T.to(grad.dtype)
+
+    def precondition_M(grad):
+        dtype = _compute_dtype(grad)
+        A = _full(layer.lora_A, f"{name}.lora_A").to(dtype)
+        B = _full(layer.lora_B, f"{name}.lora_B").to(dtype)
+        left = _gram_inverse_apply(B.T @ B, grad.to(dtype), reg)
+        return _gram_inverse_apply(A @ A.T, left.T, reg).T.to(grad.dtype)
+
+    hooks = {"lora_A": precondition_A, "lora_B": precondition_B}
+    if layer.lora_M is not None:
+        hooks["lora_M"] = precondition_M
+    return hooks
+
+
+def _moe_hooks(name: str, layer: MoELoraLinear, reg: float) -> dict[str, Callable]:
+    e, r = layer.num_experts, layer.r
+
+    def precondition_A(grad):  # grad: (E*r, d_in); expert i owns rows i*r:(i+1)*r
+        dtype = _compute_dtype(grad)
+        _full(layer.lora_B, f"{name}.lora_B")
+        _, B = layer.expert_factors()  # (E, d_out, r)
+        B = B.detach().to(dtype)
+        out = _gram_inverse_apply(B.transpose(1, 2) @ B, grad.to(dtype).view(e, r, -1), reg)
+        return out.reshape(grad.shape).to(grad.dtype)
+
+    def precondition_B(grad):  # grad: (d_out, E*r); expert i owns columns i*r:(i+1)*r
+        dtype = _compute_dtype(grad)
+        _full(layer.lora_A, f"{name}.lora_A")
+        A, _ = layer.expert_factors()  # (E, r, d_in)
+        A = A.detach().to(dtype)
+        d_out = grad.shape[0]
+        grad_t = grad.to(dtype).view(d_out, e, r).permute(1, 2, 0)  # (E, r, d_out)
+        out = _gram_inverse_apply(A @ A.transpose(1, 2), grad_t, reg)  # (E, r, d_out)
+        return out.permute(2, 0, 1).reshape(grad.shape).to(grad.dtype)
+
+    return {"lora_A": precondition_A, "lora_B": precondition_B}
+
+
+def attach_riemannian(model: nn.Module, reg: float = 1e-6) -> RiemannianHandle:
+    """Register gradient hooks that Riemannian-precondition every trainable adapter factor.
+
+    Works with any torch optimizer and DeepSpeed ZeRO-1/2; call `.remove()` on the returned
+    handle to detach. Raises ValueError when the model has no LoRA/MoSLoRA/MoE-LoRA layers.
+    """
+    if reg < 0:
+        raise ValueError(f"reg must be >= 0, got {reg}")
+    hooks, names = [], []
+    for name, layer in iter_adapter_layers(model):
+        if isinstance(layer, MoELoraLinear):
+            preconditioners = _moe_hooks(name, layer, reg)
+        elif isinstance(layer, LoraLinear):
+            preconditioners = _lora_hooks(name, layer, reg)
+        else:  # pragma: no cover - every adapter layer is one of the two
+            raise TypeError(f"no Riemannian preconditioner for {type(layer).__name__}")
+        for tensor_name, fn in preconditioners.items():
+            tensor = layer.get_parameter(tensor_name)
+            if tensor.requires_grad:
+                _full(tensor, f"{name}.{tensor_name}")
+                hooks.append(tensor.register_hook(fn))
+                names.append(f"{name}.{tensor_name}")
+    if not names:
+        raise ValueError("attach_riemannian found no trainable adapter factors in the model; "
+                         "apply LoRA, MoSLoRA or MoE-LoRA adapters first")
+    return RiemannianHandle(hooks, names)

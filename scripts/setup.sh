@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create .venv and install llava-moslora (editable) with its dev and eval extras, pinned by
+# constraints.txt. Idempotent: when pyproject.toml and constraints.txt are unchanged since the
+# last successful run, it only checks that the package imports and exits.
+#
+#   bash scripts/setup.sh                      # uses python3 from PATH (>= 3.10)
+#   PYTHON=python3.12 VENV=/tmp/venv bash scripts/setup.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+venv="${VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+stamp="$venv/.llava-moslora-setup"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+   && "$venv/bin/python" -c "import llava_moslora" 2>/dev/null; then
+  echo "setup: $venv is up to date"
+  exit 0
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv with $("$python" --version)"
+  "$python" -m venv "$venv"
+fi
+log="$venv/setup.log"
+pip_install() {
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "setup: pip install $* failed; full log in $log" >&2
+    exit 1
+  fi
+}
+: >"$log"
+echo "setup: installing (log: $log)"
+pip_install --upgrade pip setuptools wheel
+# torch first and alone, pinned: with it in place no other requirement can pull a different build.
+pip_install -c constraints.txt torch
+pip_install -c constraints.txt -e ".[dev,eval]"
+echo "$want" >"$stamp"
+echo "setup: installed llava-moslora into $venv"

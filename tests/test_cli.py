@@ -1,0 +1,53 @@
+"""The `llava-moslora` command as a user runs it: the installed console script."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llava_moslora.cli import SUBCOMMANDS
+
+SCRIPT = shutil.which("llava-moslora", path=str(Path(sys.executable).parent))
+
+
+def run(*args):
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_console_script_is_installed():
+    assert SCRIPT is not None, "pip install -e . should have installed the llava-moslora script"
+
+
+def test_top_level_help_lists_every_subcommand():
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    for name in SUBCOMMANDS:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("name", list(SUBCOMMANDS))
+def test_every_subcommand_has_help(name):
+    result = run(name, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"usage: llava-moslora {name}" in result.stdout
+
+
+def test_no_command_prints_help_and_fails():
+    result = run()
+    assert result.returncode == 2 and "commands:" in result.stdout
+
+
+def test_unknown_command_is_an_error():
+    result = run("fly")
+    assert result.returncode == 2 and "invalid choice: 'fly'" in result.stderr
+
+
+def test_env_reports_the_stack():
+    result = subprocess.run([sys.executable, "-m", "llava_moslora", "env", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    import torch
+    assert info["torch"] == torch.__version__ and info["cuda_available"] == torch.cuda.is_available()
