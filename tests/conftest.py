@@ -35,3 +35,9 @@ def randomize_adapters(model, scale=0.1):
         for _, layer in iter_adapter_layers(model):
             for tensor in layer.adapter_tensors().values():
                 tensor.normal_(0, scale)
+
+
+def assert_close_rel(actual, expected, tol, what=""):
+    """Relative error in Frobenius norm: fp32 solves of r x r grams lose digits elementwise."""
+    rel = ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
+    assert rel < tol, f"{what}: relative error {rel:.2e} >= {tol:.0e}"

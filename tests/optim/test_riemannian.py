@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TwoLayer, randomize_adapters
+from conftest import TwoLayer, assert_close_rel, randomize_adapters
 from llava_moslora.adapters import AdapterConfig, apply_adapters, iter_adapter_layers
 from llava_moslora.optim import attach_riemannian
 
@@ -16,12 +16,6 @@ CONFIGS = {
     "moslora_frozen_butterfly": dict(kind="moslora", r=4, mixer_init="butterfly", mixer_trainable=False),
     "moelora": dict(kind="moelora", r=3, num_experts=4, top_k=2, gate_rescale="sqrt"),
 }
-
-
-def assert_close_rel(actual, expected, tol, what=""):
-    """Relative error in Frobenius norm: fp32 solves of r x r grams lose digits elementwise."""
-    rel = ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30)).item()
-    assert rel < tol, f"{what}: relative error {rel:.2e} >= {tol:.0e}"
 
 
 def adapted_model(config):
