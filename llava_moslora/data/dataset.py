@@ -1,0 +1,72 @@
+"""The supervised LLaVA dataset: checked samples in, (input_ids, labels, pixel_values) out."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from .images import ImageError, load_image, preprocess_image
+from .records import DataError, Sample, load_samples
+from .templates import Template, get_template
+from .tokenize import check_tokenizer, encode_conversation
+
+
+class LlavaDataset(Dataset):
+    """LLaVA JSON/JSONL (or a `datasets` directory) with images read lazily from `image_folder`.
+
+    Records are parsed and checked when the dataset is built, so malformed data fails before
+    training starts; image files are opened when a sample is first drawn.
+    """
+
+    def __init__(self, data_path: Union[str, Path], tokenizer, image_processor, template: Union[str, Template], *,
+                 num_image_tokens: int, image_folder: Optional[Union[str, Path]] = None,
+                 model_max_length: int = 2048, system: Optional[str] = None) -> None:
+        self.data_path = Path(data_path)
+        self.template = get_template(template) if isinstance(template, str) else template
+        check_tokenizer(self.template, tokenizer)
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.num_image_tokens = num_image_tokens
+        self.image_folder = Path(image_folder) if image_folder else None
+        self.model_max_length = model_max_length
+        self.system = system
+        self.samples: list[Sample] = load_samples(self.data_path)
+        if not self.samples:
+            raise DataError(f"{self.data_path}: no samples")
+        if self.image_folder is None and any(s.image for s in self.samples):
+            first = next(s for s in self.samples if s.image)
+            raise DataError(f"{self.data_path}: sample {first.id!r} has an image but no --image_folder was given")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        return [s.modality_length for s in self.samples]
+
+    def image_path(self, sample: Sample) -> Path:
+        return self.image_folder / sample.image
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        pixel_values = None
+        if sample.image:
+            try:
+                pixel_values = preprocess_image(load_image(self.image_path(sample)), self.image_processor)
+            except ImageError as error:
+                raise DataError(f"{self.data_path}, sample {sample.id!r}: {error}") from None
+        try:
+            encoded = encode_conversation(
+                self.template, self.tokenizer, sample.turns, system=sample.system if sample.system is not None else self.system,
+                num_image_tokens=self.num_image_tokens if sample.image else 0, max_length=self.model_max_length)
+        except ValueError as error:  # SampleTooLong, or an <image> count the text does not match
+            raise DataError(f"{self.data_path}, sample {sample.id!r}: {error}") from None
+        return {
+            "id": sample.id,
+            "input_ids": torch.tensor(encoded.input_ids, dtype=torch.long),
+            "labels": torch.tensor(encoded.labels, dtype=torch.long),
+            "pixel_values": pixel_values,
+            "truncated": encoded.truncated,
+        }

@@ -1,0 +1,12 @@
+"""Model: LLaVA built from a vision tower and an LLM, tune modes, stage checkpoints, tiny bases."""
+from .arguments import ModelArguments
+from .builder import LlavaBundle, build_llava, make_processor
+from .checkpoint import load_checkpoint, save_checkpoint, trained_tensor_names
+from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
+from .tuning import apply_tuning, parameter_counts, trainable_table
+
+__all__ = [
+    "LlavaBundle", "ModelArguments", "RECIPE_FILE", "Recipe", "TRAINABLE_FILE", "apply_tuning", "build_llava",
+    "load_checkpoint", "make_processor", "parameter_counts", "save_checkpoint", "trainable_table",
+    "trained_tensor_names",
+]

@@ -1,0 +1,79 @@
+"""Command-line settings of the model room, as an HfArgumentParser dataclass.
+
+Names follow LLaVA's train.py where it had one (--model_name_or_path, --vision_tower,
+--mm_projector_type, --mm_vision_select_layer, --lora_r, --lora_alpha, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..adapters import AdapterConfig
+from .recipe import Recipe
+
+
+def _targets(value: Optional[str]):
+    """"q_proj,v_proj" -> a list of names; anything with regex characters -> one regex."""
+    if not value:
+        return None
+    if any(c in value for c in "*()[]|\\^$+?"):
+        return value
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default=None, metadata={"help": "Language model: hub id or local path (e.g. lmsys/vicuna-7b-v1.5)."})
+    vision_tower: str = field(default=None, metadata={"help": "CLIP or SigLIP vision tower: hub id or local path (e.g. openai/clip-vit-large-patch14-336)."})
+    mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "Projector: mlp2x_gelu (LLaVA-1.5) or linear."})
+    mm_vision_select_layer: int = field(default=-2, metadata={"help": "Vision tower hidden layer fed to the projector."})
+    mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch (drop CLS, LLaVA-1.5) or cls_patch (keep it)."})
+    template: str = field(default="vicuna_v1", metadata={"help": "Conversation template: plain (stage 1), vicuna_v1, llama3, chatml."})
+    tune_vision_tower: str = field(default="frozen", metadata={"help": "frozen | full | adapter"})
+    tune_mm_projector: str = field(default="full", metadata={"help": "frozen | full"})
+    tune_language_model: str = field(default="frozen", metadata={"help": "frozen | full | adapter"})
+    adapter: str = field(default="moslora", metadata={"help": "Adapter kind for adapted components: lora | moslora | moelora."})
+    lora_r: int = field(default=64, metadata={"help": "Adapter rank for the language model."})
+    lora_alpha: float = field(default=128.0, metadata={"help": "Adapter alpha for the language model (scale alpha/r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input."})
+    use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha/sqrt(r) instead of alpha/r."})
+    lora_target_modules: Optional[str] = field(default=None, metadata={"help": "Comma-separated module names or one regex; default: every nn.Linear of the component."})
+    lora_exclude_modules: Optional[str] = field(default=None, metadata={"help": "Comma-separated module names or one regex to leave alone."})
+    mixer_init: str = field(default="kaiming", metadata={"help": "MoSLoRA mixer init: kaiming | orthogonal | identity | normal | zero | butterfly."})
+    mixer_trainable: bool = field(default=True, metadata={"help": "Train the MoSLoRA mixer (false: fixed mixing)."})
+    num_experts: int = field(default=20, metadata={"help": "MoE-LoRA experts per layer."})
+    top_k: int = field(default=10, metadata={"help": "MoE-LoRA experts used per token."})
+    gate_rescale: str = field(default="none", metadata={"help": "MoE-LoRA gate rescaling: none | sqrt (the g in gRSGD/gAdamW)."})
+    load_balance_coef: float = field(default=0.0, metadata={"help": "MoE-LoRA load-balancing loss coefficient (0 as in the paper)."})
+    vision_lora_r: int = field(default=64, metadata={"help": "Adapter rank for the vision tower."})
+    vision_lora_alpha: float = field(default=16.0, metadata={"help": "Adapter alpha for the vision tower."})
+    vision_lora_target_modules: Optional[str] = field(default=None, metadata={"help": "Vision tower adapter targets (as --lora_target_modules)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint's repository."})
+
+    def adapter_config(self, component: str) -> AdapterConfig:
+        vision = component == "vision_tower"
+        return AdapterConfig(
+            kind=self.adapter, r=self.vision_lora_r if vision else self.lora_r,
+            alpha=self.vision_lora_alpha if vision else self.lora_alpha, dropout=self.lora_dropout,
+            use_rslora=self.use_rslora,
+            target_modules=_targets(self.vision_lora_target_modules if vision else self.lora_target_modules),
+            exclude_modules=None if vision else _targets(self.lora_exclude_modules),
+            mixer_init=self.mixer_init, mixer_trainable=self.mixer_trainable, num_experts=self.num_experts,
+            top_k=self.top_k, gate_rescale=self.gate_rescale, load_balance_coef=self.load_balance_coef)
+
+    @property
+    def select_strategy(self) -> str:
+        choices = {"patch": "default", "cls_patch": "full"}
+        if self.mm_vision_select_feature not in choices:
+            raise ValueError(f"mm_vision_select_feature must be one of {list(choices)}")
+        return choices[self.mm_vision_select_feature]
+
+    def tune_settings(self) -> dict:
+        """The recipe fields these arguments decide: tune modes and adapter configs."""
+        settings = {f"tune_{c}": getattr(self, f"tune_{c}") for c in ("vision_tower", "mm_projector", "language_model")}
+        Recipe(vision_tower="", language_model="", **settings)  # validates the modes
+        settings["llm_adapter"] = (self.adapter_config("language_model").to_dict()
+                                   if self.tune_language_model == "adapter" else None)
+        settings["vision_adapter"] = (self.adapter_config("vision_tower").to_dict()
+                                      if self.tune_vision_tower == "adapter" else None)
+        return settings

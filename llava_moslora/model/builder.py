@@ -1,0 +1,155 @@
+"""Building a LLaVA model from a vision tower and a causal LM (stage 1's starting point).
+
+The result is transformers' own LlavaForConditionalGeneration: the loaded vision tower and
+language model are placed inside it as they are, next to a freshly initialised projector, so a
+merged checkpoint later loads with plain `from_pretrained`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tokenizers import AddedToken
+from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer,
+                          CLIPVisionModel, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+                          SiglipVisionModel)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from ..data.templates import IMAGE_TOKEN
+from .recipe import Recipe
+
+VISION_TOWERS = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
+                 "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
+# SigLIP has no CLS token: its patch features are used whole.
+DEFAULT_SELECT_STRATEGY = {CLIPVisionModel: "default", SiglipVisionModel: "full"}
+PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
+
+
+@dataclass
+class LlavaBundle:
+    """A model with what it needs to be fed and rebuilt."""
+
+    model: LlavaForConditionalGeneration
+    tokenizer: object
+    image_processor: object
+    recipe: Recipe
+
+    def processor(self) -> LlavaProcessor:
+        """A LlavaProcessor for `AutoProcessor` users of saved or merged directories."""
+        return make_processor(self.model.config, self.tokenizer, self.image_processor)
+
+
+def make_processor(config: LlavaConfig, tokenizer, image_processor) -> LlavaProcessor:
+    has_cls = config.vision_config.model_type.startswith("clip")
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          patch_size=config.vision_config.patch_size,
+                          vision_feature_select_strategy=config.vision_feature_select_strategy,
+                          num_additional_image_tokens=1 if has_cls else 0, image_token=IMAGE_TOKEN)
+
+
+def vision_tower_class(path: str, trust_remote_code: bool = False):
+    model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+    try:
+        return VISION_TOWERS[model_type]
+    except KeyError:
+        raise ValueError(f"{path}: vision towers of type {model_type!r} are not supported; "
+                         f"use a CLIP or SigLIP checkpoint ({sorted(VISION_TOWERS)})") from None
+
+
+def llava_image_processor(path: str):
+    """The tower's image processor as a LlavaImageProcessor that pads to square with its mean
+    colour (LLaVA-1.5's preprocessing), so the padding travels with saved checkpoints."""
+    from transformers import LlavaImageProcessor
+
+    base = AutoImageProcessor.from_pretrained(path)
+    settings = {k: v for k, v in base.to_dict().items()
+                if k not in ("image_processor_type", "processor_class", "_processor_class")}
+    settings.setdefault("do_center_crop", False)  # SigLIP resizes straight to its input size
+    return LlavaImageProcessor(**settings, do_pad=True)
+
+
+def prepare_tokenizer(path: str, trust_remote_code: bool = False):
+    """The LM's tokenizer with `<image>` added, and a pad token where it has none (the unk
+    token, as LLaVA does for Vicuna, else a new `<pad>`)."""
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+    if tokenizer.pad_token is None:
+        if tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return tokenizer
+
+
+def resize_embeddings(lm, size: int) -> None:
+    """Grow the LM's vocabulary to `size`. New input and output rows are set to the mean of the
+    old ones, as LLaVA does: deterministic, so rebuilding a model from its bases (load_checkpoint)
+    gives the same weights every time, unlike a random draw."""
+    old = lm.get_input_embeddings().num_embeddings
+    if size <= old:
+        return
+    lm.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        for embedding in {id(m): m for m in (lm.get_input_embeddings(), lm.get_output_embeddings()) if m is not None}.values():
+            embedding.weight[old:] = embedding.weight[:old].mean(dim=0, keepdim=True)
+
+
+def num_image_tokens(vision_config, select_strategy: str) -> int:
+    patches = (vision_config.image_size // vision_config.patch_size) ** 2
+    has_cls = vision_config.model_type.startswith("clip")
+    return patches + (1 if has_cls and select_strategy == "full" else 0)
+
+
+def build_llava(vision_tower: str, language_model: str, *, projector_type: str = "mlp2x_gelu",
+                vision_feature_layer: int = -2, vision_feature_select_strategy: Optional[str] = None,
+                template: str = "vicuna_v1", dtype: torch.dtype = torch.float32,
+                attn_implementation: Optional[str] = None, trust_remote_code: bool = False) -> LlavaBundle:
+    """Compose LlavaForConditionalGeneration from a vision tower and a causal LM (path or hub id).
+
+    projector_type "mlp2x_gelu" is LLaVA-1.5's Linear-GELU-Linear. "linear" is a single linear
+    map, stored as transformers' two-layer projector with an identity activation and a frozen
+    identity second layer, so it still loads with plain transformers.
+    """
+    if projector_type not in PROJECTOR_TYPES:
+        raise ValueError(f"unknown projector_type {projector_type!r}; expected one of {PROJECTOR_TYPES}")
+    tower_class = vision_tower_class(vision_tower, trust_remote_code)
+    strategy = vision_feature_select_strategy or DEFAULT_SELECT_STRATEGY[tower_class]
+    tokenizer = prepare_tokenizer(language_model, trust_remote_code)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+    tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
+    resize_embeddings(lm, len(tokenizer))
+    if tokenizer.pad_token_id is not None:
+        lm.config.pad_token_id = tokenizer.pad_token_id
+    image_tokens = num_image_tokens(tower.config, strategy)
+    config = LlavaConfig(
+        vision_config=tower.config, text_config=lm.config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=image_tokens,
+        projector_hidden_act="gelu" if projector_type == "mlp2x_gelu" else "linear",
+        vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,
+        multimodal_projector_bias=True, tie_word_embeddings=lm.config.tie_word_embeddings)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = tower
+    model.model.language_model = getattr(lm, lm.base_model_prefix)
+    model.lm_head = lm.lm_head
+    model.model.multi_modal_projector = make_projector(config, projector_type, dtype)
+    model.generation_config = lm.generation_config
+    on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if on_meta:  # pragma: no cover - would mean transformers' LLaVA grew a new sub-module
+        raise RuntimeError(f"tensors left uninitialised after composing LLaVA: {on_meta[:5]}")
+    recipe = Recipe(vision_tower=vision_tower, language_model=language_model, projector_type=projector_type,
+                    vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,
+                    template=template, num_image_tokens=image_tokens)
+    return LlavaBundle(model, tokenizer, llava_image_processor(vision_tower), recipe)
+
+
+def make_projector(config: LlavaConfig, projector_type: str, dtype: torch.dtype) -> LlavaMultiModalProjector:
+    projector = LlavaMultiModalProjector(config)
+    if projector_type == "linear":
+        with torch.no_grad():
+            projector.linear_2.weight.copy_(torch.eye(projector.linear_2.out_features))
+            projector.linear_2.bias.zero_()
+    return projector.to(dtype)

@@ -1,0 +1,120 @@
+"""Stage checkpoints (recipe + tokenizer/processor + trained tensors) and loading them.
+
+A stage checkpoint holds `llava_moslora.json` (the Recipe), the tokenizer and processor files,
+and `trainable.safetensors` with only the tensors that differ from the base checkpoints. Loading
+rebuilds the model from the recipe's base checkpoints, applies the same tuning, and loads those
+tensors strictly. A merged directory (a plain llava-hf checkpoint) loads as it is. Nothing is
+inferred from folder names.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+from .builder import LlavaBundle, build_llava, make_processor
+from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
+from .tuning import apply_tuning
+
+
+def trained_tensor_names(model: torch.nn.Module, recipe: Recipe) -> list[str]:
+    """What a checkpoint must store: tensors trained now, plus those earlier stages changed."""
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    return sorted(set(names) | set(recipe.trained_tensors))
+
+
+def save_checkpoint(bundle: LlavaBundle, out_dir: Union[str, Path],
+                    state_dict: Optional[dict[str, torch.Tensor]] = None) -> Path:
+    """Write a stage checkpoint. `state_dict` (e.g. gathered from ZeRO-3 shards) overrides the
+    model's own tensors; it must hold every tensor the checkpoint stores."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = trained_tensor_names(bundle.model, bundle.recipe)
+    source = state_dict if state_dict is not None else dict(bundle.model.named_parameters())
+    missing = [name for name in names if name not in source]
+    if missing:
+        raise KeyError(f"cannot save {len(missing)} trained tensors that the state lacks: {missing[:5]}")
+    tensors = {name: source[name].detach().to("cpu").contiguous() for name in names}
+    save_file(tensors, str(out / TRAINABLE_FILE), metadata={"format": "pt"})
+    replace(bundle.recipe, trained_tensors=names).save(out)
+    bundle.tokenizer.save_pretrained(out)
+    make_processor(bundle.model.config, bundle.tokenizer, bundle.image_processor).save_pretrained(out)
+    bundle.image_processor.save_pretrained(out)
+    return out
+
+
+def _is_merged(path: Path) -> bool:
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "llava"
+
+
+def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
+                    vision_tower: Optional[str] = None, language_model: Optional[str] = None) -> LlavaBundle:
+    """Load a stage checkpoint or a merged llava-hf directory.
+
+    vision_tower / language_model override the base checkpoints the recipe names (say, after
+    moving them to another cluster).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if (path / TRAINABLE_FILE).is_file():
+        return _load_stage_checkpoint(path, dtype, vision_tower, language_model)
+    if _is_merged(path):
+        return _load_merged(path, dtype)
+    if (path / RECIPE_FILE).is_file():  # a stage checkpoint that lost its tensors: say which file
+        return _load_stage_checkpoint(path, dtype, vision_tower, language_model)
+    raise FileNotFoundError(
+        f"{path} is neither a stage checkpoint ({RECIPE_FILE} + {TRAINABLE_FILE}) nor a merged LLaVA "
+        "directory (config.json with model_type 'llava')")
+
+
+def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> LlavaBundle:
+    for required in (RECIPE_FILE, TRAINABLE_FILE):
+        if not (path / required).is_file():
+            raise FileNotFoundError(f"stage checkpoint {path} is missing {required}")
+    recipe = Recipe.load(path)
+    recipe = replace(recipe, vision_tower=vision_tower or recipe.vision_tower,
+                     language_model=language_model or recipe.language_model)
+    bundle = build_llava(recipe.vision_tower, recipe.language_model, projector_type=recipe.projector_type,
+                         vision_feature_layer=recipe.vision_feature_layer,
+                         vision_feature_select_strategy=recipe.vision_feature_select_strategy,
+                         template=recipe.template, dtype=dtype)
+    saved_tokenizer = AutoTokenizer.from_pretrained(path)
+    if len(saved_tokenizer) != len(bundle.tokenizer):
+        raise ValueError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "
+                         f"model {recipe.language_model} gives {len(bundle.tokenizer)}; is it the same base model?")
+    bundle = LlavaBundle(bundle.model, saved_tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
+    apply_tuning(bundle.model, recipe)
+    _load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
+    return bundle
+
+
+def _load_trained_tensors(model: torch.nn.Module, file: Path, expected: list[str]) -> None:
+    tensors = load_file(str(file))
+    parameters = dict(model.named_parameters())
+    missing = [name for name in expected if name not in tensors]
+    unknown = [name for name in tensors if name not in parameters]
+    if missing or unknown:
+        raise KeyError(f"{file} does not match its recipe and model: missing {missing[:5]}, "
+                       f"not in the model {unknown[:5]} (a different adapter kind, rank or base model?)")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            target = parameters[name]
+            if target.shape != tensor.shape:
+                raise ValueError(f"{file}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                                 f"{tuple(target.shape)} (a different rank, expert count or base model?)")
+            target.copy_(tensor.to(target.dtype))
+
+
+def _load_merged(path: Path, dtype) -> LlavaBundle:
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    recipe = (Recipe.load(path) if (path / RECIPE_FILE).is_file()
+              else Recipe(vision_tower=str(path), language_model=str(path),
+                          num_image_tokens=model.config.image_seq_length))
+    return LlavaBundle(model, AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), recipe)

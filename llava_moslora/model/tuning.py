@@ -1,0 +1,76 @@
+"""Per-component tune modes: which parts of LLaVA train, fully or through adapters.
+
+Components: the vision tower, the projector, and the language model (with lm_head). Each is
+frozen, fully trained, or (vision tower, language model) adapted with its own AdapterConfig.
+Default adapter targets are every nn.Linear inside the component, which leaves out lm_head
+(outside the language model) and the projector.
+"""
+from __future__ import annotations
+
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+from ..adapters import AdapterConfig, apply_adapters
+from .recipe import Recipe
+
+COMPONENTS = ("vision_tower", "mm_projector", "language_model")
+
+
+def component_modules(model: LlavaForConditionalGeneration) -> dict[str, list[nn.Module]]:
+    return {"vision_tower": [model.model.vision_tower],
+            "mm_projector": [model.model.multi_modal_projector],
+            "language_model": [model.model.language_model, model.lm_head]}
+
+
+def apply_tuning(model: LlavaForConditionalGeneration, recipe: Recipe) -> dict[str, list[str]]:
+    """Freeze everything, then make trainable exactly what the recipe's tune modes say.
+
+    Returns the adapted module names per component (names relative to that component).
+    """
+    model.requires_grad_(False)
+    parts = component_modules(model)
+    adapted: dict[str, list[str]] = {}
+    for component, adapter in (("vision_tower", recipe.vision_adapter), ("language_model", recipe.llm_adapter)):
+        mode = getattr(recipe, f"tune_{component}")
+        if mode == "full":
+            for module in parts[component]:
+                module.requires_grad_(True)
+        elif mode == "adapter":
+            if adapter is None:
+                raise ValueError(f"tune_{component}='adapter' needs adapter settings for the {component}")
+            adapted[component] = apply_adapters(parts[component][0], AdapterConfig.from_dict(adapter))
+    if recipe.tune_mm_projector == "full":
+        projector = model.model.multi_modal_projector
+        projector.requires_grad_(True)
+        if recipe.projector_type == "linear":  # its second layer is a fixed identity
+            projector.linear_2.requires_grad_(False)
+    return adapted
+
+
+def parameter_counts(model: LlavaForConditionalGeneration) -> dict[str, tuple[int, int]]:
+    """(trainable, total) parameters per component; shared tensors are counted once."""
+    seen: set[int] = set()
+    counts = {}
+    for component, modules in component_modules(model).items():
+        trainable = total = 0
+        for module in modules:
+            for parameter in module.parameters():
+                if id(parameter) in seen:
+                    continue
+                seen.add(id(parameter))
+                numel = getattr(parameter, "ds_numel", parameter.numel())  # ZeRO-3 keeps the true size here
+                total += numel
+                trainable += numel if parameter.requires_grad else 0
+        counts[component] = (trainable, total)
+    return counts
+
+
+def trainable_table(model: LlavaForConditionalGeneration) -> str:
+    """A table of trainable parameters per component, for the start of a run."""
+    counts = parameter_counts(model)
+    counts["total"] = tuple(map(sum, zip(*counts.values())))
+    lines = [f"{'component':<16}{'trainable':>14}{'total':>16}{'%':>9}"]
+    for component, (trainable, total) in counts.items():
+        percent = 100.0 * trainable / total if total else 0.0
+        lines.append(f"{component:<16}{trainable:>14,}{total:>16,}{percent:>9.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Stage checkpoints: contents, round trip, strict loading, merged directories."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import randomize_adapters
+from llava_moslora.model import (RECIPE_FILE, TRAINABLE_FILE, Recipe, apply_tuning, build_llava, load_checkpoint,
+                                 save_checkpoint)
+from llava_moslora.adapters import AdapterConfig
+
+
+def tuned_bundle(tiny_bases, kind="moslora", r=4):
+    bundle = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"])
+    adapter = AdapterConfig(kind=kind, r=r, num_experts=3, top_k=2).to_dict()
+    bundle.recipe = Recipe(**{**bundle.recipe.to_dict(), "stage": 2, "tune_language_model": "adapter",
+                              "llm_adapter": adapter})
+    apply_tuning(bundle.model, bundle.recipe)
+    randomize_adapters(bundle.model, scale=0.05)
+    with torch.no_grad():
+        bundle.model.model.multi_modal_projector.linear_1.weight.add_(0.1)
+    return bundle
+
+
+def logits(bundle):
+    torch.manual_seed(1)
+    ids = torch.tensor([[1] + [bundle.model.config.image_token_id] * 16 + [5, 6, 7]])
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        return bundle.model.eval()(input_ids=ids, pixel_values=pixel_values).logits
+
+
+@pytest.mark.parametrize("kind", ["moslora", "moelora"])
+def test_round_trip_gives_the_same_logits(tiny_bases, tmp_path, kind):
+    bundle = tuned_bundle(tiny_bases, kind)
+    save_checkpoint(bundle, tmp_path / "ckpt")
+    files = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {RECIPE_FILE, TRAINABLE_FILE, "tokenizer.json", "processor_config.json", "preprocessor_config.json"} <= files
+    stored = load_file(str(tmp_path / "ckpt" / TRAINABLE_FILE))
+    assert set(stored) == {n for n, p in bundle.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("model.multi_modal_projector.") for n in stored)
+    assert all(n.startswith("model.multi_modal_projector.") or ".lora_" in n for n in stored)
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.recipe.stage == 2 and loaded.recipe.llm_adapter["kind"] == kind
+    torch.testing.assert_close(logits(loaded), logits(bundle), rtol=0, atol=0)
+
+
+def test_loading_never_depends_on_the_folder_name(tiny_bases, tmp_path):
+    bundle = tuned_bundle(tiny_bases)
+    save_checkpoint(bundle, tmp_path / "llava-v1.5-7b-lora-merged-pretrain")  # a name LLaVA would misread
+    assert load_checkpoint(tmp_path / "llava-v1.5-7b-lora-merged-pretrain").recipe.tune_language_model == "adapter"
+
+
+def test_earlier_stage_tensors_are_kept(tiny_bases, tmp_path):
+    stage1 = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"], template="plain")
+    apply_tuning(stage1.model, stage1.recipe)
+    save_checkpoint(stage1, tmp_path / "stage1")
+    stage2 = load_checkpoint(tmp_path / "stage1")
+    stage2.recipe = Recipe(**{**stage2.recipe.to_dict(), "tune_mm_projector": "frozen", "tune_language_model": "adapter",
+                              "llm_adapter": AdapterConfig(kind="lora", r=2).to_dict()})
+    apply_tuning(stage2.model, stage2.recipe)
+    save_checkpoint(stage2, tmp_path / "stage2")
+    stored = load_file(str(tmp_path / "stage2" / TRAINABLE_FILE))
+    assert "model.multi_modal_projector.linear_1.weight" in stored  # frozen now, but trained in stage 1
+
+
+def test_missing_pieces_are_named(tiny_bases, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+        load_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a stage checkpoint"):
+        load_checkpoint(tmp_path / "empty")
+    bundle = tuned_bundle(tiny_bases)
+    save_checkpoint(bundle, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / TRAINABLE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=f"missing {TRAINABLE_FILE}"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_different_adapter_shape_is_an_error_that_says_so(tiny_bases, tmp_path):
+    save_checkpoint(tuned_bundle(tiny_bases, r=4), tmp_path / "ckpt")
+    recipe = json.loads((tmp_path / "ckpt" / RECIPE_FILE).read_text())
+    recipe["llm_adapter"]["r"] = 8
+    (tmp_path / "ckpt" / RECIPE_FILE).write_text(json.dumps(recipe))
+    with pytest.raises(ValueError, match=r"lora_A has shape \(4, \d+\), the model expects \(8, \d+\) \(a different rank"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_tensor_the_model_lacks_is_named(tiny_bases, tmp_path):
+    save_checkpoint(tuned_bundle(tiny_bases), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / TRAINABLE_FILE
+    tensors = load_file(str(path))
+    tensors["model.language_model.layers.0.self_attn.q_proj.lora_X"] = torch.zeros(1)
+    save_file(tensors, str(path))
+    with pytest.raises(KeyError, match="lora_X"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_merged_directory_loads_as_it_is(tiny_bases, tmp_path):
+    bundle = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"])
+    bundle.model.save_pretrained(tmp_path / "merged")
+    bundle.tokenizer.save_pretrained(tmp_path / "merged")
+    bundle.processor().save_pretrained(tmp_path / "merged")
+    bundle.image_processor.save_pretrained(tmp_path / "merged")
+    loaded = load_checkpoint(tmp_path / "merged")
+    torch.testing.assert_close(logits(loaded), logits(bundle), rtol=1e-6, atol=1e-6)
+    assert loaded.recipe.num_image_tokens == 16
