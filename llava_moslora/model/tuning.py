@@ -7,6 +7,7 @@ Default adapter targets are every nn.Linear inside the component, which leaves o
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
@@ -74,3 +75,20 @@ def trainable_table(model: LlavaForConditionalGeneration) -> str:
         percent = 100.0 * trainable / total if total else 0.0
         lines.append(f"{component:<16}{trainable:>14,}{total:>16,}{percent:>9.3f}")
     return "\n".join(lines)
+
+
+def select_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
+    """bf16/fp16 when asked for and a GPU is present; fp32 on CPU, where half precision is slow
+    and fp16 matmuls are not all supported."""
+    if bf16 and fp16:
+        raise ValueError("choose one of --bf16 and --fp16")
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+
+
+def enable_gradient_checkpointing(model: LlavaForConditionalGeneration) -> None:
+    """Activation checkpointing for the vision tower and the LM. Non-reentrant, so frozen
+    embeddings (adapter-only training) need no input-requires-grad workaround."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False

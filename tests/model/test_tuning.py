@@ -93,3 +93,33 @@ def test_trainable_table(tiny_bases):
     assert f"{'mm_projector':<16}{projector:>14,}{projector:>16,}{100:>9.3f}" in table
     assert table.splitlines()[0].split() == ["component", "trainable", "total", "%"]
     assert {line.split()[0] for line in table.splitlines()[1:]} == {"vision_tower", "mm_projector", "language_model", "total"}
+
+
+def test_gradient_checkpointing_gives_the_same_adapter_gradients(tiny_bases):
+    import torch
+    from llava_moslora.model import enable_gradient_checkpointing
+    from conftest import randomize_adapters
+    model, _ = tuned(tiny_bases, "--tune_language_model", "adapter", "--lora_r", "4", "--lora_dropout", "0")
+    randomize_adapters(model, scale=0.05)
+    ids = torch.tensor([[1] + [model.config.image_token_id] * 16 + [5, 6, 7, 8]])
+    pixel_values = torch.randn(1, 3, 32, 32)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, pixel_values=pixel_values, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert model.model.language_model.gradient_checkpointing
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
+def test_cpu_runs_in_fp32_whatever_is_asked():
+    import torch
+    from llava_moslora.model import select_dtype
+    expected = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    assert select_dtype(bf16=True) == expected
+    with pytest.raises(ValueError, match="choose one of --bf16 and --fp16"):
+        select_dtype(bf16=True, fp16=True)

@@ -6,6 +6,7 @@ batch. ZeRO-3 partitions the factors themselves: the hooks must refuse, loudly.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,12 +33,18 @@ def reference_step(kind, riemannian=True):
     return adapter_state_dict(model)
 
 
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_worker(tmp_path, mode, kind):
     out = tmp_path / f"{mode}.json"
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+        [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
          str(Path(__file__).parent / "zero_worker.py"), mode, kind, str(out)],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
