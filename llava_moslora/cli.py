@@ -1,6 +1,7 @@
 """The `llava-moslora` command: a thin dispatcher to the rooms' entry points.
 
-Each subcommand lives in its room as a module with `add_arguments(parser)` and `run(args) -> int`;
+Each subcommand lives in its room as a module with `add_arguments(parser, name)` and
+`run(args, name) -> int` (or, for commands that parse their own flags, `main(argv) -> int`);
 it is imported only when chosen, so `llava-moslora --help` stays fast.
 """
 from __future__ import annotations
@@ -10,11 +11,19 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# name -> (module, one-line help). Later issues add train, merge, eval, chat, ... here.
+# name -> (module, one-line help). Later issues add eval, chat, ... here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("llava_moslora.train.main",
+              "train one stage (run under torchrun or deepspeed; see scripts/pretrain.sh, finetune.sh)"),
+    "merge": ("llava_moslora.model.export",
+              "fold lora/moslora adapters into a standalone llava-hf directory"),
+    "export-peft": ("llava_moslora.model.export",
+                    "write lora/moslora adapters as a PEFT LoRA adapter plus the tuned projector"),
     "env": ("llava_moslora.envinfo",
             "print the versions of the stack and the accelerators it sees (paste into bug reports)"),
 }
+# Commands that parse their own arguments (HfArgumentParser): they get the rest of argv.
+PASSTHROUGH = {"train"}
 
 
 def build_parser(chosen: Optional[str] = None) -> argparse.ArgumentParser:
@@ -28,19 +37,21 @@ def build_parser(chosen: Optional[str] = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            importlib.import_module(module_name).add_arguments(command)
+            importlib.import_module(module_name).add_arguments(command, name)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen in PASSTHROUGH and argv[0] == chosen:
+        return importlib.import_module(SUBCOMMANDS[chosen][0]).main(argv[1:])
     parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args)
+    return importlib.import_module(SUBCOMMANDS[args.command][0]).run(args, args.command)
 
 
 if __name__ == "__main__":  # pragma: no cover

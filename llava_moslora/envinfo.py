@@ -25,11 +25,11 @@ def collect() -> dict:
     return info
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, name: str = "env") -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, name: str = "env") -> int:
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))

@@ -27,12 +27,15 @@ def _most_common(values: dict[str, float]) -> float:
 
 
 def export_peft(model: nn.Module, out_dir: Union[str, Path], *,
-                base_model_name_or_path: Optional[str] = None) -> Path:
+                base_model_name_or_path: Optional[str] = None,
+                modules_to_save: Optional[list[str]] = None) -> Path:
     """Write the LoRA/MoSLoRA adapters of `model` (mixers folded into A) as a PEFT LoRA adapter.
 
     `model` is the module PEFT will wrap: adapted module names are taken relative to it. Layers
     with different ranks or alphas (say, vision tower vs LLM) are written with PEFT's
-    rank_pattern/alpha_pattern. MoE-LoRA has no LoRA equivalent: ValueError.
+    rank_pattern/alpha_pattern. `modules_to_save` names fully trained modules (say, the
+    projector) whose whole weights travel with the adapter, as PEFT's modules_to_save.
+    MoE-LoRA has no LoRA equivalent: ValueError.
     """
     if not isinstance(model, nn.Module):
         raise TypeError("export_peft takes the adapted model; load a checkpoint first "
@@ -57,6 +60,9 @@ def export_peft(model: nn.Module, out_dir: Union[str, Path], *,
         dtype = layer.lora_A.dtype
         tensors[f"{PEFT_KEY_PREFIX}{name}.lora_A.weight"] = layer.folded_A().to(dtype).contiguous()
         tensors[f"{PEFT_KEY_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+    for module_name in modules_to_save or []:
+        for tensor_name, tensor in model.get_submodule(module_name).state_dict().items():
+            tensors[f"{PEFT_KEY_PREFIX}{module_name}.{tensor_name}"] = tensor.detach().contiguous()
     dropout = layers[0][1].adapter_dropout
     config = {
         "peft_type": "LORA",
@@ -74,7 +80,7 @@ def export_peft(model: nn.Module, out_dir: Union[str, Path], *,
         "fan_in_fan_out": False,
         "init_lora_weights": True,
         "inference_mode": True,
-        "modules_to_save": None,
+        "modules_to_save": list(modules_to_save) if modules_to_save else None,
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,22 @@ from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
 from .tuning import apply_tuning
 
 
+def canonical_name(name: str) -> str:
+    """A parameter's name as if no adapter wrapped its layer: an adapter moves W of layer X from
+    "X.weight" to "X.base_layer.weight", and a tensor trained in stage 1 must keep its key when
+    stage 2 puts an adapter around its layer."""
+    return name.replace(".base_layer.", ".")
+
+
+def parameters_by_name(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The model's parameters keyed by canonical name."""
+    return {canonical_name(name): parameter for name, parameter in model.named_parameters()}
+
+
 def trained_tensor_names(model: torch.nn.Module, recipe: Recipe) -> list[str]:
-    """What a checkpoint must store: tensors trained now, plus those earlier stages changed."""
-    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    """What a checkpoint must store (canonical names): tensors trained now, plus those earlier
+    stages changed."""
+    names = [name for name, parameter in parameters_by_name(model).items() if parameter.requires_grad]
     return sorted(set(names) | set(recipe.trained_tensors))
 
 
@@ -35,7 +48,7 @@ def save_checkpoint(bundle: LlavaBundle, out_dir: Union[str, Path],
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = trained_tensor_names(bundle.model, bundle.recipe)
-    source = state_dict if state_dict is not None else dict(bundle.model.named_parameters())
+    source = state_dict if state_dict is not None else parameters_by_name(bundle.model)
     missing = [name for name in names if name not in source]
     if missing:
         raise KeyError(f"cannot save {len(missing)} trained tensors that the state lacks: {missing[:5]}")
@@ -97,7 +110,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> L
 
 def _load_trained_tensors(model: torch.nn.Module, file: Path, expected: list[str]) -> None:
     tensors = load_file(str(file))
-    parameters = dict(model.named_parameters())
+    parameters = parameters_by_name(model)
     missing = [name for name in expected if name not in tensors]
     unknown = [name for name in tensors if name not in parameters]
     if missing or unknown:

@@ -1,0 +1,1 @@
+"""Training: argument dataclasses, the LlavaTrainer, and the `train` entry point."""

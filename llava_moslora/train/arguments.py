@@ -1,0 +1,35 @@
+"""Training flags: data settings and TrainingArguments with LLaVA's and this project's additions."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={"help": "LLaVA-format JSON, JSONL, or a `datasets` directory."})
+    image_folder: Optional[str] = field(default=None, metadata={"help": "Folder the samples' image paths are relative to."})
+    system_prompt: Optional[str] = field(default=None, metadata={"help": "Override the template's system prompt."})
+
+
+@dataclass
+class LlavaTrainingArguments(TrainingArguments):
+    model_max_length: int = field(default=2048, metadata={"help": "Longest sequence (image tokens included); longer samples are truncated after the image."})
+    group_by_modality_length: bool = field(default=False, metadata={"help": "Draw each batch from image or text-only samples alone, grouped by length (LLaVA)."})
+    mm_projector_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the projector (default: --learning_rate)."})
+    router_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of MoE-LoRA routers (default: --learning_rate; the paper used a far smaller one)."})
+    riemannian: bool = field(default=False, metadata={"help": "Riemannian-precondition adapter gradients (with SGD: RSGD; AdamW: scaled AdamW). ZeRO-1/2 only."})
+    riemannian_reg: float = field(default=1e-6, metadata={"help": "Damping added to the r x r preconditioner Gram matrices."})
+    pretrain_mm_mlp_adapter: Optional[str] = field(default=None, metadata={"help": "Stage-1 checkpoint directory, or a projector file (LLaVA's mm_projector.bin / .safetensors)."})
+    stage: int = field(default=2, metadata={"help": "1: projector alignment, 2: visual instruction tuning (recorded in the checkpoint)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every field."})
+
+    def zero_stage(self) -> int:
+        """The DeepSpeed ZeRO stage of --deepspeed (0 without DeepSpeed)."""
+        if not self.deepspeed:
+            return 0
+        config = self.deepspeed if isinstance(self.deepspeed, dict) else json.loads(open(self.deepspeed).read())
+        return int(config.get("zero_optimization", {}).get("stage", 0))

@@ -1,0 +1,153 @@
+"""`llava-moslora train` / `python -m llava_moslora.train`: one training stage, end to end.
+
+Run it under `torchrun` or the `deepspeed` launcher (scripts/pretrain.sh, scripts/finetune.sh).
+Without CUDA the same command trains on the CPU: it adds --use_cpu and the gloo backend and
+selects DeepSpeed's CPU accelerator, so cluster scripts run unchanged on a laptop.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+CPU_FLAGS = ["--use_cpu", "True", "--ddp_backend", "gloo"]
+GPU_ONLY_FLAGS = ("--bf16", "--fp16", "--tf32")
+
+
+def adapt_to_machine(argv: list[str]) -> list[str]:
+    """Without CUDA: train on the CPU in fp32 whatever precision flags the script passed."""
+    if torch.cuda.is_available():
+        return argv
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed is first imported
+    dropped = [flag for flag in GPU_ONLY_FLAGS if any(a == flag or a.startswith(flag + "=") for a in argv)]
+    if int(os.environ.get("RANK", "0")) == 0:
+        ignoring = f"; ignoring {' '.join(dropped)}" if dropped else ""
+        print(f"[llava-moslora] no CUDA device: training on the CPU (gloo, DeepSpeed's CPU accelerator, fp32{ignoring})",
+              flush=True)
+    return CPU_FLAGS + _without(argv, GPU_ONLY_FLAGS)
+
+
+def _without(argv: list[str], flags: Sequence[str]) -> list[str]:
+    """argv minus the given boolean flags and their values ("--bf16 True", "--bf16=True", "--bf16")."""
+    kept, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+            continue
+        kept.append(arg)
+    return kept
+
+
+def parse(argv: list[str]):
+    from transformers import HfArgumentParser
+
+    from ..model import ModelArguments
+    from .arguments import DataArguments, LlavaTrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments), prog="llava-moslora train",
+                              description="Train one stage of LLaVA with adapters. Run under torchrun or the "
+                                          "deepspeed launcher; scripts/pretrain.sh and scripts/finetune.sh do that.")
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+        # Non-reentrant checkpointing needs no trainable input when the embeddings are frozen.
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if training_args.riemannian and training_args.zero_stage() == 3:
+        raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
+                         "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")
+    if not data_args.data_path:
+        raise SystemExit("--data_path is required")
+    return model_args, data_args, training_args
+
+
+@contextlib.contextmanager
+def full_weights(training_args):
+    """Build the model outside ZeRO-3's partitioned loading: weights are loaded, composed and
+    copied (stage-1 projector included) on whole tensors, and DeepSpeed partitions the finished
+    model when the Trainer starts. This is what avoids LLaVA's "shape [0]" projector errors."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    hf_config = getattr(training_args, "hf_deepspeed_config", None)
+    if hf_config is None:
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(hf_config)
+
+
+def build(model_args, training_args):
+    """The bundle for this stage: from a stage-1 checkpoint when given, else from the bases."""
+    from ..model import Recipe, build_llava, load_checkpoint, select_dtype
+    from .projector import load_projector
+
+    dtype = select_dtype(training_args.bf16, training_args.fp16)
+    start = training_args.pretrain_mm_mlp_adapter
+    if start and Path(start).is_dir():
+        bundle = load_checkpoint(start, dtype=dtype, vision_tower=model_args.vision_tower,
+                                 language_model=model_args.model_name_or_path)
+    else:
+        if not (model_args.model_name_or_path and model_args.vision_tower):
+            raise SystemExit("--model_name_or_path and --vision_tower are required "
+                             "(or --pretrain_mm_mlp_adapter with a stage-1 checkpoint directory)")
+        bundle = build_llava(model_args.vision_tower, model_args.model_name_or_path,
+                             projector_type=model_args.mm_projector_type,
+                             vision_feature_layer=model_args.mm_vision_select_layer,
+                             vision_feature_select_strategy=model_args.select_strategy,
+                             template=model_args.template, dtype=dtype,
+                             trust_remote_code=model_args.trust_remote_code)
+        if start:
+            names = load_projector(bundle.model, start)
+            bundle.recipe = replace(bundle.recipe, trained_tensors=sorted(set(bundle.recipe.trained_tensors) | set(names)))
+    bundle.recipe = Recipe(**{**bundle.recipe.to_dict(), **model_args.tune_settings(),
+                              "template": model_args.template, "stage": training_args.stage})
+    return bundle
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = adapt_to_machine(list(sys.argv[1:] if argv is None else argv))
+    model_args, data_args, training_args = parse(argv)
+
+    from transformers import set_seed
+
+    from ..data import LlavaCollator, LlavaDataset
+    from ..model import apply_tuning, trainable_table
+    from ..optim import attach_riemannian
+    from .trainer import LlavaTrainer
+
+    set_seed(training_args.seed)
+    with full_weights(training_args):
+        bundle = build(model_args, training_args)
+        apply_tuning(bundle.model, bundle.recipe)
+    bundle.model.config.use_cache = False
+    if training_args.process_index == 0:
+        print(trainable_table(bundle.model), flush=True)
+    dataset = LlavaDataset(data_args.data_path, bundle.tokenizer, bundle.image_processor, bundle.recipe.template,
+                           num_image_tokens=bundle.recipe.num_image_tokens, image_folder=data_args.image_folder,
+                           model_max_length=training_args.model_max_length, system=data_args.system_prompt)
+    collator = LlavaCollator(bundle.tokenizer.pad_token_id)
+    if training_args.riemannian:
+        attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
+    trainer = LlavaTrainer(model=bundle.model, args=training_args, train_dataset=dataset,
+                           data_collator=collator, bundle=bundle)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    if training_args.process_index == 0:
+        print(f"[llava-moslora] data: {collator.guard.summary()} (this rank's batches)")
+        print(f"[llava-moslora] stage checkpoint written to {training_args.output_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""LlavaTrainer: transformers' Trainer plus what LLaVA-style adapter training needs.
+
+- learning rates of their own for the projector and the MoE-LoRA routers;
+- MoE-LoRA load-balancing loss (when enabled) and expert load in the logs;
+- every checkpoint-N and the final output hold a stage checkpoint (recipe, tokenizer/processor,
+  trained tensors), gathered from ZeRO-3 shards when needed; resuming without DeepSpeed reads it.
+- the modality-length grouped sampler for --group_by_modality_length.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file
+from transformers import Trainer
+
+from ..adapters import MoELoraLinear, moe_aux_loss
+from ..data import ModalityLengthGroupedSampler
+from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
+from ..model.checkpoint import parameters_by_name
+
+
+def gather_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Full copies (on CPU) of the parameters with these canonical names, gathering ZeRO-3
+    partitions. Every rank must call it (the gather is collective)."""
+    parameters = parameters_by_name(model)
+    gathered = {}
+    for name in names:
+        parameter = parameters[name]
+        if hasattr(parameter, "ds_id"):
+            import deepspeed
+            with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
+                gathered[name] = parameter.detach().to("cpu", copy=True)
+        else:
+            gathered[name] = parameter.detach().to("cpu", copy=True)
+    return gathered
+
+
+class LlavaTrainer(Trainer):
+    def __init__(self, *args, bundle: LlavaBundle, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bundle = bundle
+        self._moe_layers = [m for m in bundle.model.modules() if isinstance(m, MoELoraLinear)]
+        self._expert_load_sum: Optional[torch.Tensor] = None
+        self._expert_load_steps = 0
+        # Text-only batches: see compute_loss. The idle vision pass runs just before the
+        # language model, where image batches run the vision tower.
+        self._idle_pending = False
+        self._idle_loss: Optional[torch.Tensor] = None
+        bundle.model.model.language_model.register_forward_pre_hook(self._before_language_model)
+
+    # --- optimisation -------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple, list] = defaultdict(list)
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            lr = None
+            if "multi_modal_projector" in name and self.args.mm_projector_lr is not None:
+                lr = self.args.mm_projector_lr
+            elif ".lora_router." in name and self.args.router_lr is not None:
+                lr = self.args.router_lr
+            groups[(lr, self.args.weight_decay if name in decay else 0.0)].append(parameter)
+        param_groups = [{"params": params, "weight_decay": wd, **({"lr": lr} if lr is not None else {})}
+                        for (lr, wd), params in groups.items()]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # A text-only batch must still run the vision tower and projector, at the point of the
+        # forward where image batches run them (after the token embeddings, before the LM):
+        # otherwise this rank's gradients and ZeRO-3 parameter gathers are missing or out of order
+        # relative to other ranks', and DeepSpeed's collectives fall out of step and crash.
+        self._idle_pending = "pixel_values" not in inputs and model.training
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        extra, self._idle_loss, self._idle_pending = self._idle_loss, None, False
+        aux = moe_aux_loss(self.bundle.model) if self._moe_layers else None
+        if aux is not None:
+            extra = aux if extra is None else extra + aux
+        if extra is not None:
+            result = (result[0] + extra, result[1]) if return_outputs else result + extra
+        if self._moe_layers and model.training:
+            loads = torch.stack([m.last_expert_load for m in self._moe_layers if m.last_expert_load is not None])
+            load = loads.mean(0).detach().cpu()
+            self._expert_load_sum = load if self._expert_load_sum is None else self._expert_load_sum + load
+            self._expert_load_steps += 1
+        return result
+
+    def _before_language_model(self, module, args) -> None:
+        if self._idle_pending:
+            self._idle_pending = False
+            self._idle_loss = self._idle_vision_loss()
+
+    def _idle_vision_loss(self) -> torch.Tensor:
+        llava = self.bundle.model
+        size = llava.config.vision_config.image_size
+        parameter = next(llava.model.multi_modal_projector.parameters())
+        blank = torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype)
+        features = llava.model.get_image_features(pixel_values=blank).pooler_output
+        return 0.0 * sum(f.float().sum() for f in features)
+
+    def log(self, logs: dict, start_time=None) -> None:
+        if self._expert_load_steps:
+            load = self._expert_load_sum / self._expert_load_steps  # share of routing slots per expert
+            logs["expert_load_max"] = round(float(load.max()), 4)
+            logs["expert_load_min"] = round(float(load.min()), 4)
+            self._expert_load_sum, self._expert_load_steps = None, 0
+        super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.group_by_modality_length:
+            return ModalityLengthGroupedSampler(
+                dataset.modality_lengths, batch_size=self.args.per_device_train_batch_size,
+                world_size=self.args.world_size * self.args.gradient_accumulation_steps, seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Write a stage checkpoint (never the frozen base weights)."""
+        output_dir = output_dir or self.args.output_dir
+        names = trained_tensor_names(self.bundle.model, self.bundle.recipe)
+        tensors = gather_tensors(self.bundle.model, names)
+        if self.args.should_save:
+            save_checkpoint(self.bundle, output_dir, state_dict=tensors)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        path = Path(resume_from_checkpoint) / TRAINABLE_FILE
+        if not path.is_file():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        parameters = parameters_by_name(model or self.model)
+        tensors = load_file(str(path))
+        unknown = [name for name in tensors if name not in parameters]
+        if unknown:
+            raise KeyError(f"{path} holds tensors this model does not have: {unknown[:5]}")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                parameters[name].copy_(tensor.to(parameters[name].dtype))

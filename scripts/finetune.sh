@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Stage 2 (visual instruction tuning): adapters on the language model, projector fully trained,
+# from a stage-1 checkpoint. LLaVA-1.5's LoRA recipe with the adapter of your choice.
+#
+#   ADAPTER=moslora bash scripts/finetune.sh [extra trainer flags...]   # extras override defaults
+#
+# Environment (defaults in brackets):
+#   ADAPTER           lora | moslora | moelora [moslora]
+#   STAGE1_DIR        stage-1 checkpoint, or LLaVA's mm_projector.bin [./checkpoints/llava-v1.5-7b-pretrain]
+#   MODEL             language model [from the stage-1 checkpoint's recipe; lmsys/vicuna-7b-v1.5 with
+#                     an mm_projector file]. Set it to point at moved base weights.
+#   VISION_TOWER      vision tower, likewise [openai/clip-vit-large-patch14-336 with a projector file]
+#   DATA_PATH         instructions, LLaVA format [./playground/data/llava_v1_5_mix665k.json]
+#   IMAGE_FOLDER      image root [./playground/data]
+#   OUTPUT_DIR        stage-2 checkpoint [./checkpoints/llava-v1.5-7b-$ADAPTER]
+#   NUM_GPUS, HOSTFILE, ZERO [2], GLOBAL_BATCH [128], PER_DEVICE_BATCH [16], EPOCHS [1],
+#   MAX_LENGTH [2048]: as in scripts/pretrain.sh
+#   LR [2e-4], MM_PROJECTOR_LR [2e-5], LORA_R [128], LORA_ALPHA [256], LORA_DROPOUT [0.05]
+#   MIXER_INIT        MoSLoRA mixer init [kaiming]
+#   NUM_EXPERTS [20], TOP_K [10], GATE_RESCALE [none|sqrt], ROUTER_LR [unset]: MoE-LoRA
+#   RIEMANNIAN        1: Riemannian preconditioning (needs ZERO=2) [0]
+#   TEMPLATE          [vicuna_v1]
+set -euo pipefail
+[ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] && { sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit 0; }
+
+ADAPTER="${ADAPTER:-moslora}"
+STAGE1_DIR="${STAGE1_DIR:-./checkpoints/llava-v1.5-7b-pretrain}"
+if [ ! -d "$STAGE1_DIR" ]; then  # a projector file: the bases must be named
+  MODEL="${MODEL:-lmsys/vicuna-7b-v1.5}"
+  VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
+fi
+DATA_PATH="${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}"
+IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data}"
+OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-$ADAPTER}"
+ZERO="${ZERO:-2}"
+GLOBAL_BATCH="${GLOBAL_BATCH:-128}"
+PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-16}"
+EPOCHS="${EPOCHS:-1}"
+MAX_LENGTH="${MAX_LENGTH:-2048}"
+LR="${LR:-2e-4}"
+MM_PROJECTOR_LR="${MM_PROJECTOR_LR:-2e-5}"
+LORA_R="${LORA_R:-128}"
+LORA_ALPHA="${LORA_ALPHA:-256}"
+LORA_DROPOUT="${LORA_DROPOUT:-0.05}"
+MIXER_INIT="${MIXER_INIT:-kaiming}"
+NUM_EXPERTS="${NUM_EXPERTS:-20}"
+TOP_K="${TOP_K:-10}"
+GATE_RESCALE="${GATE_RESCALE:-none}"
+TEMPLATE="${TEMPLATE:-vicuna_v1}"
+source "$(dirname "$0")/lib/launch.sh"
+
+extra=()
+[ -n "${MODEL:-}" ] && extra+=(--model_name_or_path "$MODEL")
+[ -n "${VISION_TOWER:-}" ] && extra+=(--vision_tower "$VISION_TOWER")
+[ -n "${ROUTER_LR:-}" ] && extra+=(--router_lr "$ROUTER_LR")
+[ "${RIEMANNIAN:-0}" = "1" ] && extra+=(--riemannian True)
+
+exec "${LAUNCH[@]}" \
+  --deepspeed "$DS_CONFIG" \
+  --pretrain_mm_mlp_adapter "$STAGE1_DIR" \
+  --template "$TEMPLATE" --stage 2 \
+  --tune_vision_tower frozen --tune_mm_projector full --tune_language_model adapter \
+  --adapter "$ADAPTER" --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA" --lora_dropout "$LORA_DROPOUT" \
+  --mixer_init "$MIXER_INIT" --num_experts "$NUM_EXPERTS" --top_k "$TOP_K" --gate_rescale "$GATE_RESCALE" \
+  --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" \
+  --output_dir "$OUTPUT_DIR" --num_train_epochs "$EPOCHS" \
+  --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
+  --learning_rate "$LR" --mm_projector_lr "$MM_PROJECTOR_LR" --weight_decay 0 --warmup_steps 0.03 \
+  --lr_scheduler_type cosine --group_by_modality_length True \
+  --model_max_length "$MAX_LENGTH" --gradient_checkpointing True \
+  --save_strategy steps --save_steps 50000 --save_total_limit 1 \
+  --logging_steps 1 --dataloader_num_workers 4 --report_to none \
+  "${extra[@]}" "${PRECISION[@]}" "$@"

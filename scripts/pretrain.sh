@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Stage 1 (feature alignment): train the projector on image-caption pairs, LLaVA-1.5's recipe.
+#
+#   bash scripts/pretrain.sh [extra trainer flags...]      # extra flags override the defaults
+#
+# Environment (LLaVA-1.5 defaults in brackets):
+#   MODEL             language model [lmsys/vicuna-7b-v1.5]
+#   VISION_TOWER      CLIP/SigLIP tower [openai/clip-vit-large-patch14-336]
+#   DATA_PATH         captions, LLaVA format [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
+#   IMAGE_FOLDER      image root [./playground/data/LLaVA-Pretrain/images]
+#   OUTPUT_DIR        stage-1 checkpoint [./checkpoints/llava-v1.5-7b-pretrain]
+#   NUM_GPUS          processes on this node [all GPUs; 1 without CUDA]
+#   HOSTFILE          DeepSpeed hostfile ("host slots=N" lines) for several nodes [unset: one node]
+#   ZERO              2 | 3 | 3_offload [2]
+#   GLOBAL_BATCH      samples per optimizer step, kept by gradient accumulation [256]
+#   PER_DEVICE_BATCH  samples per process per forward [32]
+#   LR                learning rate [1e-3]
+#   EPOCHS            [1]
+#   MAX_LENGTH        model_max_length [2048]
+#   TEMPLATE          conversation template [plain]
+# Without CUDA the same command trains on the CPU (gloo, DeepSpeed's CPU accelerator, fp32).
+set -euo pipefail
+[ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] && { sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit 0; }
+
+MODEL="${MODEL:-lmsys/vicuna-7b-v1.5}"
+VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
+DATA_PATH="${DATA_PATH:-./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}"
+IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data/LLaVA-Pretrain/images}"
+OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-pretrain}"
+ZERO="${ZERO:-2}"
+GLOBAL_BATCH="${GLOBAL_BATCH:-256}"
+PER_DEVICE_BATCH="${PER_DEVICE_BATCH:-32}"
+LR="${LR:-1e-3}"
+EPOCHS="${EPOCHS:-1}"
+MAX_LENGTH="${MAX_LENGTH:-2048}"
+TEMPLATE="${TEMPLATE:-plain}"
+source "$(dirname "$0")/lib/launch.sh"
+
+exec "${LAUNCH[@]}" \
+  --deepspeed "$DS_CONFIG" \
+  --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" \
+  --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 \
+  --template "$TEMPLATE" --stage 1 \
+  --tune_vision_tower frozen --tune_mm_projector full --tune_language_model frozen \
+  --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" \
+  --output_dir "$OUTPUT_DIR" --num_train_epochs "$EPOCHS" \
+  --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
+  --learning_rate "$LR" --weight_decay 0 --warmup_steps 0.03 --lr_scheduler_type cosine \
+  --model_max_length "$MAX_LENGTH" --gradient_checkpointing True \
+  --save_strategy steps --save_steps 24000 --save_total_limit 1 \
+  --logging_steps 1 --dataloader_num_workers 4 --report_to none \
+  "${PRECISION[@]}" "$@"
