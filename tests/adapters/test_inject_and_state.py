@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import TwoLayer, randomize_adapters
+from helpers import TwoLayer, randomize_adapters
 from llava_moslora.adapters import (AdapterConfig, LoraLinear, MoELoraLinear, adapter_state_dict,
                                     apply_adapters, load_adapter_state_dict, merge_adapters)
 

@@ -4,7 +4,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from conftest import randomize_adapters
+from helpers import randomize_adapters
 from llava_moslora.adapters import AdapterConfig, apply_adapters, export_peft, merge_adapters
 from llava_moslora.optim import attach_riemannian
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from conftest import TwoLayer, randomize_adapters
+from helpers import TwoLayer, randomize_adapters
 from llava_moslora.adapters import AdapterConfig, apply_adapters, export_peft
 
 

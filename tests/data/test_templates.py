@@ -1,7 +1,7 @@
 """Each template labels exactly the assistant replies (plus end-of-turn), nothing else."""
 import pytest
 
-from conftest import CORPUS
+from helpers import CORPUS
 from llava_moslora.data import IGNORE_INDEX, SampleTooLong, check_tokenizer, encode_conversation, get_template
 from llava_moslora.model.builder import prepare_tokenizer
 from llava_moslora.model.tiny import train_tokenizer

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import randomize_adapters
+from helpers import randomize_adapters
 from llava_moslora.model import (RECIPE_FILE, TRAINABLE_FILE, Recipe, apply_tuning, build_llava, load_checkpoint,
                                  save_checkpoint)
 from llava_moslora.adapters import AdapterConfig

@@ -98,7 +98,7 @@ def test_trainable_table(tiny_bases):
 def test_gradient_checkpointing_gives_the_same_adapter_gradients(tiny_bases):
     import torch
     from llava_moslora.model import enable_gradient_checkpointing
-    from conftest import randomize_adapters
+    from helpers import randomize_adapters
     model, _ = tuned(tiny_bases, "--tune_language_model", "adapter", "--lora_r", "4", "--lora_dropout", "0")
     randomize_adapters(model, scale=0.05)
     ids = torch.tensor([[1] + [model.config.image_token_id] * 16 + [5, 6, 7, 8]])

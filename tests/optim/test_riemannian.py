@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TwoLayer, assert_close_rel, randomize_adapters
+from helpers import TwoLayer, assert_close_rel, randomize_adapters
 from llava_moslora.adapters import AdapterConfig, apply_adapters, iter_adapter_layers
 from llava_moslora.optim import attach_riemannian
 

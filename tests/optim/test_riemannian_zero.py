@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 from llava_moslora.adapters import adapter_state_dict
 from llava_moslora.optim import attach_riemannian
 

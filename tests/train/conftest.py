@@ -1,13 +1,9 @@
-"""A tiny learnable image dataset and helpers to run the launch scripts as a user would."""
+"""A tiny learnable image dataset for the training tests."""
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
 
@@ -33,17 +29,3 @@ def shapes_data(tmp_path_factory):
     (root / "captions.json").write_text(json.dumps(captions))
     (root / "instructions.jsonl").write_text("\n".join(json.dumps(r) for r in instructions))
     return root
-
-
-def run_script(script, env_vars, *extra, timeout=900):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
-    env.update({"OMP_NUM_THREADS": "1", "NUM_GPUS": "2", "PYTHONUNBUFFERED": "1", **env_vars})
-    result = subprocess.run(["bash", str(ROOT / "scripts" / script), *extra], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-    return result
-
-
-def losses(output_dir):
-    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]

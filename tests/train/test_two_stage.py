@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import losses, run_script
+from helpers import losses, run_script
 
 pytestmark = pytest.mark.slow
 FAST = ["--save_steps", "10", "--dataloader_num_workers", "0", "--warmup_steps", "0", "--model_max_length", "256"]
