@@ -13,6 +13,10 @@ from typing import Optional, Sequence
 
 # name -> (module, one-line help). Later issues add eval, chat, ... here.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("llava_moslora.data.synth",
+              "generate ShapesVQA: images, stage-1/2 training data and held-out VLMEvalKit-format benchmarks"),
+    "init-tiny": ("llava_moslora.model.tiny",
+                  "write a tiny CLIP tower and a tiny Llama (tokenizer trained on the data) as save_pretrained dirs"),
     "train": ("llava_moslora.train.main",
               "train one stage (run under torchrun or deepspeed; see scripts/pretrain.sh, finetune.sh)"),
     "merge": ("llava_moslora.model.export",

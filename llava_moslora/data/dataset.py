@@ -23,7 +23,7 @@ class LlavaDataset(Dataset):
     def __init__(self, data_path: Union[str, Path], tokenizer, image_processor, template: Union[str, Template], *,
                  num_image_tokens: int, image_folder: Optional[Union[str, Path]] = None,
                  model_max_length: int = 2048, system: Optional[str] = None) -> None:
-        self.data_path = Path(data_path)
+        self.data_path = data_path
         self.template = get_template(template) if isinstance(template, str) else template
         check_tokenizer(self.template, tokenizer)
         self.tokenizer = tokenizer

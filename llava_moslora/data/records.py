@@ -121,4 +121,9 @@ def parse_sample(record: Any, where: str, index: int) -> Sample:
 
 
 def load_samples(path: Union[str, Path]) -> list[Sample]:
-    return [parse_sample(record, where, index) for index, (record, where) in enumerate(iter_records(path))]
+    """Samples of one data file, or of several given as "a.json,b.jsonl" (read in that order)."""
+    paths = [p for p in str(path).split(",") if p] if "," in str(path) else [path]
+    samples = []
+    for one in paths:
+        samples += [parse_sample(record, where, index) for index, (record, where) in enumerate(iter_records(one))]
+    return samples

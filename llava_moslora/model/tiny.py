@@ -98,3 +98,49 @@ def save_tiny_clip(out_dir: Union[str, Path], *, image_size: int = 32, patch_siz
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
     return out
+
+
+# --- `llava-moslora init-tiny` ----------------------------------------------------------------
+
+def init_tiny(data_dir: Union[str, Path], out_dir: Union[str, Path], *, image_size: int = 64, patch_size: int = 8,
+              vision_hidden: int = 64, vision_layers: int = 3, hidden_size: int = 128, num_layers: int = 2,
+              vocab_size: int = 512, seed: int = 0) -> dict:
+    """Tiny CLIP tower + tiny Llama whose tokenizer is trained on the data set's text (ShapesVQA)."""
+    from ..data.synth import corpus
+    from ..data.templates import TEMPLATES
+
+    # Template text occurs in every sample at training time but only once in the data files:
+    # repeat it so BPE merges it into a few tokens instead of spelling it out letter by letter.
+    texts = corpus(data_dir)
+    texts += [t.default_system for t in TEMPLATES.values() if t.default_system] * 200
+    texts += ["USER: ASSISTANT:"] * 200
+    out = Path(out_dir)
+    tokenizer = train_tokenizer(texts, style="llama", vocab_size=vocab_size)
+    llm = save_tiny_lm(out / "llm", tokenizer, hidden_size=hidden_size, num_layers=num_layers,
+                       num_heads=max(1, hidden_size // 32), intermediate_size=hidden_size * 2, seed=seed)
+    tower = save_tiny_clip(out / "vision", image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden,
+                           num_layers=vision_layers, num_heads=max(1, vision_hidden // 16),
+                           intermediate_size=vision_hidden * 2, seed=seed)
+    return {"language_model": str(llm), "vision_tower": str(tower), "vocab_size": len(tokenizer)}
+
+
+def add_arguments(parser, name: str = "init-tiny") -> None:
+    parser.add_argument("--data", default="runs/quickstart/data", help="ShapesVQA directory whose text trains the tokenizer")
+    parser.add_argument("--out", default="runs/quickstart/base", help="writes OUT/vision and OUT/llm")
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--patch_size", type=int, default=8)
+    parser.add_argument("--vision_hidden", type=int, default=64)
+    parser.add_argument("--vision_layers", type=int, default=3)
+    parser.add_argument("--hidden_size", type=int, default=128, help="LLM width")
+    parser.add_argument("--num_layers", type=int, default=2, help="LLM decoder layers")
+    parser.add_argument("--vocab_size", type=int, default=512, help="tokenizer vocabulary (upper bound)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args, name: str = "init-tiny") -> int:
+    made = init_tiny(args.data, args.out, image_size=args.image_size, patch_size=args.patch_size,
+                     vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, hidden_size=args.hidden_size,
+                     num_layers=args.num_layers, vocab_size=args.vocab_size, seed=args.seed)
+    print(f"tiny bases written: vision tower {made['vision_tower']}, language model {made['language_model']} "
+          f"({made['vocab_size']} tokens)")
+    return 0

@@ -155,3 +155,10 @@ def test_grouped_sampler_batches_one_modality_at_a_time():
     first = list(sampler)
     sampler.set_epoch(1)
     assert sorted(list(sampler)) == sorted(first) and list(sampler) != first
+
+
+def test_several_data_files_joined_with_commas(bundle, folder):
+    first = write(folder, [text_sample(0), text_sample(1)], name="a.json")
+    second = write(folder, [image_sample(2)], name="b.jsonl", jsonl=True)
+    data = dataset(bundle, f"{first},{second}", folder)
+    assert [s.id for s in data.samples] == ["txt-0", "txt-1", "img-2"]

@@ -81,7 +81,7 @@ def test_stage2_moslora_zero2_learns(stage2_moslora, stage1):
     assert_learned(losses(out), "stage 2 moslora, ZeRO-2")
 
 
-def test_stage2_zero3_from_stage1(stage1, shapes_data, tmp_path):
+def test_stage2_zero3_from_stage1(stage1, stage2_moslora, shapes_data, tmp_path):
     out = tmp_path / "stage2-zero3"
     run_script("finetune.sh", stage2_env(shapes_data, stage1, out, ADAPTER="moslora", ZERO="3"), "--max_steps", "30", *FAST)
     assert_checkpoint_contract(out)
@@ -89,6 +89,11 @@ def test_stage2_zero3_from_stage1(stage1, shapes_data, tmp_path):
     stored = load_file(str(out / "trainable.safetensors"))
     assert stored["model.multi_modal_projector.linear_1.weight"].shape == stage1_projector.shape  # not [0]
     assert_learned(losses(out), "stage 2 moslora, ZeRO-3")
+    # Same seed, data and steps as the ZeRO-2 run: the gathered ZeRO-3 tensors must match its.
+    zero2 = load_file(str(stage2_moslora[0] / "trainable.safetensors"))
+    assert set(zero2) == set(stored)
+    for name, tensor in zero2.items():
+        torch.testing.assert_close(stored[name], tensor, rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 def test_stage2_moelora_riemannian_sqrt_zero2(stage1, shapes_data, tmp_path):

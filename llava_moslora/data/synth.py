@@ -1,0 +1,282 @@
+"""ShapesVQA: a synthetic visual-question-answering set that a tiny LLaVA can learn on a laptop.
+
+Each image holds 1-4 coloured shapes, one per cell of a 2 x 2 grid, each (colour, shape) pair at
+most once, so every object can be named unambiguously ("the red circle"). The generator writes:
+stage-1 captions (LLaVA pretrain format), stage-2 multi-turn instructions (LLaVA mix format,
+with multiple-choice items and text-only samples), and held-out benchmarks in VLMEvalKit's TSV
+formats (multiple choice with MMBench-style ability labels, and yes/no). Deterministic per seed.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+from PIL import Image, ImageDraw
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225), "yellow": (235, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+DISTRACTOR_SHAPE = "star"  # offered as an option, never drawn
+SIZES = ("small", "large")
+MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+SHORT_SUFFIX = "Answer the question using a single word or phrase."
+LETTERS = "ABCD"
+
+# MMBench-style abilities: l2-category -> categories (question families)
+ABILITIES = {
+    "coarse perception": ("counting",),
+    "fine-grained single-instance perception": ("color recognition", "shape recognition"),
+    "fine-grained cross-instance perception": ("spatial relation", "size comparison"),
+    "reasoning": ("counting after removal",),
+}
+L2_OF = {category: l2 for l2, categories in ABILITIES.items() for category in categories}
+
+
+@dataclass(frozen=True)
+class Shape:
+    shape: str
+    color: str
+    size: str
+    row: int  # 0 top, 1 bottom
+    col: int  # 0 left, 1 right
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+@dataclass
+class Question:
+    """One question about a scene: its category, the short answer, and the options for MCQ."""
+
+    category: str
+    question: str
+    answer: str
+    options: list[str]
+    mcq_question: Optional[str] = None  # phrasing for the multiple-choice form, when it differs
+
+
+def random_scene(rng: random.Random) -> list[Shape]:
+    count = rng.randint(1, 4)
+    cells = rng.sample(range(4), count)
+    pairs = rng.sample([(s, c) for s in SHAPES for c in COLORS], count)
+    return [Shape(shape, color, rng.choice(SIZES), cell // 2, cell % 2) for (shape, color), cell in zip(pairs, cells)]
+
+
+def draw_scene(scene: list[Shape], size: int, rng: random.Random) -> Image.Image:
+    image = Image.new("RGB", (size, size), (245, 245, 240))
+    draw = ImageDraw.Draw(image)
+    cell = size / 2
+    for item in scene:
+        radius = cell * (0.2 if item.size == "small" else 0.4)
+        jitter = cell / 2 - radius
+        cx = item.col * cell + cell / 2 + rng.uniform(-jitter, jitter) * 0.6
+        cy = item.row * cell + cell / 2 + rng.uniform(-jitter, jitter) * 0.6
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        fill = COLORS[item.color]
+        if item.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif item.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
+    return image
+
+
+def _where(item: Shape) -> str:
+    return f"{('top', 'bottom')[item.row]} {('left', 'right')[item.col]}"
+
+
+def caption(scene: list[Shape]) -> str:
+    parts = [f"a {item.size} {item.name} at the {_where(item)}" for item in sorted(scene, key=lambda s: (s.row, s.col))]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def _relation(a: Shape, b: Shape) -> Optional[str]:
+    if a.row == b.row:
+        return "left" if a.col < b.col else "right"
+    if a.col == b.col:
+        return "above" if a.row < b.row else "below"
+    return None
+
+
+def questions(scene: list[Shape], rng: random.Random) -> list[Question]:
+    """Every question family that has an unambiguous answer for this scene."""
+    found = [Question("counting", "How many shapes are in the image?", str(len(scene)), ["1", "2", "3", "4"])]
+    item = rng.choice(scene)
+    if sum(s.shape == item.shape for s in scene) == 1:
+        found.append(Question("color recognition", f"What color is the {item.shape}?", item.color, list(COLORS)))
+    if sum(s.color == item.color for s in scene) == 1:
+        found.append(Question("shape recognition", f"What shape is the {item.color} object?", item.shape,
+                              [*SHAPES, DISTRACTOR_SHAPE]))
+    if len(scene) >= 2:
+        a, b = rng.sample(scene, 2)
+        relation = _relation(a, b)
+        if relation:
+            found.append(Question("spatial relation", f"Where is the {a.name} relative to the {b.name}?",
+                                  relation, ["left", "right", "above", "below"],
+                                  f"Where is the {a.name} relative to the {b.name}?"))
+        if a.size != b.size:
+            larger = a if a.size == "large" else b
+            found.append(Question("size comparison", f"Which is larger, the {a.name} or the {b.name}?",
+                                  f"the {larger.name}", [f"the {a.name}", f"the {b.name}", "they are the same size",
+                                                         "neither is in the image"]))
+        removed = rng.choice(scene)
+        found.append(Question("counting after removal",
+                              f"If the {removed.name} were removed, how many shapes would remain?",
+                              str(len(scene) - 1), ["0", "1", "2", "3"]))
+    return found
+
+
+def short_answer(question: Question) -> str:
+    text = question.answer
+    return text[0].upper() + text[1:] + "."
+
+
+def as_mcq(question: Question, rng: random.Random) -> tuple[str, list[str], str]:
+    """(prompt, options in order, answer letter) for the multiple-choice form."""
+    options = list(question.options)
+    rng.shuffle(options)
+    lines = [question.mcq_question or question.question]
+    lines += [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
+    return "\n".join(lines), options, LETTERS[options.index(question.answer)]
+
+
+def yes_no(scene: list[Shape], rng: random.Random) -> tuple[str, str, str]:
+    """(question, "Yes"/"No", category) about the presence of a coloured shape or the count."""
+    if rng.random() < 0.5:
+        shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+        present = any(s.shape == shape and s.color == color for s in scene)
+        return f"Is there a {color} {shape} in the image?", "Yes" if present else "No", "existence"
+    count = rng.randint(1, 4)
+    return f"Are there exactly {count} shapes in the image?", "Yes" if count == len(scene) else "No", "count"
+
+
+TEXT_ONLY = [
+    ("Which shapes can appear in these pictures?", "Circles, squares and triangles."),
+    ("Which colors can the shapes have?", "Red, green, blue and yellow."),
+    ("How many corners does a triangle have?", "Three."),
+    ("How many corners does a square have?", "Four."),
+    ("Does a circle have corners?", "No."),
+]
+
+
+def encode_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- writing the data set -------------------------------------------------------------------
+
+def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) -> list[dict]:
+    """A multi-turn conversation: 1-3 questions, some in multiple-choice form."""
+    pool = questions(scene, rng)
+    yn_question, yn_answer, _ = yes_no(scene, rng)
+    pool.append(Question("yes/no", f"{yn_question}\n{SHORT_SUFFIX}", yn_answer, ["Yes", "No"]))
+    rng.shuffle(pool)
+    turns = []
+    for question in pool[:rng.randint(1, 3)]:
+        if question.category == "yes/no":
+            turns += [{"from": "human", "value": question.question}, {"from": "gpt", "value": question.answer}]
+        elif rng.random() < mcq_fraction:
+            prompt, _, letter = as_mcq(question, rng)
+            turns += [{"from": "human", "value": f"{prompt}\n{MCQ_SUFFIX}"}, {"from": "gpt", "value": letter}]
+        else:
+            turns += [{"from": "human", "value": question.question}, {"from": "gpt", "value": short_answer(question)}]
+    turns[0]["value"] = "<image>\n" + turns[0]["value"]
+    return turns
+
+
+def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_instruct: int = 4000,
+                    num_test: int = 400, image_size: int = 64, text_only_fraction: float = 0.05,
+                    mcq_fraction: float = 0.5, progress: bool = True) -> dict:
+    """Write images, pretrain.json, instruct.json, ShapesVQA_MCQ.tsv and ShapesVQA_YN.tsv."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    pretrain, instruct, mcq_rows, yn_rows = [], [], [], []
+    total = num_pretrain + num_instruct + num_test
+    bar = tqdm(total=total, desc="ShapesVQA", unit="image", disable=not progress)
+    for i in range(num_pretrain + num_instruct):
+        scene = random_scene(rng)
+        name = f"train_{i:06d}.png"
+        draw_scene(scene, image_size, rng).save(out / "images" / name)
+        if i < num_pretrain:
+            pretrain.append({"id": f"pretrain-{i}", "image": name, "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(scene)}]})
+        elif rng.random() < text_only_fraction:
+            question, answer = rng.choice(TEXT_ONLY)
+            instruct.append({"id": f"text-{i}", "conversations": [{"from": "human", "value": question},
+                                                                 {"from": "gpt", "value": answer}]})
+        else:
+            instruct.append({"id": f"instruct-{i}", "image": name, "conversations": _instruction(scene, rng, mcq_fraction)})
+        bar.update()
+    for i in range(num_test):
+        scene = random_scene(rng)
+        image = draw_scene(scene, image_size, rng)
+        name = f"test_{i:06d}.png"
+        image.save(out / "images" / name)
+        encoded = encode_png(image)
+        question = rng.choice(questions(scene, rng))
+        prompt, options, letter = as_mcq(question, rng)
+        mcq_rows.append({"index": i, "image": encoded, "question": question.mcq_question or question.question,
+                         "hint": None, **{LETTERS[k]: option for k, option in enumerate(options)},
+                         "answer": letter, "category": question.category, "l2-category": L2_OF[question.category],
+                         "split": "dev", "image_path": name})
+        yn_question, yn_answer, yn_category = yes_no(scene, rng)
+        yn_rows.append({"index": i, "image": encoded, "question": yn_question, "answer": yn_answer,
+                        "category": yn_category, "image_path": name})
+        bar.update()
+    bar.close()
+    (out / "pretrain.json").write_text(json.dumps(pretrain))
+    (out / "instruct.json").write_text(json.dumps(instruct))
+    columns = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
+    pd.DataFrame(mcq_rows)[columns].to_csv(out / "ShapesVQA_MCQ.tsv", sep="\t", index=False)
+    pd.DataFrame(yn_rows)[["index", "image", "question", "answer", "category"]].to_csv(
+        out / "ShapesVQA_YN.tsv", sep="\t", index=False)
+    return {"pretrain": len(pretrain), "instruct": len(instruct), "mcq": len(mcq_rows), "yes_no": len(yn_rows)}
+
+
+def corpus(out_dir) -> list[str]:
+    """Every text a tokenizer for this data set should know (for init-tiny)."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    out = Path(out_dir)
+    texts = []
+    for name in ("pretrain.json", "instruct.json"):
+        for record in json.loads((out / name).read_text()):
+            texts += [turn["value"] for turn in record["conversations"]]
+    mcq = pd.read_csv(out / "ShapesVQA_MCQ.tsv", sep="\t")
+    texts += [f"{q}\n{a}\n{b}\n{c}\n{d}" for q, a, b, c, d in zip(mcq.question, mcq.A, mcq.B, mcq.C, mcq.D)]
+    texts += list(pd.read_csv(out / "ShapesVQA_YN.tsv", sep="\t").question)
+    return texts
+
+
+def add_arguments(parser, name: str = "synth") -> None:
+    parser.add_argument("--out", default="runs/quickstart/data", help="output directory (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    parser.add_argument("--num_pretrain", type=int, default=2000, help="stage-1 caption samples")
+    parser.add_argument("--num_instruct", type=int, default=4000, help="stage-2 instruction samples")
+    parser.add_argument("--num_test", type=int, default=400, help="held-out benchmark rows (MCQ and yes/no each)")
+    parser.add_argument("--image_size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--mcq_fraction", type=float, default=0.5, help="share of training questions in MCQ form")
+
+
+def run(args, name: str = "synth") -> int:
+    counts = write_shapesvqa(args.out, seed=args.seed, num_pretrain=args.num_pretrain, num_instruct=args.num_instruct,
+                             num_test=args.num_test, image_size=args.image_size, mcq_fraction=args.mcq_fraction)
+    print(f"ShapesVQA written to {args.out}: {counts}")
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation: answering benchmark questions with a checkpoint and scoring them."""

@@ -1,0 +1,43 @@
+"""Answering one question about one image with a trained checkpoint, greedy by default.
+
+The prompt is rendered by the template the checkpoint was trained with, through the same
+encode_conversation that built its training labels, so training and inference see the same tokens.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from PIL import Image
+
+from ..data import IMAGE_TOKEN, encode_conversation, get_template, preprocess_image
+from ..data.tokenize import token_id
+from ..model import LlavaBundle
+
+
+class Answerer:
+    def __init__(self, bundle: LlavaBundle, device: Optional[str] = None, max_new_tokens: int = 16) -> None:
+        self.bundle = bundle
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = bundle.model.to(self.device).eval()
+        self.template = get_template(bundle.recipe.template)
+        self.max_new_tokens = max_new_tokens
+        stops = {bundle.tokenizer.eos_token_id, token_id(bundle.tokenizer, self.template.end_of_turn)}
+        self.stop_ids = sorted(i for i in stops if i is not None)
+
+    def prompt_ids(self, question: str, with_image: bool) -> list[int]:
+        text = f"{IMAGE_TOKEN}\n{question}" if with_image else question
+        return encode_conversation(self.template, self.bundle.tokenizer, [(text, None)],
+                                   num_image_tokens=self.bundle.recipe.num_image_tokens if with_image else 0).input_ids
+
+    @torch.no_grad()
+    def __call__(self, question: str, image: Optional[Image.Image] = None, **generate_kwargs) -> str:
+        ids = torch.tensor([self.prompt_ids(question, image is not None)], device=self.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if image is not None:
+            pixels = preprocess_image(image, self.bundle.image_processor)[None]
+            inputs["pixel_values"] = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
+        settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "eos_token_id": self.stop_ids,
+                    "pad_token_id": self.bundle.tokenizer.pad_token_id, **generate_kwargs}
+        output = self.model.generate(**inputs, **settings)
+        return self.bundle.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()

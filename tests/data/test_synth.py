@@ -1,0 +1,76 @@
+"""ShapesVQA generation and the tiny bases trained on its text."""
+import base64
+import hashlib
+import io
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from llava_moslora.data import load_samples
+from llava_moslora.data.synth import ABILITIES, MCQ_SUFFIX, write_shapesvqa
+
+MCQ_COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
+
+
+def digest(folder):
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapesvqa")
+    write_shapesvqa(out, seed=3, num_pretrain=40, num_instruct=120, num_test=60, progress=False)
+    return out
+
+
+def test_same_seed_same_files_other_seed_other_files(shapes, tmp_path):
+    write_shapesvqa(tmp_path / "again", seed=3, num_pretrain=40, num_instruct=120, num_test=60, progress=False)
+    assert digest(tmp_path / "again") == digest(shapes)
+    write_shapesvqa(tmp_path / "other", seed=4, num_pretrain=40, num_instruct=120, num_test=60, progress=False)
+    assert digest(tmp_path / "other") != digest(shapes)
+
+
+def test_training_files_are_valid_llava_data(shapes):
+    pretrain, instruct = load_samples(shapes / "pretrain.json"), load_samples(shapes / "instruct.json")
+    assert len(pretrain) == 40 and len(instruct) == 120
+    assert all(s.image for s in pretrain)
+    assert any(s.image is None for s in instruct), "some text-only samples"
+    assert any(len(s.turns) > 1 for s in instruct), "multi-turn conversations"
+    mcq_turns = [(q, a) for s in instruct for q, a in s.turns if q.endswith(MCQ_SUFFIX)]
+    assert mcq_turns and all(a in "ABCD" for _, a in mcq_turns)
+    for sample in pretrain + instruct:
+        if sample.image:
+            assert (shapes / "images" / sample.image).is_file()
+
+
+def test_benchmarks_have_vlmevalkit_columns_and_abilities(shapes):
+    mcq = pd.read_csv(shapes / "ShapesVQA_MCQ.tsv", sep="\t")
+    assert list(mcq.columns) == MCQ_COLUMNS and len(mcq) == 60
+    assert set(mcq["l2-category"]) <= set(ABILITIES) and len(set(mcq["l2-category"])) == 4
+    assert set(mcq["answer"]) <= set("ABCD")
+    for _, row in mcq.head(5).iterrows():
+        assert row[row["answer"]] in {row[c] for c in "ABCD"}
+        Image.open(io.BytesIO(base64.b64decode(row["image"]))).verify()
+    yn = pd.read_csv(shapes / "ShapesVQA_YN.tsv", sep="\t")
+    assert list(yn.columns) == ["index", "image", "question", "answer", "category"]
+    assert set(yn["answer"]) == {"Yes", "No"}
+
+
+def test_synth_and_init_tiny_commands(tmp_path):
+    run = lambda *args: subprocess.run([sys.executable, "-m", "llava_moslora", *args], check=True,
+                                       capture_output=True, text=True)
+    run("synth", "--out", str(tmp_path / "data"), "--num_pretrain", "8", "--num_instruct", "8", "--num_test", "4")
+    run("init-tiny", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "base"), "--hidden_size", "32")
+    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+    llm = AutoModelForCausalLM.from_pretrained(tmp_path / "base" / "llm")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base" / "llm")
+    assert llm.config.hidden_size == 32 and llm.config.vocab_size == len(tokenizer)
+    tower = CLIPVisionModel.from_pretrained(tmp_path / "base" / "vision")
+    assert tower.config.image_size == 64 and AutoImageProcessor.from_pretrained(tmp_path / "base" / "vision")
+    # the tokenizer was trained on the data: its words are single tokens, not letters
+    assert len(tokenizer.tokenize(" triangle")) <= 2
