@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 AdapterKind = Literal["lora", "moslora", "moelora"]
 MixerInit = Literal["kaiming", "orthogonal", "identity", "normal", "zero", "butterfly"]

@@ -98,7 +98,7 @@ def test_stage2_zero3_from_stage1(stage1, stage2_moslora, shapes_data, tmp_path)
 
 def test_stage2_moelora_riemannian_sqrt_zero2(stage1, shapes_data, tmp_path):
     out = tmp_path / "stage2-moe"
-    result = run_script("finetune.sh", stage2_env(shapes_data, stage1, out, ADAPTER="moelora", NUM_EXPERTS="4",
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, out, ADAPTER="moelora", NUM_EXPERTS="4",
                                                   TOP_K="2", GATE_RESCALE="sqrt", RIEMANNIAN="1", LR="1e-2",
                                                   ROUTER_LR="1e-4"),
                         "--max_steps", "30", *FAST)
