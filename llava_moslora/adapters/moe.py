@@ -98,8 +98,7 @@ class MoELoraLinear(AdapterLayer):
         top_values = top_values / top_values.sum(dim=-1, keepdim=True)
         gates = torch.zeros_like(probs).scatter(1, top_index, top_values)
         with torch.no_grad():
-            counts = torch.zeros(self.num_experts, device=probs.device, dtype=torch.float32)
-            counts.scatter_add_(0, top_index.reshape(-1), torch.ones(top_index.numel(), device=probs.device))
+            counts = torch.bincount(top_index.reshape(-1), minlength=self.num_experts).float()
             self.last_expert_load = counts / max(top_index.numel(), 1)
         self.aux_loss = None
         if self.load_balance_coef > 0 and self.training:

@@ -16,13 +16,12 @@ from typing import Optional
 
 from PIL import Image, ImageDraw
 
+from .prompts import LETTERS, mcq_prompt, short_prompt
+
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 DISTRACTOR_SHAPE = "star"  # offered as an option, never drawn
 SIZES = ("small", "large")
-MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
-SHORT_SUFFIX = "Answer the question using a single word or phrase."
-LETTERS = "ABCD"
 
 # MMBench-style abilities: l2-category -> categories (question families)
 ABILITIES = {
@@ -55,7 +54,6 @@ class Question:
     question: str
     answer: str
     options: list[str]
-    mcq_question: Optional[str] = None  # phrasing for the multiple-choice form, when it differs
 
 
 def random_scene(rng: random.Random) -> list[Shape]:
@@ -117,8 +115,7 @@ def questions(scene: list[Shape], rng: random.Random) -> list[Question]:
         relation = _relation(a, b)
         if relation:
             found.append(Question("spatial relation", f"Where is the {a.name} relative to the {b.name}?",
-                                  relation, ["left", "right", "above", "below"],
-                                  f"Where is the {a.name} relative to the {b.name}?"))
+                                  relation, ["left", "right", "above", "below"]))
         if a.size != b.size:
             larger = a if a.size == "large" else b
             found.append(Question("size comparison", f"Which is larger, the {a.name} or the {b.name}?",
@@ -137,12 +134,10 @@ def short_answer(question: Question) -> str:
 
 
 def as_mcq(question: Question, rng: random.Random) -> tuple[str, list[str], str]:
-    """(prompt, options in order, answer letter) for the multiple-choice form."""
+    """(full prompt, options in their shuffled order, answer letter) for the multiple-choice form."""
     options = list(question.options)
     rng.shuffle(options)
-    lines = [question.mcq_question or question.question]
-    lines += [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
-    return "\n".join(lines), options, LETTERS[options.index(question.answer)]
+    return mcq_prompt(question.question, options), options, LETTERS[options.index(question.answer)]
 
 
 def yes_no(scene: list[Shape], rng: random.Random) -> tuple[str, str, str]:
@@ -176,7 +171,7 @@ def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) ->
     """A multi-turn conversation: 1-3 questions, some in multiple-choice form."""
     pool = questions(scene, rng)
     yn_question, yn_answer, _ = yes_no(scene, rng)
-    pool.append(Question("yes/no", f"{yn_question}\n{SHORT_SUFFIX}", yn_answer, ["Yes", "No"]))
+    pool.append(Question("yes/no", short_prompt(yn_question), yn_answer, ["Yes", "No"]))
     rng.shuffle(pool)
     turns = []
     for question in pool[:rng.randint(1, 3)]:
@@ -184,7 +179,7 @@ def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) ->
             turns += [{"from": "human", "value": question.question}, {"from": "gpt", "value": question.answer}]
         elif rng.random() < mcq_fraction:
             prompt, _, letter = as_mcq(question, rng)
-            turns += [{"from": "human", "value": f"{prompt}\n{MCQ_SUFFIX}"}, {"from": "gpt", "value": letter}]
+            turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": letter}]
         else:
             turns += [{"from": "human", "value": question.question}, {"from": "gpt", "value": short_answer(question)}]
     turns[0]["value"] = "<image>\n" + turns[0]["value"]
@@ -228,8 +223,8 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
         image.save(out / "images" / name)
         encoded = encode_png(image)
         question = rng.choice(questions(scene, rng))
-        prompt, options, letter = as_mcq(question, rng)
-        mcq_rows.append({"index": i, "image": encoded, "question": question.mcq_question or question.question,
+        _, options, letter = as_mcq(question, rng)
+        mcq_rows.append({"index": i, "image": encoded, "question": question.question,
                          "hint": None, **{LETTERS[k]: option for k, option in enumerate(options)},
                          "answer": letter, "category": question.category, "l2-category": L2_OF[question.category],
                          "split": "dev", "image_path": name})

@@ -23,14 +23,13 @@ class Template:
     """A named conversation format.
 
     `render(turns, system)` returns the segments; `end_of_turn` is the marker that closes an
-    assistant reply (it must be a single token of the tokenizer); `stop_strings` end generation.
+    assistant reply (it must be a single token of the tokenizer) and stops generation.
     """
 
     name: str
     default_system: str
     end_of_turn: str
     _render: Callable[[Turns, str, str], Segments]
-    description: str = ""
 
     def render(self, turns: Turns, system: Optional[str] = None) -> Segments:
         if not turns:
@@ -94,10 +93,10 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
 
 TEMPLATES: dict[str, Template] = {
     t.name: t for t in (
-        Template("plain", "", "\n", _plain, "stage 1: <image> then the caption (LLaVA pretraining)"),
-        Template("vicuna_v1", VICUNA_SYSTEM, "</s>", _vicuna_v1, "LLaVA-1.5 / Vicuna v1.5 chat"),
-        Template("llama3", "", "<|eot_id|>", _llama3, "Llama 3 instruct headers"),
-        Template("chatml", "You are a helpful assistant.", "<|im_end|>", _chatml, "ChatML (Qwen2)"),
+        Template("plain", "", "\n", _plain),
+        Template("vicuna_v1", VICUNA_SYSTEM, "</s>", _vicuna_v1),
+        Template("llama3", "", "<|eot_id|>", _llama3),
+        Template("chatml", "You are a helpful assistant.", "<|im_end|>", _chatml),
     )
 }
 

@@ -17,9 +17,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
-SHORT_SUFFIX = "Answer the question using a single word or phrase."
-LETTERS = "ABCD"
+from ..data.prompts import LETTERS, mcq_prompt as format_mcq, short_prompt
+
 
 
 def decode_image(data: str) -> Image.Image:
@@ -27,10 +26,9 @@ def decode_image(data: str) -> Image.Image:
 
 
 def mcq_prompt(row) -> str:
-    parts = [] if pd.isna(row.get("hint")) else [str(row["hint"])]
-    parts.append(str(row["question"]))
-    parts += [f"{letter}. {row[letter]}" for letter in LETTERS if letter in row and not pd.isna(row[letter])]
-    return "\n".join(parts) + "\n" + MCQ_SUFFIX
+    options = [row[letter] for letter in LETTERS if letter in row and not pd.isna(row[letter])]
+    return format_mcq(str(row["question"]), [str(o) for o in options],
+                      None if pd.isna(row.get("hint")) else str(row["hint"]))
 
 
 def parse_choice(prediction: str, row) -> Optional[str]:
@@ -66,7 +64,7 @@ def score_yes_no(tsv: Path, answer: Callable[[str, Image.Image], str], progress:
     table = pd.read_csv(tsv, sep="\t")
     predictions = []
     for _, row in tqdm(table.iterrows(), total=len(table), desc=tsv.stem, disable=not progress):
-        predictions.append(answer(f"{row['question']}\n{SHORT_SUFFIX}",
+        predictions.append(answer(short_prompt(row["question"]),
                                   decode_image(row["image"])))
     table = table.drop(columns=["image"]).assign(prediction=predictions)
     table["hit"] = [parse_yes_no(p) == a for p, a in zip(predictions, table["answer"])]

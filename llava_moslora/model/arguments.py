@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..adapters import AdapterConfig
-from .recipe import Recipe
+from .recipe import TUNE_MODES, check_tune_modes
 
 
 def _targets(value: Optional[str]):
@@ -70,8 +70,8 @@ class ModelArguments:
 
     def tune_settings(self) -> dict:
         """The recipe fields these arguments decide: tune modes and adapter configs."""
-        settings = {f"tune_{c}": getattr(self, f"tune_{c}") for c in ("vision_tower", "mm_projector", "language_model")}
-        Recipe(vision_tower="", language_model="", **settings)  # validates the modes
+        settings = {f"tune_{c}": getattr(self, f"tune_{c}") for c in TUNE_MODES}
+        check_tune_modes(settings)
         settings["llm_adapter"] = (self.adapter_config("language_model").to_dict()
                                    if self.tune_language_model == "adapter" else None)
         settings["vision_adapter"] = (self.adapter_config("vision_tower").to_dict()

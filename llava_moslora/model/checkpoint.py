@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -104,11 +104,13 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> L
                          f"model {recipe.language_model} gives {len(bundle.tokenizer)}; is it the same base model?")
     bundle = LlavaBundle(bundle.model, saved_tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
     apply_tuning(bundle.model, recipe)
-    _load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
+    load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
     return bundle
 
 
-def _load_trained_tensors(model: torch.nn.Module, file: Path, expected: list[str]) -> None:
+def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[str] = ()) -> None:
+    """Copy a trainable.safetensors file into the model (canonical names); every `expected`
+    name must be in the file, and every tensor of the file must exist in the model."""
     tensors = load_file(str(file))
     parameters = parameters_by_name(model)
     missing = [name for name in expected if name not in tensors]

@@ -17,6 +17,14 @@ TUNE_MODES = {"vision_tower": ("frozen", "full", "adapter"), "mm_projector": ("f
               "language_model": ("frozen", "full", "adapter")}
 
 
+def check_tune_modes(settings: dict[str, str]) -> None:
+    """ValueError unless every tune_<component> value is one of that component's modes."""
+    for component, modes in TUNE_MODES.items():
+        value = settings[f"tune_{component}"]
+        if value not in modes:
+            raise ValueError(f"tune_{component} must be one of {modes}, got {value!r}")
+
+
 @dataclass
 class Recipe:
     vision_tower: str
@@ -38,10 +46,7 @@ class Recipe:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        for component, modes in TUNE_MODES.items():
-            value = getattr(self, f"tune_{component}")
-            if value not in modes:
-                raise ValueError(f"tune_{component} must be one of {modes}, got {value!r}")
+        check_tune_modes({f"tune_{c}": getattr(self, f"tune_{c}") for c in TUNE_MODES})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

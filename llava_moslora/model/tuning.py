@@ -15,6 +15,8 @@ from ..adapters import AdapterConfig, apply_adapters
 from .recipe import Recipe
 
 COMPONENTS = ("vision_tower", "mm_projector", "language_model")
+# Non-reentrant checkpointing needs no trainable input when the embeddings are frozen.
+GRADIENT_CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
 def component_modules(model: LlavaForConditionalGeneration) -> dict[str, list[nn.Module]]:
@@ -90,5 +92,5 @@ def select_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
 def enable_gradient_checkpointing(model: LlavaForConditionalGeneration) -> None:
     """Activation checkpointing for the vision tower and the LM. Non-reentrant, so frozen
     embeddings (adapter-only training) need no input-requires-grad workaround."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(GRADIENT_CHECKPOINTING_KWARGS))
     model.config.use_cache = False

@@ -51,6 +51,7 @@ def parse(argv: list[str]):
     from transformers import HfArgumentParser
 
     from ..model import ModelArguments
+    from ..model.tuning import GRADIENT_CHECKPOINTING_KWARGS
     from .arguments import DataArguments, LlavaTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments), prog="llava-moslora train",
@@ -58,8 +59,7 @@ def parse(argv: list[str]):
                                           "deepspeed launcher; scripts/pretrain.sh and scripts/finetune.sh do that.")
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
-        # Non-reentrant checkpointing needs no trainable input when the embeddings are frozen.
-        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        training_args.gradient_checkpointing_kwargs = dict(GRADIENT_CHECKPOINTING_KWARGS)
     if training_args.riemannian and training_args.zero_stage() == 3:
         raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
                          "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")

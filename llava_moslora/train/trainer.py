@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file
 from transformers import Trainer
 
 from ..adapters import MoELoraLinear, moe_aux_loss
 from ..data import ModalityLengthGroupedSampler
 from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
-from ..model.checkpoint import parameters_by_name
+from ..model.checkpoint import load_trained_tensors, parameters_by_name
 
 
 def gather_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
@@ -88,8 +87,8 @@ class LlavaTrainer(Trainer):
         if extra is not None:
             result = (result[0] + extra, result[1]) if return_outputs else result + extra
         if self._moe_layers and model.training:
-            loads = torch.stack([m.last_expert_load for m in self._moe_layers if m.last_expert_load is not None])
-            load = loads.mean(0).detach().cpu()
+            # Summed on the device; moved to the CPU only when logged, so no sync per step.
+            load = torch.stack([m.last_expert_load for m in self._moe_layers if m.last_expert_load is not None]).mean(0)
             self._expert_load_sum = load if self._expert_load_sum is None else self._expert_load_sum + load
             self._expert_load_steps += 1
         return result
@@ -109,7 +108,7 @@ class LlavaTrainer(Trainer):
 
     def log(self, logs: dict, start_time=None) -> None:
         if self._expert_load_steps:
-            load = self._expert_load_sum / self._expert_load_steps  # share of routing slots per expert
+            load = (self._expert_load_sum / self._expert_load_steps).cpu()  # share of routing slots per expert
             logs["expert_load_max"] = round(float(load.max()), 4)
             logs["expert_load_min"] = round(float(load.min()), 4)
             self._expert_load_sum, self._expert_load_steps = None, 0
@@ -136,11 +135,4 @@ class LlavaTrainer(Trainer):
         path = Path(resume_from_checkpoint) / TRAINABLE_FILE
         if not path.is_file():
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        parameters = parameters_by_name(model or self.model)
-        tensors = load_file(str(path))
-        unknown = [name for name in tensors if name not in parameters]
-        if unknown:
-            raise KeyError(f"{path} holds tensors this model does not have: {unknown[:5]}")
-        with torch.no_grad():
-            for name, tensor in tensors.items():
-                parameters[name].copy_(tensor.to(parameters[name].dtype))
+        load_trained_tensors(model or self.model, path)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from llava_moslora.data import load_samples
-from llava_moslora.data.synth import ABILITIES, MCQ_SUFFIX, write_shapesvqa
+from llava_moslora.data.prompts import MCQ_SUFFIX
+from llava_moslora.data.synth import ABILITIES, write_shapesvqa
 
 MCQ_COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
 
