@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "fold lora/moslora adapters into a standalone llava-hf directory"),
     "export-peft": ("llava_moslora.model.export",
                     "write lora/moslora adapters as a PEFT LoRA adapter plus the tuned projector"),
+    "quickstart": ("llava_moslora.quickstart",
+                   "run scripts/quickstart.sh: ShapesVQA, tiny bases, both stages, evaluation, sample answers"),
     "env": ("llava_moslora.envinfo",
             "print the versions of the stack and the accelerators it sees (paste into bug reports)"),
 }

@@ -31,6 +31,10 @@ ABILITIES = {
     "reasoning": ("counting after removal",),
 }
 L2_OF = {category: l2 for l2, categories in ABILITIES.items() for category in categories}
+# How often each question family is drawn into a training conversation, relative to the others:
+# families that need two objects located at once are learned last by a tiny model, so it sees them more.
+TRAINING_WEIGHTS = {"counting": 1.0, "color recognition": 1.0, "shape recognition": 2.0, "spatial relation": 3.0,
+                    "size comparison": 2.0, "counting after removal": 1.0, "yes/no": 1.0}
 
 
 @dataclass(frozen=True)
@@ -172,9 +176,8 @@ def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) ->
     pool = questions(scene, rng)
     yn_question, yn_answer, _ = yes_no(scene, rng)
     pool.append(Question("yes/no", short_prompt(yn_question), yn_answer, ["Yes", "No"]))
-    rng.shuffle(pool)
     turns = []
-    for question in pool[:rng.randint(1, 3)]:
+    for question in _weighted_sample(pool, rng.randint(1, 3), rng):
         if question.category == "yes/no":
             turns += [{"from": "human", "value": question.question}, {"from": "gpt", "value": question.answer}]
         elif rng.random() < mcq_fraction:
@@ -186,9 +189,15 @@ def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) ->
     return turns
 
 
+def _weighted_sample(pool: list[Question], count: int, rng: random.Random) -> list[Question]:
+    """Up to `count` distinct questions, drawn with TRAINING_WEIGHTS (Efraimidis-Spirakis keys)."""
+    keyed = sorted(pool, key=lambda q: rng.random() ** (1.0 / TRAINING_WEIGHTS[q.category]), reverse=True)
+    return keyed[:count]
+
+
 def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_instruct: int = 4000,
                     num_test: int = 400, image_size: int = 64, text_only_fraction: float = 0.05,
-                    mcq_fraction: float = 0.5, progress: bool = True) -> dict:
+                    mcq_fraction: float = 0.8, progress: bool = True) -> dict:
     """Write images, pretrain.json, instruct.json, ShapesVQA_MCQ.tsv and ShapesVQA_YN.tsv."""
     import json
     from pathlib import Path
@@ -267,7 +276,7 @@ def add_arguments(parser, name: str = "synth") -> None:
     parser.add_argument("--num_instruct", type=int, default=4000, help="stage-2 instruction samples")
     parser.add_argument("--num_test", type=int, default=400, help="held-out benchmark rows (MCQ and yes/no each)")
     parser.add_argument("--image_size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--mcq_fraction", type=float, default=0.5, help="share of training questions in MCQ form")
+    parser.add_argument("--mcq_fraction", type=float, default=0.8, help="share of training questions in MCQ form")
 
 
 def run(args, name: str = "synth") -> int:

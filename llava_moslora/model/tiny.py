@@ -102,8 +102,8 @@ def save_tiny_clip(out_dir: Union[str, Path], *, image_size: int = 32, patch_siz
 
 # --- `llava-moslora init-tiny` ----------------------------------------------------------------
 
-def init_tiny(data_dir: Union[str, Path], out_dir: Union[str, Path], *, image_size: int = 64, patch_size: int = 8,
-              vision_hidden: int = 64, vision_layers: int = 3, hidden_size: int = 128, num_layers: int = 2,
+def init_tiny(data_dir: Union[str, Path], out_dir: Union[str, Path], *, image_size: int = 64, patch_size: int = 16,
+              vision_hidden: int = 64, vision_layers: int = 3, hidden_size: int = 128, num_layers: int = 4,
               vocab_size: int = 512, seed: int = 0) -> dict:
     """Tiny CLIP tower + tiny Llama whose tokenizer is trained on the data set's text (ShapesVQA)."""
     from ..data.synth import corpus
@@ -128,11 +128,11 @@ def add_arguments(parser, name: str = "init-tiny") -> None:
     parser.add_argument("--data", default="runs/quickstart/data", help="ShapesVQA directory whose text trains the tokenizer")
     parser.add_argument("--out", default="runs/quickstart/base", help="writes OUT/vision and OUT/llm")
     parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--patch_size", type=int, default=8)
+    parser.add_argument("--patch_size", type=int, default=16, help="vision patch side; (image_size/patch_size)^2 image tokens")
     parser.add_argument("--vision_hidden", type=int, default=64)
     parser.add_argument("--vision_layers", type=int, default=3)
     parser.add_argument("--hidden_size", type=int, default=128, help="LLM width")
-    parser.add_argument("--num_layers", type=int, default=2, help="LLM decoder layers")
+    parser.add_argument("--num_layers", type=int, default=4, help="LLM decoder layers")
     parser.add_argument("--vocab_size", type=int, default=512, help="tokenizer vocabulary (upper bound)")
     parser.add_argument("--seed", type=int, default=0)
 

@@ -74,3 +74,16 @@ def test_synth_and_init_tiny_commands(tmp_path):
     assert tower.config.image_size == 64 and AutoImageProcessor.from_pretrained(tmp_path / "base" / "vision")
     # the tokenizer was trained on the data: its words are single tokens, not letters
     assert len(tokenizer.tokenize(" triangle")) <= 2
+
+
+def test_training_conversations_favour_the_families_learned_last():
+    import random
+
+    from llava_moslora.data.synth import TRAINING_WEIGHTS, Question, _weighted_sample
+
+    pool = [Question(category, "q", "a", []) for category in TRAINING_WEIGHTS]
+    rng = random.Random(0)
+    drawn = [q.category for _ in range(20000) for q in _weighted_sample(pool, 1, rng)]
+    total = sum(TRAINING_WEIGHTS.values())
+    for category, weight in TRAINING_WEIGHTS.items():
+        assert drawn.count(category) / len(drawn) == pytest.approx(weight / total, abs=0.015)
