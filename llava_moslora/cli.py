@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# name -> (module, one-line help). Later issues add eval, chat, ... here.
+# name -> (module, one-line help).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("llava_moslora.data.synth",
               "generate ShapesVQA: images, stage-1/2 training data and held-out VLMEvalKit-format benchmarks"),
@@ -23,6 +23,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "fold lora/moslora adapters into a standalone llava-hf directory"),
     "export-peft": ("llava_moslora.model.export",
                     "write lora/moslora adapters as a PEFT LoRA adapter plus the tuned projector"),
+    "eval": ("llava_moslora.evaluation.runner",
+             "run VLMEvalKit benchmarks (or local MCQ / yes-no TSVs offline) on a checkpoint"),
+    "abilities": ("llava_moslora.evaluation.abilities",
+                  "per-ability scores of evaluated checkpoints, normalized across them: JSON, Markdown, radar plots"),
     "quickstart": ("llava_moslora.quickstart",
                    "run scripts/quickstart.sh: ShapesVQA, tiny bases, both stages, evaluation, sample answers"),
     "env": ("llava_moslora.envinfo",

@@ -1,0 +1,144 @@
+"""The VLMEvalKit model class: a checkpoint of this project behind VLMEvalKit's model contract.
+
+Contract (vlmeval/vlm/base.py BaseModel): `generate(message, dataset)` with message a list of
+{"type": "image"|"text", "value": path-or-text} returns a string; `use_custom_prompt(dataset)` and
+`build_prompt(line, dataset)` let a model phrase benchmark rows its own way. Multiple-choice rows
+get LLaVA's prompt (options, then "Answer with the option's letter ..."), yes/no rows the short
+answer prompt this project trains with; decoding is greedy with few new tokens.
+
+`model_class()` subclasses vlmeval's BaseModel when vlmeval is importable (it is imported only
+then: the import is slow and changes process-wide settings) and otherwise `ContractBase`, which
+implements the same contract, so the builtin backend drives the very same code.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import pandas as pd
+from PIL import Image
+
+from ..data.prompts import LETTERS, mcq_prompt, short_prompt
+from ..model import load_checkpoint
+from .answer import Answerer
+
+# Answers to MCQ / yes-no rows are a letter or a word; VQA rows get room for a phrase.
+SHORT_ANSWER_TOKENS = 8
+FREE_ANSWER_TOKENS = 64
+
+
+class ContractBase:
+    """VLMEvalKit's BaseModel contract without vlmeval: message normalisation and image dumping."""
+
+    INTERLEAVE = False
+    allowed_types = ["text", "image"]
+
+    def __init__(self) -> None:
+        self.dump_image_func: Optional[Callable] = None
+
+    def set_dump_image(self, dump_image_func: Callable) -> None:
+        self.dump_image_func = dump_image_func
+
+    def dump_image(self, line, dataset: Optional[str] = None) -> list[str]:
+        return self.dump_image_func(line)
+
+    def use_custom_prompt(self, dataset: Optional[str]) -> bool:
+        return False
+
+    def generate(self, message, dataset: Optional[str] = None) -> str:
+        if isinstance(message, str):
+            message = [{"type": "text", "value": message}]
+        items = []
+        for item in message:
+            if isinstance(item, str):  # a bare string is an image path if the file exists, else text
+                item = {"type": "image" if os.path.isfile(item) else "text", "value": item}
+            if item.get("type") not in self.allowed_types:
+                raise ValueError(f"unsupported message item {item!r}; expected types {self.allowed_types}")
+            items.append(item)
+        return self.generate_inner(items, dataset)
+
+
+def is_multiple_choice(line) -> bool:
+    return "A" in line and "B" in line and not pd.isna(line["A"])
+
+
+def is_yes_no(line) -> bool:
+    return "answer" in line and str(line["answer"]) in ("Yes", "No") and not is_multiple_choice(line)
+
+
+class LlavaMoSLoRAMixin:
+    """Loads a stage checkpoint or merged directory and answers benchmark messages with it."""
+
+    def __init__(self, model_path: Union[str, Path], device: Optional[str] = None, **answer_kwargs) -> None:
+        super().__init__()
+        self.model_path = str(model_path)
+        self.answerer = Answerer(load_checkpoint(model_path), device=device, **answer_kwargs)
+
+    def use_custom_prompt(self, dataset: Optional[str]) -> bool:
+        return dataset_type(dataset) in ("MCQ", "Y/N")
+
+    def build_prompt(self, line, dataset: Optional[str] = None) -> list[dict]:
+        images = self.dump_image(line, dataset)
+        if is_multiple_choice(line):
+            options = [str(line[letter]) for letter in LETTERS if letter in line and not pd.isna(line[letter])]
+            hint = line.get("hint")
+            text = mcq_prompt(str(line["question"]), options, None if pd.isna(hint) else str(hint))
+        else:
+            text = short_prompt(str(line["question"]))
+        return [{"type": "image", "value": path} for path in images] + [{"type": "text", "value": text}]
+
+    def generate_inner(self, message: list[dict], dataset: Optional[str] = None) -> str:
+        images = [item["value"] for item in message if item["type"] == "image"]
+        text = "\n".join(item["value"] for item in message if item["type"] == "text")
+        # The LLaVA-1.5 layout this project trains on has one image per conversation: the first one.
+        image = Image.open(images[0]).convert("RGB") if images else None
+        short = dataset_type(dataset) in ("MCQ", "Y/N")
+        return self.answerer(text, image, max_new_tokens=SHORT_ANSWER_TOKENS if short else FREE_ANSWER_TOKENS)
+
+
+def dataset_type(dataset: Optional[str]) -> str:
+    """VLMEvalKit's type of a benchmark name ("MCQ", "Y/N", "VQA", ...), from vlmeval if present."""
+    if dataset is None:
+        return "VQA"
+    if dataset in LOCAL_TYPES:
+        return LOCAL_TYPES[dataset]
+    if vlmeval_available():
+        from vlmeval.dataset import DATASET_TYPE
+
+        return DATASET_TYPE(dataset)
+    return "MCQ"
+
+
+# Types of local TSV benchmarks, registered by the runner after it reads them (VLMEvalKit calls
+# every unknown name "MCQ", yes/no sets included).
+LOCAL_TYPES: dict[str, str] = {}
+
+
+@functools.lru_cache(maxsize=None)
+def vlmeval_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vlmeval") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def model_class(use_vlmeval: Optional[bool] = None) -> type:
+    """LlavaMoSLoRA over vlmeval's BaseModel (when usable) or over ContractBase."""
+    if use_vlmeval is None:
+        use_vlmeval = vlmeval_available()
+    if use_vlmeval:
+        import_vlmeval_quietly()
+        from vlmeval.vlm.base import BaseModel
+
+        return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, BaseModel), {"INTERLEAVE": False})
+    return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, ContractBase), {})
+
+
+def import_vlmeval_quietly():
+    """Import vlmeval offline: its litellm dependency fetches a price list at import otherwise."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import vlmeval
+
+    return vlmeval
