@@ -52,5 +52,10 @@ LORA_R=32 LORA_ALPHA=64 LORA_DROPOUT=0 EPOCHS="${STAGE2_EPOCHS:-3}" \
   bash scripts/finetune.sh --gradient_checkpointing False --dataloader_num_workers 0 --model_max_length 256 \
     --save_strategy no --logging_steps 10
 
-"$PY" -m llava_moslora.evaluation.quick --model "$OUT/stage2" --data "$OUT/data" --out "$OUT/eval"
+# Held-out ShapesVQA through the evaluation room (builtin backend unless vlmeval is installed),
+# then the per-ability table (scores on 0-100; normalized is relative to the best checkpoint,
+# here the only one) and two sample answers.
+"${CLI[@]}" eval --model "$OUT/stage2" --benchmarks shapes --data-root "$OUT/data" --work-dir "$OUT/eval/stage2"
+"${CLI[@]}" abilities "$OUT/eval/stage2" --out "$OUT/eval/abilities"
+"$PY" -m llava_moslora.evaluation.quick --model "$OUT/stage2" --image "$OUT/data/images/test_000000.png"
 echo "quickstart: done in $(( $(date +%s) - start )) s; everything is under $OUT"

@@ -17,7 +17,8 @@ def test_shortened_quickstart_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = tmp_path / "qs"
     for path in ("data/ShapesVQA_MCQ.tsv", "base/llm/config.json", "stage1/trainable.safetensors",
-                 "stage2/llava_moslora.json", "eval/stage2_ShapesVQA_MCQ_acc.csv"):
+                 "stage2/llava_moslora.json", "eval/stage2/stage2_ShapesVQA_MCQ_acc.csv",
+                 "eval/stage2/stage2_ShapesVQA_YN_score.csv", "eval/abilities/abilities.md"):
         assert (out / path).is_file(), path
-    assert "ShapesVQA multiple choice" in result.stdout and "Sample answers about" in result.stdout
+    assert "| coarse perception | l2-category |" in result.stdout and "Sample answers about" in result.stdout
     assert "quickstart: done in" in result.stdout

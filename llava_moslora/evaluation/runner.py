@@ -140,7 +140,7 @@ def run(args, name: str = "eval") -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"llava-moslora eval: {error}")
         return 2
-    if results:
+    if results and os.environ.get("RANK", "0") == "0":
         print(summary(results))
     return 0
 
