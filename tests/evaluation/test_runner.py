@@ -1,10 +1,12 @@
 """`llava-moslora eval`: suites, one work directory per checkpoint, the builtin backend end to end."""
+import os
 import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
+from helpers import ROOT
 from llava_moslora.evaluation.runner import claim_work_dir, resolve_benchmarks, suites
 from llava_moslora.evaluation.vlm import vlmeval_available
 
@@ -56,3 +58,15 @@ def test_asking_for_vlmeval_without_it_says_how_to_install(tiny_checkpoint, tmp_
     result = cli("eval", "--model", str(tiny_checkpoint), "--benchmarks", "MME", "--work-dir", str(tmp_path / "w"),
                  "--backend", "vlmeval")
     assert result.returncode == 2 and "pip install -e VLMEvalKit" in result.stdout
+
+
+def test_eval_run_sh_evaluates_a_suite_and_reports_abilities(tiny_checkpoint, shapes_root, tmp_path):
+    work = tmp_path / "work"
+    env = {**os.environ, "PYTHON": sys.executable,
+           "EVAL_ARGS": f"--data-root {shapes_root} --backend builtin"}
+    result = subprocess.run(["bash", str(ROOT / "eval" / "run.sh"), str(tiny_checkpoint), "shapes", str(work)],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (work / "abilities" / "abilities.md").is_file() and "ShapesVQA_MCQ" in result.stdout
+    usage = subprocess.run(["bash", str(ROOT / "eval" / "run.sh")], capture_output=True, text=True)
+    assert usage.returncode == 2 and "CHECKPOINT" in usage.stdout
