@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "run VLMEvalKit benchmarks (or local MCQ / yes-no TSVs offline) on a checkpoint"),
     "abilities": ("llava_moslora.evaluation.abilities",
                   "per-ability scores of evaluated checkpoints, normalized across them: JSON, Markdown, radar plots"),
+    "chat": ("llava_moslora.serve.chat",
+             "talk with a checkpoint about an image: streaming, multi-turn, /image /reset /exit; --prompt for scripts"),
     "quickstart": ("llava_moslora.quickstart",
                    "run scripts/quickstart.sh: ShapesVQA, tiny bases, both stages, evaluation, sample answers"),
     "env": ("llava_moslora.envinfo",

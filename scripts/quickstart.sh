@@ -54,8 +54,14 @@ LORA_R=32 LORA_ALPHA=64 LORA_DROPOUT=0 EPOCHS="${STAGE2_EPOCHS:-3}" \
 
 # Held-out ShapesVQA through the evaluation room (builtin backend unless vlmeval is installed),
 # then the per-ability table (scores on 0-100; normalized is relative to the best checkpoint,
-# here the only one) and two sample answers.
+# here the only one) and two sample answers from the chat command.
 "${CLI[@]}" eval --model "$OUT/stage2" --benchmarks shapes --data-root "$OUT/data" --work-dir "$OUT/eval/stage2"
 "${CLI[@]}" abilities "$OUT/eval/stage2" --out "$OUT/eval/abilities"
-"$PY" -m llava_moslora.evaluation.quick --model "$OUT/stage2" --image "$OUT/data/images/test_000000.png"
+sample="$OUT/data/images/test_000000.png"
+echo; echo "Sample answers about $sample (bash scripts/chat.sh --model $OUT/stage2 --image $sample to ask more):"
+for question in "How many shapes are in the image?" "Describe the image."; do
+  answer="$("${CLI[@]}" chat --model "$OUT/stage2" --image "$sample" --prompt "$question" --max_new_tokens 48 \
+    2>>"$OUT/chat.log")"  # loading messages go to the log; a failure still stops the script
+  echo "  Q: $question"; echo "  A: $answer"
+done
 echo "quickstart: done in $(( $(date +%s) - start )) s; everything is under $OUT"

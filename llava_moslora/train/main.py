@@ -146,7 +146,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if training_args.process_index == 0:
         print(f"[llava-moslora] data: {collator.guard.summary()} (this rank's batches)")
         print(f"[llava-moslora] stage checkpoint written to {training_args.output_dir}", flush=True)
+    shut_down_process_group()
     return 0
+
+
+def shut_down_process_group() -> None:
+    """Leave the process group together: without it, a rank's gloo threads can still be running
+    while the interpreter exits, which aborts that rank ("terminate called without an active
+    exception") after a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

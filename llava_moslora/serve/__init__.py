@@ -1,0 +1,1 @@
+"""Talking to a tuned model: the `llava-moslora chat` command."""

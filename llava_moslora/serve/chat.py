@@ -1,0 +1,157 @@
+"""`llava-moslora chat`: a multi-turn conversation about an image with any checkpoint of this project.
+
+Interactive: the reply streams token by token; `/image PATH` switches the image (and starts a new
+conversation), `/reset` starts over, `/exit` or end of input leaves. `--prompt TEXT` (repeatable)
+answers each prompt in turn, prints only the answers and exits. Loading and speed reports go to
+stderr, so stdout holds only the conversation.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Optional
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..evaluation.answer import Answerer
+from ..model import load_checkpoint
+
+HELP = "commands: /image PATH (switch image, new conversation), /reset, /exit"
+
+
+class ChatSession:
+    """One conversation: the image, the (question, reply) turns so far, and sampling settings."""
+
+    def __init__(self, answerer: Answerer, temperature: float = 0.0, top_p: float = 1.0,
+                 max_new_tokens: int = 512) -> None:
+        self.answerer = answerer
+        self.image: Optional[Image.Image] = None
+        self.history: list[tuple[str, str]] = []
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
+        self.settings = {"max_new_tokens": max_new_tokens, **sampling}
+
+    def set_image(self, path: Optional[str]) -> None:
+        """Open the image (an OSError or UnidentifiedImageError leaves the session as it was)."""
+        image = Image.open(path).convert("RGB") if path else None
+        self.image, self.history = image, []
+
+    def reset(self) -> None:
+        self.history = []
+
+    def ask(self, question: str, on_text=None) -> str:
+        """The reply to `question`; on_text(chunk) sees it while it is generated."""
+        streamer = None
+        if on_text is not None:
+            from transformers import TextIteratorStreamer
+
+            streamer = TextIteratorStreamer(self.answerer.bundle.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result = {}
+
+        def generate():
+            try:
+                result["reply"] = self.answerer(question, self.image, self.history, streamer=streamer, **self.settings)
+            except BaseException as error:  # surfaced in the caller's thread
+                result["error"] = error
+                if streamer is not None:
+                    streamer.end()
+
+        if streamer is None:
+            generate()
+        else:
+            worker = threading.Thread(target=generate, daemon=True)
+            worker.start()
+            for chunk in streamer:
+                on_text(chunk)
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        self.history.append((question, result["reply"]))
+        return result["reply"]
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    cuda = device.startswith("cuda")
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def timed_answer(session: ChatSession, question: str, stats: bool, on_text=None) -> str:
+    start = time.perf_counter()
+    reply = session.ask(question, on_text)
+    if stats:
+        seconds = time.perf_counter() - start
+        tokens = session.answerer.last_new_tokens
+        print(f"[{tokens} tokens in {seconds:.2f} s, {tokens / max(seconds, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    return reply
+
+
+def interactive(session: ChatSession, stats: bool) -> None:
+    print(HELP, file=sys.stderr)
+    while True:
+        try:
+            line = input("USER: ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if not line:
+            continue
+        if line == "/exit":
+            return
+        if line == "/reset":
+            session.reset()
+            print("(new conversation)", file=sys.stderr)
+        elif line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                session.set_image(path or None)
+                print(f"(image: {path or 'none'}; new conversation)", file=sys.stderr)
+            except (OSError, UnidentifiedImageError) as error:
+                print(f"cannot use image {path!r}: {error}", file=sys.stderr)
+        elif line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; {HELP}", file=sys.stderr)
+        else:
+            print("ASSISTANT: ", end="", flush=True)
+            timed_answer(session, line, stats, on_text=lambda chunk: print(chunk, end="", flush=True))
+            print(flush=True)
+
+
+def add_arguments(parser, name: str = "chat") -> None:
+    parser.add_argument("--model", required=True, help="stage checkpoint or merged directory")
+    parser.add_argument("--image", default=None, help="image to talk about (optional; /image PATH switches)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="answer this and exit (repeatable: one conversation, answers one per line)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass when temperature > 0")
+    parser.add_argument("--max_new_tokens", type=int, default=512)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 on a GPU that has it, else float32")
+    parser.add_argument("--stats", action="store_true", help="report tokens per second after each answer")
+
+
+def run(args, name: str = "chat") -> int:
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    start = time.perf_counter()
+    try:
+        bundle = load_checkpoint(args.model, dtype=pick_dtype(args.dtype, device))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"llava-moslora chat: {error}", file=sys.stderr)
+        return 2
+    session = ChatSession(Answerer(bundle, device=device), args.temperature, args.top_p, args.max_new_tokens)
+    print(f"loaded {args.model} ({bundle.recipe.template} template) on {device} in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    try:
+        session.set_image(args.image)
+    except (OSError, UnidentifiedImageError) as error:
+        print(f"cannot use image {args.image!r}: {error}", file=sys.stderr)
+        if args.prompt:
+            return 2
+    if args.prompt:
+        for prompt in args.prompt:
+            print(timed_answer(session, prompt, args.stats), flush=True)
+        return 0
+    interactive(session, args.stats)
+    return 0
