@@ -57,3 +57,24 @@ def test_prompt_mode_prints_only_answers_and_matches_the_merged_model(tiny_check
 def test_prompt_mode_with_a_bad_image_fails_with_a_message(tiny_checkpoint, images):
     result = chat("--model", str(tiny_checkpoint), "--image", str(images / "broken.png"), "--prompt", "Hi")
     assert result.returncode == 2 and "cannot use image" in result.stderr and result.stdout == ""
+
+
+def test_the_reply_streams_in_pieces_that_add_up_and_turns_are_kept(tiny_checkpoint, images):
+    from llava_moslora.evaluation.answer import Answerer
+    from llava_moslora.model import load_checkpoint
+    from llava_moslora.serve.chat import ChatSession
+
+    answerer = Answerer(load_checkpoint(tiny_checkpoint))
+    session = ChatSession(answerer, max_new_tokens=8)
+    session.set_image(str(images / "red.png"))
+    chunks = []
+    reply = session.ask("What color is it?", on_text=chunks.append)
+    assert len(chunks) >= 2 and "".join(chunks).strip() == reply  # arrived piece by piece
+    assert reply == answerer("What color is it?", session.image, max_new_tokens=8)  # streaming changes nothing
+    session.ask("Are you sure?")
+    assert [q for q, _ in session.history] == ["What color is it?", "Are you sure?"]
+    # the second question was asked with the first turn in the prompt
+    assert len(answerer.prompt_ids("Are you sure?", True, session.history[:1])) > len(
+        answerer.prompt_ids("Are you sure?", True))
+    session.set_image(None)
+    assert session.history == [] and session.image is None
