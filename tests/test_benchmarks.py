@@ -1,0 +1,32 @@
+"""The benchmark scripts run, and the per-expert-loop reference computes what MoE-LoRA computes.
+(No timing is asserted: the scripts print ratios for people to read.)"""
+import importlib.util
+
+import torch
+
+from helpers import ROOT
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loop_reference_equals_the_vectorised_moe_lora():
+    bench = load("adapters")
+    modules = bench.variants(48, 40, 4, torch.device("cpu"), torch.float32)
+    vectorised, loop = modules["our MoE-LoRA E20 k10 r4"], modules["loop MoE-LoRA E20 k10 r4"]
+    with torch.no_grad():
+        vectorised.proj.lora_B.normal_()
+    x = torch.randn(2, 5, 48)
+    torch.testing.assert_close(loop(x), vectorised(x), rtol=1e-5, atol=1e-5)
+
+
+def test_adapters_benchmark_prints_its_table_and_ratios(capsys):
+    assert load("adapters").main(["--shapes", "64x96", "--tokens", "8", "--repeats", "1", "--warmup", "1",
+                                  "--r", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| PEFT LoRA |" in out and "| loop MoE-LoRA E20 k10 r4 |" in out
+    assert "our LoRA / PEFT LoRA" in out and "MoSLoRA / LoRA" in out
