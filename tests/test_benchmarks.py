@@ -30,3 +30,16 @@ def test_adapters_benchmark_prints_its_table_and_ratios(capsys):
     out = capsys.readouterr().out
     assert "| PEFT LoRA |" in out and "| loop MoE-LoRA E20 k10 r4 |" in out
     assert "our LoRA / PEFT LoRA" in out and "MoSLoRA / LoRA" in out
+
+
+def test_train_step_benchmark_prints_every_case_and_the_ratios(capsys):
+    bench = load("train_step")
+    bench.PRESETS["micro"] = dict(bench.PRESETS["tiny"], batch=1, text_tokens=8, r=4,
+                                  text={**bench.PRESETS["tiny"]["text"], "num_hidden_layers": 1})
+    try:
+        assert bench.main(["--preset", "micro", "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    finally:
+        del bench.PRESETS["micro"]
+    out = capsys.readouterr().out
+    assert sum(line.startswith(("| lora |", "| moslora |", "| moelora |")) for line in out.splitlines()) == 6
+    assert "MoSLoRA / LoRA per step" in out and "Riemannian / plain (moelora)" in out
