@@ -80,33 +80,46 @@ def step(module: nn.Module, x: torch.Tensor) -> None:
     module(x).float().pow(2).mean().backward()
 
 
-def measure(module: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> tuple[float, float]:
-    """(median milliseconds of forward+backward, peak MiB above the inputs; nan on CPU)."""
-    cuda = x.is_cuda
-    for _ in range(warmup):
+def timed_step(module: nn.Module, x: torch.Tensor) -> float:
+    """Milliseconds of one forward+backward (CUDA events on a GPU)."""
+    x.grad = None
+    if x.is_cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         step(module, x)
-    module.zero_grad(set_to_none=True)
-    if cuda:
+        end.record()
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    times = []
+        elapsed = start.elapsed_time(end)
+    else:
+        begin = time.perf_counter()
+        step(module, x)
+        elapsed = 1000 * (time.perf_counter() - begin)
+    module.zero_grad(set_to_none=True)
+    return elapsed
+
+
+def peak_memory(module: nn.Module, x: torch.Tensor) -> float:
+    """MiB allocated at the peak of one step above what was allocated before it (GPU only)."""
+    if not x.is_cuda:
+        return float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    timed_step(module, x)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure_all(modules: dict[str, nn.Module], x: torch.Tensor, repeats: int, warmup: int) -> dict:
+    """label -> (median ms, peak MiB). Variants take turns within each round, so drifts of the
+    machine (clocks, other load) touch them all alike instead of whichever ran last."""
+    for module in modules.values():
+        for _ in range(warmup):
+            timed_step(module, x)
+    times = {label: [] for label in modules}
     for _ in range(repeats):
-        x.grad = None
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step(module, x)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            step(module, x)
-            times.append(1000 * (time.perf_counter() - begin))
-        module.zero_grad(set_to_none=True)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan")
-    return statistics.median(times), peak
+        for label, module in modules.items():
+            times[label].append(timed_step(module, x))
+    return {label: (statistics.median(times[label]), peak_memory(modules[label], x)) for label in modules}
 
 
 def main(argv=None) -> int:
@@ -114,7 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default="4096x4096,4096x11008", help="d_in x d_out list (LLaMA-7B: attention, MLP)")
     parser.add_argument("--tokens", default=None, help="token counts (default: 512,2048 on GPU; 64,256 on CPU)")
     parser.add_argument("--r", type=int, default=128, help="LoRA / MoSLoRA rank (LLaVA-1.5's LoRA: 128)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default: 50 GPU, 5 CPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 50 GPU, 9 CPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -122,7 +135,7 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     tokens = [int(t) for t in (args.tokens or ("512,2048" if cuda else "64,256")).split(",")]
-    repeats = args.repeats or (50 if cuda else 5)
+    repeats = args.repeats or (50 if cuda else 9)
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# {name}, torch {torch.__version__}, {dtype}, r={args.r}, median of {repeats} after {args.warmup} warm-up")
     for shape in args.shapes.split(","):
@@ -130,7 +143,7 @@ def main(argv=None) -> int:
         modules = variants(d_in, d_out, args.r, device, dtype)
         for n in tokens:
             x = torch.randn(1, n, d_in, device=device, dtype=dtype, requires_grad=True)
-            results = {label: measure(module, x, repeats, args.warmup) for label, module in modules.items()}
+            results = measure_all(modules, x, repeats, args.warmup)
             print(f"\n## {d_in}x{d_out}, {n} tokens\n| variant | ms | peak MiB |\n|---|---|---|")
             for label, (ms, peak) in results.items():
                 print(f"| {label} | {ms:.3f} | {peak:.1f} |")
