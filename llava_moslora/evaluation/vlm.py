@@ -64,10 +64,6 @@ def is_multiple_choice(line) -> bool:
     return "A" in line and "B" in line and not pd.isna(line["A"])
 
 
-def is_yes_no(line) -> bool:
-    return "answer" in line and str(line["answer"]) in ("Yes", "No") and not is_multiple_choice(line)
-
-
 class LlavaMoSLoRAMixin:
     """Loads a stage checkpoint or merged directory and answers benchmark messages with it."""
 
