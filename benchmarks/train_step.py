@@ -1,6 +1,7 @@
 """Time per optimizer step and peak memory of stage-2 training on a LLaVA-shaped model.
 
     python benchmarks/train_step.py                      # tiny preset (CPU is fine)
+    python benchmarks/train_step.py --preset wide        # 7B-wide layers (2 of them), fits a CPU
     python benchmarks/train_step.py --preset 7b          # LLaVA-1.5-7B shapes, random weights, one GPU
 
 Compares lora, moslora and moelora adapters on every linear layer of the LLM (with the projector
@@ -29,6 +30,12 @@ PRESETS = {
                text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                          num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096),
                batch=4, text_tokens=1472, r=128),
+    # LLaMA-7B width with two layers: the per-layer cost of 7B on a machine that cannot hold 7B
+    "wide": dict(vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                             image_size=112, patch_size=14),
+                 text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32,
+                           num_key_value_heads=32, vocab_size=1024, max_position_embeddings=1024),
+                 batch=1, text_tokens=192, r=128),
     "tiny": dict(vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
                              image_size=64, patch_size=16),
                  text=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
