@@ -20,7 +20,7 @@ import time
 import torch
 
 from llava_moslora.adapters import AdapterConfig
-from llava_moslora.model import Recipe, apply_tuning
+from llava_moslora.model import Recipe, apply_tuning, enable_gradient_checkpointing
 from llava_moslora.optim import attach_riemannian
 
 PRESETS = {
@@ -78,8 +78,7 @@ def run_case(preset, kind: str, riemannian: bool, steps: int, warmup: int, devic
                     llm_adapter=AdapterConfig(**ADAPTERS[kind](preset["r"])).to_dict())
     apply_tuning(model, recipe)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        enable_gradient_checkpointing(model)
     handle = attach_riemannian(model) if riemannian else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)

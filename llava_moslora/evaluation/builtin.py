@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.prompts import LETTERS
+from .vlm import LOCAL_TYPES, options_of
 
 # VLMEvalKit's exact matching reads an option letter only among the last few words of an answer.
 LETTER_WINDOW = 5
@@ -28,10 +28,6 @@ ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 def decode_image(data: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
-
-
-def options_of(row) -> dict[str, str]:
-    return {letter: str(row[letter]) for letter in LETTERS if letter in row and not pd.isna(row[letter])}
 
 
 def parse_choice(prediction: str, row) -> Optional[str]:
@@ -95,8 +91,6 @@ def score_table(scored: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bool = True) -> dict[str, Path]:
     """Answer every row of a local benchmark with `model` (VLMEvalKit contract) and write the result files."""
-    from .vlm import LOCAL_TYPES
-
     dataset = tsv.stem
     table = pd.read_csv(tsv, sep="\t")
     kind = LOCAL_TYPES[dataset] = benchmark_kind(table)

@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
-
 from .vlm import model_class, vlmeval_available
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "eval" / "suites"
@@ -101,18 +99,16 @@ def local_tsv(name: str, root: Path, required: bool = False) -> Optional[Path]:
 
 
 def summary(results: dict[str, dict[str, Path]]) -> str:
+    """Each benchmark's headline score on 0-100, read back the way `abilities` reads it."""
+    from .abilities import read_result_file
+
     lines = [f"{'benchmark':<28}{'Overall':>10}  file"]
     for name, files in results.items():
         path = files.get("acc") or files.get("score")
         if path is None or not Path(path).is_file():
             lines.append(f"{name:<28}{'-':>10}  (no score file)")
             continue
-        table = pd.read_csv(path)
-        row = table.iloc[0]
-        if "split" in table and (table["split"] == "dev").any():
-            row = table[table["split"] == "dev"].iloc[0]
-        overall = float(row["Overall"]) * (100 if Path(path).name.endswith("_acc.csv") else 1)
-        lines.append(f"{name:<28}{overall:>9.1f}%  {path}")
+        lines.append(f"{name:<28}{read_result_file(path, name).headline_score:>9.1f}%  {path}")
     return "\n".join(lines)
 
 

@@ -60,6 +60,11 @@ class ContractBase:
         return self.generate_inner(items, dataset)
 
 
+def options_of(line) -> dict[str, str]:
+    """Letter -> option text of a benchmark row (empty cells are not options)."""
+    return {letter: str(line[letter]) for letter in LETTERS if letter in line and not pd.isna(line[letter])}
+
+
 def is_multiple_choice(line) -> bool:
     return "A" in line and "B" in line and not pd.isna(line["A"])
 
@@ -78,9 +83,8 @@ class LlavaMoSLoRAMixin:
     def build_prompt(self, line, dataset: Optional[str] = None) -> list[dict]:
         images = self.dump_image(line, dataset)
         if is_multiple_choice(line):
-            options = [str(line[letter]) for letter in LETTERS if letter in line and not pd.isna(line[letter])]
             hint = line.get("hint")
-            text = mcq_prompt(str(line["question"]), options, None if pd.isna(hint) else str(hint))
+            text = mcq_prompt(str(line["question"]), list(options_of(line).values()), None if pd.isna(hint) else str(hint))
         else:
             text = short_prompt(str(line["question"]))
         return [{"type": "image", "value": path} for path in images] + [{"type": "text", "value": text}]
