@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from .builtin import benchmark_kind
+from .runner import local_tsv
 from .vlm import LOCAL_TYPES, import_vlmeval_quietly, model_class
 
 
@@ -31,8 +32,8 @@ def init_distributed() -> tuple[int, int]:
 def build_benchmark(name: str, root: Path):
     from vlmeval.dataset import build_dataset
 
-    tsv = root / f"{name}.tsv"
-    if tsv.is_file():
+    tsv = local_tsv(name, root)
+    if tsv is not None:
         kind = benchmark_kind(pd.read_csv(tsv, sep="\t", nrows=50))
         LOCAL_TYPES[name] = kind
         if kind == "Y/N":
@@ -41,7 +42,7 @@ def build_benchmark(name: str, root: Path):
             return ImageYORNDataset(dataset=name)
     dataset = build_dataset(name)
     if dataset is None:
-        raise FileNotFoundError(f"VLMEvalKit does not know {name!r} and {tsv} does not exist")
+        raise FileNotFoundError(f"VLMEvalKit does not know {name!r} and {root / (name + '.tsv')} does not exist")
     return dataset
 
 
