@@ -5,7 +5,8 @@
     python benchmarks/train_step.py --preset 7b          # LLaVA-1.5-7B shapes, random weights, one GPU
 
 Compares lora, moslora and moelora adapters on every linear layer of the LLM (with the projector
-trained, as LLaVA's stage 2 does), each with and without Riemannian preconditioning. On a GPU it
+trained, as LLaVA's stage 2 does), each with and without Riemannian preconditioning; the two
+take turns step by step on the same model, and their ratio is the median of the per-step ratios. On a GPU it
 also reports tokens/s and model FLOPs utilisation (MFU): model FLOPs per step = 2 N_lm T (forward)
 + 2 N_lm T (input gradients; the frozen base needs no weight gradients) + 2 N_vision I (tower
 forward), with N the parameter counts, T the tokens and I the image tokens of the batch, divided
@@ -72,41 +73,53 @@ def batch(preset: dict, image_tokens: int, vocab: int, device, dtype) -> dict:
             "pixel_values": torch.randn(n, 3, size, size, device=device, dtype=dtype)}
 
 
-def run_case(preset, kind: str, riemannian: bool, steps: int, warmup: int, device, dtype, checkpointing: bool):
+def timed_step(model, optimizer, inputs, cuda: bool) -> tuple[float, float]:
+    """Seconds of one forward + backward + optimizer step, and its peak GiB (GPU only)."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    begin = time.perf_counter()
+    model(**inputs).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - begin
+    return seconds, (torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"))
+
+
+def run_kind(preset, kind: str, steps: int, warmup: int, device, dtype, checkpointing: bool) -> dict:
+    """Plain and Riemannian steps of one model, taking turns step by step, so that the ratio
+    between them does not carry the machine's drift or a second model's memory layout.
+    Returns {riemannian: (median s/step, peak GiB)} and the counts for tokens/s and MFU."""
     model, image_tokens = build(preset, device, dtype)
     recipe = Recipe(vision_tower="random", language_model="random", stage=2, tune_language_model="adapter",
                     llm_adapter=AdapterConfig(**ADAPTERS[kind](preset["r"])).to_dict())
     apply_tuning(model, recipe)
     if checkpointing:
         enable_gradient_checkpointing(model)
-    handle = attach_riemannian(model) if riemannian else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     inputs = batch(preset, image_tokens, preset["text"]["vocab_size"], device, dtype)
-    cuda = device.type == "cuda"
-    times = []
+    times, peaks = {False: [], True: []}, {False: [], True: []}
     for index in range(warmup + steps):
-        if cuda:
-            torch.cuda.synchronize()
-            if index == warmup:
-                torch.cuda.reset_peak_memory_stats()
-        begin = time.perf_counter()
-        model(**inputs).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - begin)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        for riemannian in (False, True):
+            handle = attach_riemannian(model) if riemannian else None
+            seconds, peak = timed_step(model, optimizer, inputs, device.type == "cuda")
+            if handle is not None:
+                handle.remove()
+            if index >= warmup:
+                times[riemannian].append(seconds)
+                peaks[riemannian].append(peak)
     counts = {name: sum(p.numel() for n, p in model.named_parameters() if name in n)
               for name in ("language_model", "vision_tower")}
-    if handle is not None:
-        handle.remove()
     tokens = inputs["input_ids"].numel()
     flops = 4 * counts["language_model"] * tokens + 2 * counts["vision_tower"] * preset["batch"] * image_tokens
+    result = {riemannian: (statistics.median(times[riemannian]), max(peaks[riemannian])) for riemannian in times}
+    # the median of the per-step ratios: each pair ran back to back
+    result["ratio"] = statistics.median(r / p for p, r in zip(times[False], times[True]))
     del model, optimizer
-    return statistics.median(times), peak, tokens, flops, sum(p.numel() for p in trainable)
+    return dict(result, tokens=tokens, flops=flops, trainable=sum(p.numel() for p in trainable))
 
 
 def main(argv=None) -> int:
@@ -129,22 +142,20 @@ def main(argv=None) -> int:
     print(f"# {name}, torch {torch.__version__}, {dtype}, preset {args.preset}, batch {preset['batch']}, "
           f"median of {steps} steps after {args.warmup}")
     print("| adapter | riemannian | trainable | s/step | tokens/s | peak GiB | MFU |\n|---|---|---|---|---|---|---|")
-    seconds = {}
+    seconds, ratios = {}, []
     for kind in args.kinds.split(","):
+        result = run_kind(preset, kind, steps, args.warmup, device, dtype, args.gradient_checkpointing)
         for riemannian in (False, True):
-            step, peak, tokens, flops, trainable = run_case(preset, kind, riemannian, steps, args.warmup, device,
-                                                            dtype, args.gradient_checkpointing)
+            step, peak = result[riemannian]
             seconds[kind, riemannian] = step
-            mfu = f"{100 * flops / step / (args.peak_tflops * 1e12):.1f}%" if cuda else "-"
-            print(f"| {kind} | {'yes' if riemannian else 'no'} | {trainable:,} | {step:.4f} | {tokens / step:,.0f} "
-                  f"| {peak:.1f} | {mfu} |", flush=True)
-            if cuda:
-                torch.cuda.empty_cache()
-    ratios = []
+            mfu = f"{100 * result['flops'] / step / (args.peak_tflops * 1e12):.1f}%" if cuda else "-"
+            print(f"| {kind} | {'yes' if riemannian else 'no'} | {result['trainable']:,} | {step:.4f} "
+                  f"| {result['tokens'] / step:,.0f} | {peak:.1f} | {mfu} |", flush=True)
+        ratios.append(f"Riemannian / plain ({kind}) {result['ratio']:.3f}")
+        if cuda:
+            torch.cuda.empty_cache()
     if ("moslora", False) in seconds and ("lora", False) in seconds:
-        ratios.append(f"MoSLoRA / LoRA per step {seconds['moslora', False] / seconds['lora', False]:.3f}")
-    for kind in args.kinds.split(","):
-        ratios.append(f"Riemannian / plain ({kind}) {seconds[kind, True] / seconds[kind, False]:.3f}")
+        ratios.insert(0, f"MoSLoRA / LoRA per step {seconds['moslora', False] / seconds['lora', False]:.3f}")
     print("ratios: " + "; ".join(ratios))
     return 0
 

@@ -122,6 +122,12 @@ def test_needs_adapters():
         attach_riemannian(TwoLayer())
 
 
+@pytest.mark.parametrize("reg", [0.0, -1e-6])
+def test_damping_must_be_positive_because_lora_b_starts_at_zero(reg):
+    with pytest.raises(ValueError, match="reg must be > 0"):
+        attach_riemannian(adapted_model(CONFIGS["lora"]), reg=reg)
+
+
 def _low_rank_regression(riemannian, lr, kind, steps=100):
     """Fit an ill-conditioned rank-4 map (singular values 10, 3, 1, 0.3) with a rank-4 adapter."""
     g = torch.Generator().manual_seed(0)
