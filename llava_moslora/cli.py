@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
               "generate ShapesVQA: images, stage-1/2 training data and held-out VLMEvalKit-format benchmarks"),
     "init-tiny": ("llava_moslora.model.tiny",
                   "write a tiny CLIP tower and a tiny Llama (tokenizer trained on the data) as save_pretrained dirs"),
+    "validate-data": ("llava_moslora.validate_data",
+                      "scan a LLaVA-format dataset for every fault (by sample id) before a run; --write-clean keeps the valid ones"),
     "train": ("llava_moslora.train.main",
               "train one stage (run under torchrun or deepspeed; see scripts/pretrain.sh, finetune.sh)"),
     "merge": ("llava_moslora.model.export",

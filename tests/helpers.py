@@ -63,13 +63,19 @@ def save_bases(root, style="llama", architecture="llama"):
     return {"vision_tower": str(tower), "language_model": str(lm)}
 
 
-def run_script(script, env_vars, *extra, timeout=900):
-    """Run scripts/<script> as a user would, with 2 processes unless told otherwise."""
+def script_env(env_vars):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     env.update({"OMP_NUM_THREADS": "1", "NUM_GPUS": "2", "PYTHONUNBUFFERED": "1", **env_vars})
-    result = subprocess.run(["bash", str(ROOT / "scripts" / script), *extra], env=env, cwd=ROOT,
+    return env
+
+
+def run_script(script, env_vars, *extra, timeout=900, succeed=True):
+    """Run scripts/<script> as a user would, with 2 processes unless told otherwise; with
+    succeed=False, return the failed run's result instead of asserting success."""
+    result = subprocess.run(["bash", str(ROOT / "scripts" / script), *extra], env=script_env(env_vars), cwd=ROOT,
                             capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    if succeed:
+        assert result.returncode == 0, f"{script} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return result
 
 
@@ -77,3 +83,68 @@ def losses(output_dir):
     """The per-step training losses a run logged."""
     state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def write_faulty_dataset(root, good=24):
+    """A LLaVA JSONL dataset with `good` valid samples and one sample of each fault validate-data
+    knows (tiny bases, model_max_length 256). Returns (data file, image folder, {id: kind})."""
+    from PIL import Image
+
+    root = Path(root)
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    colors = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+    for name, rgb in colors.items():
+        Image.new("RGB", (28, 24), rgb).save(images / f"{name}.png")
+    (images / "broken.png").write_bytes(b"this is not an image")
+    whole = (images / "red.png").read_bytes()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(images / "cut.png")
+    cut = (images / "cut.png").read_bytes()
+    (images / "cut.png").write_bytes(cut[:len(cut) // 2])  # a PNG header whose data stops half-way
+    assert whole  # the good images stay whole
+
+    def qa(sample_id, image, question="What color is the image?\n<image>", answer=None, **extra):
+        record = {"id": sample_id, "conversations": [{"from": "human", "value": question},
+                                                     {"from": "gpt", "value": answer or f"It is {image.split('.')[0]}."}]}
+        return {**record, "image": image, **extra} if image else record
+
+    lines = [json.dumps(qa(f"good-{i}", f"{list(colors)[i % 4]}.png")) for i in range(good)]
+    faults = {
+        "missing-image": qa("missing-image", "nowhere.png"),
+        "unreadable-image": qa("unreadable-image", "broken.png"),
+        "truncated-image": qa("truncated-image", "cut.png"),
+        "image-mismatch": qa("image-mismatch", "red.png", question="What color is it?"),
+        "unknown-role": {"id": "unknown-role", "conversations": [{"from": "robot", "value": "hi"},
+                                                                 {"from": "gpt", "value": "hello"}]},
+        "empty-conversation": {"id": "empty-conversation", "conversations": []},
+        "non-alternating": {"id": "non-alternating", "conversations": [{"from": "human", "value": "a"},
+                                                                       {"from": "human", "value": "b"}]},
+        "fully-masked": qa("fully-masked", "red.png", question="<image>\n" + "describe " * 400),
+        "image-too-long": {**qa("image-too-long", "red.png"),
+                           "conversations": [{"from": "system", "value": "rules " * 400},
+                                             *qa("x", "red.png")["conversations"]]},
+        "truncated-reply": {"id": "truncated-reply", "image": "blue.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat color is the image?"}, {"from": "gpt", "value": "Blue."},
+            {"from": "human", "value": "Say more."}, {"from": "gpt", "value": "blue " * 400}]},
+    }
+    kinds = {"missing-image": "missing_image", "unreadable-image": "unreadable_image",
+             "truncated-image": "unreadable_image", "image-mismatch": "image_token_mismatch",
+             "unknown-role": "unknown_role", "empty-conversation": "empty_conversation",
+             "non-alternating": "non_alternating", "fully-masked": "fully_masked", "image-too-long": "too_long",
+             "truncated-reply": "truncated", "good-0": "duplicate_id", None: "malformed_line"}
+    lines[3:3] = [json.dumps(record) for record in faults.values()]
+    lines.insert(8, '{"id": "broken-json", "conversations": [')
+    lines.append(json.dumps(qa("good-0", "green.png", answer="A repeat.")))
+    data = root / "faulty.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    return data, images, kinds
+
+
+FAST = ["--save_steps", "10", "--dataloader_num_workers", "0", "--warmup_steps", "0", "--model_max_length", "256"]
+
+
+def stage2_env(shapes_data, stage1, out, **extra):
+    return {"STAGE1_DIR": str(stage1), "DATA_PATH": str(shapes_data / "instructions.jsonl"),
+            "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out), "GLOBAL_BATCH": "8",
+            "PER_DEVICE_BATCH": "4", "LORA_R": "8", "LORA_ALPHA": "16", "LORA_DROPOUT": "0", "LR": "1e-2",
+            "MM_PROJECTOR_LR": "1e-3", **extra}

@@ -55,6 +55,7 @@ class LlavaCollator:
 
     pixel_values holds the images of the image samples only, in batch order: the model fills
     the image tokens of the batch with them in that order, and text-only samples have none.
+    skipped_ids (only when some) lists the samples the dataset replaced; the trainer removes it.
     """
 
     def __init__(self, pad_token_id: int, guard: MaskedLabelGuard | None = None) -> None:
@@ -71,4 +72,7 @@ class LlavaCollator:
         images = [f["pixel_values"] for f in features if f.get("pixel_values") is not None]
         if images:
             batch["pixel_values"] = torch.stack(images)
+        skipped = [sample_id for f in features for sample_id in f.get("skipped_ids", ())]
+        if skipped:  # bad samples the dataset replaced (--skip_bad_samples); the trainer counts them
+            batch["skipped_ids"] = skipped
         return batch

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
@@ -106,6 +107,52 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> L
     apply_tuning(bundle.model, recipe)
     load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
     return bundle
+
+
+COMPARED_RECIPE_FIELDS = ("tune_vision_tower", "tune_mm_projector", "tune_language_model", "projector_type",
+                          "llm_adapter", "vision_adapter")
+
+
+def checkpoint_mismatch(path: Union[str, Path], model: torch.nn.Module, recipe: Recipe) -> list[str]:
+    """What keeps the stage checkpoint at `path` from continuing this run: recipe settings that
+    differ (adapter kind, rank, experts, tune modes) and trained tensors missing or shaped
+    differently. Empty when it fits. Reads tensor shapes only, not the tensors."""
+    path = Path(path)
+    differences = []
+    if (path / RECIPE_FILE).is_file():
+        saved = Recipe.load(path)
+        for name in COMPARED_RECIPE_FIELDS:
+            old, new = getattr(saved, name), getattr(recipe, name)
+            if isinstance(old, dict) and isinstance(new, dict):
+                differences += [f"{name}.{key}: checkpoint {old.get(key)!r}, this run {new.get(key)!r}"
+                                for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+            elif old != new:
+                differences.append(f"{name}: checkpoint {old!r}, this run {new!r}")
+    if not (path / TRAINABLE_FILE).is_file():
+        return differences + [f"{TRAINABLE_FILE} is missing"]
+    parameters = parameters_by_name(model)
+    with safe_open(str(path / TRAINABLE_FILE), framework="pt") as handle:
+        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    for name, shape in shapes.items():
+        if name not in parameters:
+            differences.append(f"{name}: in the checkpoint, not in this model")
+            continue
+        parameter = parameters[name]
+        expected = tuple(getattr(parameter, "ds_shape", parameter.shape))  # ZeRO-3 keeps the full shape there
+        if shape != expected:
+            differences.append(f"{name}: checkpoint {shape}, this model {expected}")
+    missing = [name for name, p in parameters.items() if p.requires_grad and name not in shapes]
+    if missing:
+        differences.append(f"{len(missing)} trained tensors of this run are not in the checkpoint, e.g. {missing[:3]}")
+    return differences
+
+
+def check_resumable(path: Union[str, Path], model: torch.nn.Module, recipe: Recipe) -> None:
+    """ValueError listing what differs when the checkpoint at `path` cannot continue this run."""
+    differences = checkpoint_mismatch(path, model, recipe)
+    if differences:
+        shown = "\n  ".join(differences[:12]) + (f"\n  ... and {len(differences) - 12} more" if len(differences) > 12 else "")
+        raise ValueError(f"cannot resume from {path}: it was written by a different setup.\n  {shown}")
 
 
 def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[str] = ()) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -121,8 +122,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from transformers import set_seed
 
     from ..data import LlavaCollator, LlavaDataset
+    from ..data.records import DataError
     from ..model import apply_tuning, trainable_table
+    from ..model.checkpoint import check_resumable
     from ..optim import attach_riemannian
+    from .interrupt import StopOnSignal
+    from .screen import screen_dataset
     from .trainer import LlavaTrainer
 
     set_seed(training_args.seed)
@@ -130,24 +135,88 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bundle = build(model_args, training_args)
         apply_tuning(bundle.model, bundle.recipe)
     bundle.model.config.use_cache = False
-    if training_args.process_index == 0:
+    main_process = training_args.process_index == 0
+    if main_process:
         print(trainable_table(bundle.model), flush=True)
     dataset = LlavaDataset(data_args.data_path, bundle.tokenizer, bundle.image_processor, bundle.recipe.template,
                            num_image_tokens=bundle.recipe.num_image_tokens, image_folder=data_args.image_folder,
-                           model_max_length=training_args.model_max_length, system=data_args.system_prompt)
+                           model_max_length=training_args.model_max_length, system=data_args.system_prompt,
+                           collect_rejected=True, skip_bad_samples=training_args.skip_bad_samples)
+    try:
+        findings = screen_dataset(dataset, skip=training_args.skip_bad_samples, rank=training_args.process_index,
+                                  world_size=training_args.world_size, output_dir=training_args.output_dir)
+    except DataError as error:  # every rank has the same verdict: leave together, say it once
+        if main_process:
+            print(f"[llava-moslora] {error}", file=sys.stderr, flush=True)
+        shut_down_process_group()
+        return 1
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, main_process)
+    if resume:
+        check_resumable(resume, bundle.model, bundle.recipe)
     collator = LlavaCollator(bundle.tokenizer.pad_token_id)
     if training_args.riemannian:
         attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
+    stop = StopOnSignal()
     trainer = LlavaTrainer(model=bundle.model, args=training_args, train_dataset=dataset,
-                           data_collator=collator, bundle=bundle)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+                           data_collator=collator, bundle=bundle, callbacks=[stop])
+    trainer.train(resume_from_checkpoint=resume)
+    skipped = gather_skipped(trainer.skipped_ids)
+    if main_process:
+        start = sum(f.is_error for f in findings)
+        during = list(dict.fromkeys(skipped))  # a sample can be drawn more than once (sampler padding)
+        drawn = f" (drawn {len(skipped)} times): {during[:10]}" if skipped else ""
+        print(f"[llava-moslora] data: {collator.guard.summary()} (this rank's batches); skipped bad samples: "
+              f"{start} before training, {len(during)} during it{drawn}", flush=True)
+    if stop.stopped_by:
+        checkpoint = Path(training_args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+        if main_process:
+            print(f"[llava-moslora] stopped by {signal.Signals(stop.stopped_by).name} at step "
+                  f"{trainer.state.global_step}; resumable checkpoint: {checkpoint} "
+                  "(continue with --resume_from_checkpoint auto)", flush=True)
+        shut_down_process_group()
+        return 128 + stop.stopped_by  # the shell's convention for "ended by this signal"
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
-    if training_args.process_index == 0:
-        print(f"[llava-moslora] data: {collator.guard.summary()} (this rank's batches)")
+    if main_process:
         print(f"[llava-moslora] stage checkpoint written to {training_args.output_dir}", flush=True)
     shut_down_process_group()
     return 0
+
+
+def resolve_resume(value: Optional[str], output_dir: str, verbose: bool) -> Optional[str]:
+    """--resume_from_checkpoint: a path as given, or "auto" = the newest complete checkpoint-N
+    in the output directory (None when there is none: a fresh start)."""
+    if value != "auto":
+        return value
+    found = newest_checkpoint(output_dir)
+    if verbose:
+        print(f"[llava-moslora] --resume_from_checkpoint auto: "
+              f"{f'resuming from {found}' if found else f'no checkpoint in {output_dir}, starting from step 0'}",
+              flush=True)
+    return str(found) if found else None
+
+
+def newest_checkpoint(output_dir: str) -> Optional[Path]:
+    """The checkpoint-N with the highest N that holds a trainer state. Checkpoints are renamed
+    into place only when complete (.staging/ holds unfinished ones); the trainer-state test also
+    passes over incomplete ones that older versions or other tools left."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = [(int(p.name.split("-")[1]), p) for p in root.glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(steps)[1] if steps else None
+
+
+def gather_skipped(ids: list) -> list:
+    """Every rank's skipped sample ids (collective: all ranks call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return list(ids)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, list(ids))
+    return [sample_id for part in everyone for sample_id in part]
 
 
 def shut_down_process_group() -> None:

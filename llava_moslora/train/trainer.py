@@ -4,21 +4,36 @@
 - MoE-LoRA load-balancing loss (when enabled) and expert load in the logs;
 - every checkpoint-N and the final output hold a stage checkpoint (recipe, tokenizer/processor,
   trained tensors), gathered from ZeRO-3 shards when needed; resuming without DeepSpeed reads it.
+- checkpoints are written atomically: into .staging/checkpoint-N, renamed to checkpoint-N once
+  every rank has finished, so a kill during saving leaves only complete checkpoint-N folders;
+- samples the dataset skipped (--skip_bad_samples) are counted;
 - the modality-length grouped sampler for --group_by_modality_length.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..adapters import MoELoraLinear, moe_aux_loss
 from ..data import ModalityLengthGroupedSampler
 from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
 from ..model.checkpoint import load_trained_tensors, parameters_by_name
+
+STAGING_DIR = ".staging"
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def gather_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
@@ -49,6 +64,8 @@ class LlavaTrainer(Trainer):
         self._idle_pending = False
         self._idle_loss: Optional[torch.Tensor] = None
         bundle.model.model.language_model.register_forward_pre_hook(self._before_language_model)
+        self.skipped_ids: list = []  # samples this rank's data loader replaced (--skip_bad_samples)
+        self._staging: Optional[Path] = None
 
     # --- optimisation -------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -77,6 +94,7 @@ class LlavaTrainer(Trainer):
         # forward where image batches run them (after the token embeddings, before the LM):
         # otherwise this rank's gradients and ZeRO-3 parameter gathers are missing or out of order
         # relative to other ranks', and DeepSpeed's collectives fall out of step and crash.
+        self.skipped_ids += inputs.pop("skipped_ids", [])
         self._idle_pending = "pixel_values" not in inputs and model.training
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
@@ -130,6 +148,32 @@ class LlavaTrainer(Trainer):
         tensors = gather_tensors(self.bundle.model, names)
         if self.args.should_save:
             save_checkpoint(self.bundle, output_dir, state_dict=tensors)
+
+    def _get_output_dir(self, trial) -> str:
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written into .staging/ and renamed into place when complete."""
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / STAGING_DIR
+        if self.args.should_save:  # one process per file system (each node's with save_on_each_node)
+            shutil.rmtree(staging / name, ignore_errors=True)  # left by a run killed while saving
+        barrier()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        barrier()  # every rank's shards are on disk
+        if self.args.should_save and (staging / name).exists():
+            if (run_dir / name).exists():
+                shutil.rmtree(run_dir / name)
+            os.replace(staging / name, run_dir / name)
+        if self.args.should_save:
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        barrier()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         path = Path(resume_from_checkpoint) / TRAINABLE_FILE

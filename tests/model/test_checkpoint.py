@@ -106,3 +106,51 @@ def test_merged_directory_loads_as_it_is(tiny_bases, tmp_path):
     loaded = load_checkpoint(tmp_path / "merged")
     torch.testing.assert_close(logits(loaded), logits(bundle), rtol=1e-6, atol=1e-6)
     assert loaded.recipe.num_image_tokens == 16
+
+
+def test_resuming_from_another_adapter_kind_or_rank_says_what_differs(tiny_bases, tmp_path):
+    from llava_moslora.model.checkpoint import check_resumable
+
+    save_checkpoint(tuned_bundle(tiny_bases, kind="moslora", r=4), tmp_path / "ckpt")
+    this_run = tuned_bundle(tiny_bases, kind="lora", r=8)
+    with pytest.raises(ValueError, match="cannot resume from") as raised:
+        check_resumable(tmp_path / "ckpt", this_run.model, this_run.recipe)
+    message = str(raised.value)
+    assert "llm_adapter.kind: checkpoint 'moslora', this run 'lora'" in message
+    assert "llm_adapter.r: checkpoint 4, this run 8" in message
+    assert "lora_M: in the checkpoint, not in this model" in message
+    assert "lora_A: checkpoint (4, " in message and "this model (8, " in message
+    same = tuned_bundle(tiny_bases, kind="moslora", r=4)
+    check_resumable(tmp_path / "ckpt", same.model, same.recipe)  # the same setup fits
+
+
+def test_every_torch_load_in_the_package_refuses_pickled_code():
+    """Loading is safetensors or torch.load(weights_only=True), never a bare pickle."""
+    import ast
+    from pathlib import Path
+
+    import llava_moslora
+    calls = []
+    for source in Path(llava_moslora.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load" and \
+                    getattr(node.func.value, "id", None) == "torch":
+                keywords = {k.arg: k.value for k in node.keywords}
+                calls.append(source.name)
+                assert isinstance(keywords.get("weights_only"), ast.Constant) and keywords["weights_only"].value is True, \
+                    f"{source}:{node.lineno} calls torch.load without weights_only=True"
+    assert calls  # the projector loader is one
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_pickled_projector_with_code_in_it_is_refused(tiny_bases, tmp_path):
+    from llava_moslora.train.projector import load_projector
+
+    torch.save({"model.mm_projector.0.weight": Payload()}, tmp_path / "mm_projector.bin")
+    bundle = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"])
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        load_projector(bundle.model, tmp_path / "mm_projector.bin")

@@ -4,6 +4,8 @@ import json
 import pytest
 from PIL import Image
 
+from helpers import FAST, run_script
+
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
 
@@ -29,3 +31,15 @@ def shapes_data(tmp_path_factory):
     (root / "captions.json").write_text(json.dumps(captions))
     (root / "instructions.jsonl").write_text("\n".join(json.dumps(r) for r in instructions))
     return root
+
+
+@pytest.fixture(scope="session")
+def stage1(tiny_bases, shapes_data, tmp_path_factory):
+    """Stage 1. The tiny base LLM is random, so (as the quickstart does) it trains with the projector."""
+    out = tmp_path_factory.mktemp("run") / "stage1"
+    run_script("pretrain.sh", {"MODEL": tiny_bases["language_model"], "VISION_TOWER": tiny_bases["vision_tower"],
+                               "DATA_PATH": str(shapes_data / "captions.json"),
+                               "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out),
+                               "GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "4"},
+               "--max_steps", "20", "--tune_language_model", "full", "--gradient_checkpointing", "False", *FAST)
+    return out

@@ -11,17 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import losses, run_script
+from helpers import FAST, losses, run_script, stage2_env
 
 pytestmark = pytest.mark.slow
-FAST = ["--save_steps", "10", "--dataloader_num_workers", "0", "--warmup_steps", "0", "--model_max_length", "256"]
-
-
-def stage2_env(shapes_data, stage1, out, **extra):
-    return {"STAGE1_DIR": str(stage1), "DATA_PATH": str(shapes_data / "instructions.jsonl"),
-            "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out), "GLOBAL_BATCH": "8",
-            "PER_DEVICE_BATCH": "4", "LORA_R": "8", "LORA_ALPHA": "16", "LORA_DROPOUT": "0", "LR": "1e-2",
-            "MM_PROJECTOR_LR": "1e-3", **extra}
 
 
 def assert_checkpoint_contract(directory):
@@ -38,18 +30,6 @@ def assert_learned(values, label):
     start, end = sum(values[:3]) / 3, sum(values[-5:]) / 5
     print(f"\n[{label}] loss: first 3 steps {start:.3f}, last 5 steps {end:.3f} ({len(values)} steps)")
     assert end < 0.9 * start, values
-
-
-@pytest.fixture(scope="module")
-def stage1(tiny_bases, shapes_data, tmp_path_factory):
-    """Stage 1. The tiny base LLM is random, so (as the quickstart does) it trains with the projector."""
-    out = tmp_path_factory.mktemp("run") / "stage1"
-    run_script("pretrain.sh", {"MODEL": tiny_bases["language_model"], "VISION_TOWER": tiny_bases["vision_tower"],
-                               "DATA_PATH": str(shapes_data / "captions.json"),
-                               "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out),
-                               "GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "4"},
-               "--max_steps", "20", "--tune_language_model", "full", "--gradient_checkpointing", "False", *FAST)
-    return out
 
 
 @pytest.fixture(scope="module")

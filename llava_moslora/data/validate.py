@@ -1,0 +1,203 @@
+"""Checking a whole LLaVA-format dataset before a run: every fault, named by sample id.
+
+One set of rules serves `llava-moslora validate-data` and training's start-up screen:
+  * record faults (data/records.py): malformed lines, unknown roles, empty or non-alternating
+    conversations, `<image>` mismatches;
+  * duplicate ids (the first occurrence is kept);
+  * image faults: a missing file, or one that does not decode;
+  * template faults: every label masked, or the image tokens alone longer than the maximum
+    length. A sample whose replies are cut by the maximum length is a warning: it still trains.
+Sample checks run in worker processes (tokenising and decoding are CPU-bound).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from PIL import Image
+
+from .images import ImageError, load_image
+from .records import DataError, Sample
+from .templates import Template
+from .tokenize import SampleTooLong, encode_conversation
+
+WARNING_KINDS = frozenset({"truncated"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One fault of one sample. `index` is the sample's position among the parsed samples (None
+    for a record that did not parse); `sample_id` is None for a line with no readable id."""
+
+    kind: str
+    sample_id: Optional[str]
+    where: str
+    message: str
+    index: Optional[int] = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind not in WARNING_KINDS
+
+    @classmethod
+    def from_error(cls, error: DataError) -> "Finding":
+        return cls(error.kind, error.sample_id, error.where or "", str(error))
+
+
+@dataclass
+class SampleChecker:
+    """The per-sample checks under one template, tokenizer and maximum length.
+
+    image_check: "decode" opens and decodes every image (validate-data); "header" only reads
+    the file header, which catches missing and non-image files in a fraction of the time
+    (training's start-up screen; a file corrupt past its header is met, and skipped or
+    reported, when the sample is drawn).
+    """
+
+    template: Template
+    tokenizer: object
+    num_image_tokens: int
+    max_length: int
+    image_folder: Optional[Path] = None
+    system: Optional[str] = None
+    image_check: str = "decode"
+
+    def __call__(self, sample: Sample) -> list[Finding]:
+        where = f"sample {sample.id!r}"
+        findings = []
+        if sample.image:
+            fault = self._image_fault(sample.image)
+            if fault:
+                findings.append(Finding(fault[0], sample.id, where, fault[1]))
+        try:
+            encoded = encode_conversation(
+                self.template, self.tokenizer, sample.turns, system=sample.system if sample.system is not None else self.system,
+                num_image_tokens=self.num_image_tokens if sample.image else 0, max_length=self.max_length)
+        except SampleTooLong as error:
+            return findings + [Finding("too_long", sample.id, where, str(error))]
+        except ValueError as error:  # the text's <image> count does not survive tokenisation
+            return findings + [Finding("image_token_mismatch", sample.id, where, str(error))]
+        if encoded.fully_masked:
+            cause = " (its replies were cut by the maximum length)" if encoded.truncated else ""
+            findings.append(Finding("fully_masked", sample.id, where,
+                                    f"every label is masked under template {self.template.name!r}{cause}"))
+        elif encoded.truncated:
+            findings.append(Finding("truncated", sample.id, where,
+                                    f"cut to {self.max_length} tokens; the rest of its replies is not trained on"))
+        return findings
+
+    def _image_fault(self, image: str) -> Optional[tuple[str, str]]:
+        if self.image_folder is None:
+            return "missing_image", f"has image {image!r} but no image folder was given"
+        path = self.image_folder / image
+        if not path.is_file():
+            return "missing_image", f"image file not found: {path}"
+        try:
+            if self.image_check == "decode":
+                load_image(path)
+            else:
+                with Image.open(path):
+                    pass
+        except ImageError as error:
+            return "unreadable_image", str(error)
+        except Exception as error:  # PIL raises assorted types for a file that is not an image
+            return "unreadable_image", f"cannot read image {path}: {error}"
+        return None
+
+
+def duplicate_findings(samples: Sequence[Sample]) -> list[Finding]:
+    """Every repeat of an id after its first occurrence."""
+    first: dict[str, int] = {}
+    findings = []
+    for index, sample in enumerate(samples):
+        if sample.id in first:
+            findings.append(Finding("duplicate_id", sample.id, f"sample {sample.id!r}",
+                                    f"sample #{index} repeats the id of sample #{first[sample.id]}", index))
+        else:
+            first[sample.id] = index
+    return findings
+
+
+_checker: Optional[SampleChecker] = None
+
+
+def _install(checker: SampleChecker) -> None:
+    global _checker
+    _checker = checker
+
+
+def _check_in_worker(sample: Sample) -> list[Finding]:
+    return _checker(sample)
+
+
+def _indexed(results: Iterable[list[Finding]], offset: int = 0) -> list[Finding]:
+    return [replace(f, index=offset + i) for i, found in enumerate(results) for f in found]
+
+
+def check_samples(samples: Sequence[Sample], checker: SampleChecker, *, workers: int = 0,
+                  progress: bool = True, description: str = "checking samples") -> list[Finding]:
+    """Run `checker` on every sample, in `workers` processes (0: in this one), in sample order;
+    each finding's `index` is its sample's position in `samples`."""
+    from tqdm.auto import tqdm
+
+    bar = dict(total=len(samples), desc=description, unit="sample", disable=not progress, mininterval=1.0)
+    if workers <= 0 or len(samples) < 2 * workers:
+        return _indexed(checker(sample) for sample in tqdm(samples, **bar))
+    # fork: the workers inherit the checker (tokenizer included) instead of unpickling it each.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    chunksize = max(1, min(256, len(samples) // (8 * workers)))
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_install,
+                             initargs=(checker,)) as pool:
+        results = pool.map(_check_in_worker, samples, chunksize=chunksize)
+        return _indexed(tqdm(results, **bar))
+
+
+@dataclass
+class Report:
+    """Everything validate-data found, with counts."""
+
+    total: int  # records read, malformed ones included
+    findings: list[Finding]
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.is_error]
+
+    @property
+    def bad_indices(self) -> set:
+        """Positions (among the parsed samples) of the samples with an error."""
+        return {f.index for f in self.errors if f.index is not None}
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(f.kind for f in self.findings).items()))
+
+    def summary(self) -> str:
+        errors = self.errors
+        flagged = len(self.bad_indices) + sum(f.index is None for f in errors)
+        kinds = ", ".join(f"{kind} {count}" for kind, count in self.counts().items()) or "none"
+        return (f"{self.total} records: {self.total - flagged} valid, {flagged} with errors "
+                f"({len(errors)} errors, {len(self.findings) - len(errors)} warnings). By kind: {kinds}")
+
+    def write_jsonl(self, path: Path) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            for finding in self.findings:
+                handle.write(json.dumps({**asdict(finding), "severity": "error" if finding.is_error else "warning"}) + "\n")
+
+
+def clean_records(samples: Sequence[Sample], report: Report) -> list[dict]:
+    """The samples without errors, as LLaVA records (system prompts kept)."""
+    bad = report.bad_indices
+    return [to_record(sample) for index, sample in enumerate(samples) if index not in bad]
+
+
+def to_record(sample: Sample) -> dict:
+    conversations = [{"from": "system", "value": sample.system}] if sample.system is not None else []
+    for question, answer in sample.turns:
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return {"id": sample.id, **({"image": sample.image} if sample.image else {}), "conversations": conversations}

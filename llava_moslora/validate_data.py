@@ -1,0 +1,111 @@
+"""`llava-moslora validate-data`: scan a whole LLaVA-format dataset before spending a cluster on it.
+
+Reports every fault by sample id (data/validate.py lists them), prints a summary with counts,
+exits 1 when any error exists, and with --write-clean writes the samples without errors.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+DEFAULT_TEMPLATE = "vicuna_v1"
+
+
+def add_arguments(parser, name: str) -> None:
+    parser.add_argument("--data_path", required=True, help="LLaVA JSON/JSONL or a `datasets` directory; several joined with commas")
+    parser.add_argument("--image_folder", default=None, help="folder the samples' image paths are relative to")
+    parser.add_argument("--model_name_or_path", required=True,
+                        help="the language model whose tokenizer training will use (a base LM, a stage checkpoint or a merged directory)")
+    parser.add_argument("--template", default=None, help=f"conversation template (default: the checkpoint's, else {DEFAULT_TEMPLATE})")
+    parser.add_argument("--vision_tower", default=None, help="vision tower, to count the image tokens of a base LM")
+    parser.add_argument("--num_image_tokens", type=int, default=None, help="image tokens per image (overrides what the models say)")
+    parser.add_argument("--mm_vision_select_feature", default="patch", choices=["patch", "cls_patch"],
+                        help="as in training: whether the CLS token is an image token")
+    parser.add_argument("--model_max_length", type=int, default=2048, help="as in training")
+    parser.add_argument("--system_prompt", default=None, help="as in training")
+    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="checking processes (0: none)")
+    parser.add_argument("--write-clean", dest="write_clean", default=None, metavar="PATH",
+                        help="write the samples without errors here (.jsonl: one per line, else a JSON list)")
+    parser.add_argument("--report", default=None, metavar="PATH", help="write every finding here as JSON lines")
+    parser.add_argument("--show", type=int, default=50, help="findings to print (all go to --report)")
+    parser.add_argument("--trust_remote_code", action="store_true", help="allow tokenizer code from the model's repository")
+
+
+def tokenizer_and_layout(args):
+    """(tokenizer, template name, image tokens) the way training would have them."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .model.builder import DEFAULT_SELECT_STRATEGY, num_image_tokens, prepare_tokenizer, vision_tower_class
+    from .model.recipe import RECIPE_FILE, Recipe
+
+    path = Path(args.model_name_or_path)
+    template, image_tokens = args.template, args.num_image_tokens
+    if (path / RECIPE_FILE).is_file():  # a stage checkpoint or a merged directory of ours
+        recipe = Recipe.load(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return tokenizer, template or recipe.template, image_tokens or recipe.num_image_tokens
+    tokenizer = prepare_tokenizer(str(path), args.trust_remote_code)
+    if image_tokens is None:
+        config = AutoConfig.from_pretrained(args.vision_tower or str(path), trust_remote_code=args.trust_remote_code)
+        if config.model_type == "llava":
+            image_tokens = config.image_seq_length
+        elif args.vision_tower:
+            vision = getattr(config, "vision_config", config)
+            strategy = {"patch": DEFAULT_SELECT_STRATEGY[vision_tower_class(args.vision_tower, args.trust_remote_code)],
+                        "cls_patch": "full"}[args.mm_vision_select_feature]
+            image_tokens = num_image_tokens(vision, strategy)
+        else:
+            raise SystemExit("cannot tell how many tokens an image takes: give --vision_tower (as in training) "
+                             "or --num_image_tokens (LLaVA-1.5 with CLIP ViT-L/14-336: 576)")
+    return tokenizer, template or DEFAULT_TEMPLATE, image_tokens
+
+
+def validate(args):
+    """(report, samples): read, then check every sample."""
+    from .data.records import load_samples
+    from .data.templates import get_template
+    from .data.tokenize import check_tokenizer
+    from .data.validate import Finding, Report, SampleChecker, check_samples, duplicate_findings
+
+    tokenizer, template_name, image_tokens = tokenizer_and_layout(args)
+    template = get_template(template_name)
+    check_tokenizer(template, tokenizer)
+    rejected = []
+    samples = load_samples(args.data_path, rejected)
+    checker = SampleChecker(template, tokenizer, image_tokens, args.model_max_length,
+                            Path(args.image_folder) if args.image_folder else None, args.system_prompt)
+    print(f"[validate-data] {args.data_path}: {len(samples) + len(rejected)} records; template {template_name!r}, "
+          f"{image_tokens} image tokens, model_max_length {args.model_max_length}", flush=True)
+    findings = [Finding.from_error(error) for error in rejected] + duplicate_findings(samples)
+    findings += check_samples(samples, checker, workers=args.num_workers)
+    return Report(len(samples) + len(rejected), findings), samples
+
+
+def run(args, name: str) -> int:
+    from .data.records import DataError
+    from .data.validate import clean_records
+
+    try:
+        report, samples = validate(args)
+    except (DataError, ValueError, OSError) as error:
+        raise SystemExit(f"validate-data: {error}") from None
+    for finding in report.findings[:args.show]:
+        severity = "ERROR  " if finding.is_error else "warning"
+        print(f"{severity} {finding.kind:<20} {finding.sample_id if finding.sample_id is not None else '-'}: {finding.message}")
+    if len(report.findings) > args.show:
+        print(f"... and {len(report.findings) - args.show} more" + ("" if args.report else " (use --report to keep them all)"))
+    if args.report:
+        report.write_jsonl(Path(args.report))
+    if args.write_clean:
+        records = clean_records(samples, report)
+        out = Path(args.write_clean)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as handle:
+            if out.suffix == ".jsonl":
+                handle.writelines(json.dumps(record) + "\n" for record in records)
+            else:
+                json.dump(records, handle)
+        print(f"[validate-data] wrote {len(records)} valid samples to {out}")
+    print(f"[validate-data] {report.summary()}")
+    return 1 if report.errors else 0

@@ -1,0 +1,146 @@
+"""Reliability through the launch scripts (2 CPU processes, ZeRO-2): bad data stops a run before
+step 1 unless --skip_bad_samples; SIGTERM saves a resumable checkpoint; a SIGKILL during a save
+leaves the previous checkpoint usable; --resume_from_checkpoint auto continues either run to the
+same losses as an uninterrupted one."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, losses, run_script, script_env, stage2_env, write_faulty_dataset
+
+pytestmark = pytest.mark.slow
+# constant LR and no dropout: a resumed run must repeat the uninterrupted run's losses
+STEADY = ["--lr_scheduler_type", "constant", "--dataloader_num_workers", "0", "--warmup_steps", "0",
+          "--model_max_length", "256", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    return write_faulty_dataset(tmp_path_factory.mktemp("faulty"))
+
+
+def faulty_env(faulty, stage1, out):
+    data, images, _ = faulty
+    return {**stage2_env(images.parent, stage1, out), "DATA_PATH": str(data), "IMAGE_FOLDER": str(images), "EPOCHS": "1"}
+
+
+def test_bad_data_stops_the_run_before_step_1_naming_the_samples(faulty, stage1, tmp_path):
+    out = tmp_path / "strict"
+    result = run_script("finetune.sh", faulty_env(faulty, stage1, out), *STEADY, succeed=False)
+    assert result.returncode != 0
+    assert "bad samples in" in result.stderr and "found before step 1" in result.stderr
+    for sample_id in ("missing-image", "unreadable-image", "unknown-role", "fully-masked"):
+        assert sample_id in result.stderr, sample_id
+    assert "--skip_bad_samples" in result.stderr
+    assert not list(out.glob("checkpoint-*")) and not (out / "trainer_state.json").exists()
+
+
+def test_skip_bad_samples_trains_and_counts_what_it_left_out(faulty, stage1, tmp_path):
+    out = tmp_path / "skipping"
+    result = run_script("finetune.sh", faulty_env(faulty, stage1, out), *STEADY, "--skip_bad_samples", "True")
+    # 10 found by the start-up screen; cut.png has a valid header and fails only when drawn
+    assert "leaving out 10 bad samples" in result.stdout
+    assert "skipped bad samples: 10 before training, 1 during it (drawn" in result.stdout
+    assert "times): ['truncated-image']" in result.stdout
+    assert "skipping a bad sample" in result.stderr and "truncated-image" in result.stderr
+    assert len((out / "skipped_samples.jsonl").read_text().splitlines()) == 10
+    assert (out / "trainable.safetensors").is_file() and losses(out)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shapes_data, stage1, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "whole"
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10", "--save_steps", "3", *STEADY)
+    return losses(out)
+
+
+def start(shapes_data, stage1, out, *extra, **env):
+    return subprocess.Popen(["bash", str(ROOT / "scripts" / "finetune.sh"), "--max_steps", "10", *STEADY, *extra],
+                            env=script_env({**stage2_env(shapes_data, stage1, out), **env}), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_tree(pid):
+    """SIGKILL a process and all its descendants (torchrun starts each rank in a session of its own)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, queue = [], [pid]
+    while queue:
+        tree.append(queue.pop())
+        queue += children.get(tree[-1], [])
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def resume_and_compare(shapes_data, stage1, out, uninterrupted, expected_start):
+    result = run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10",
+                        "--save_steps", "3", "--resume_from_checkpoint", "auto", *STEADY)
+    assert f"resuming from {out / f'checkpoint-{expected_start}'}" in result.stdout
+    resumed = losses(out)
+    print(f"\nuninterrupted {uninterrupted}\nresumed       {resumed}")
+    assert len(resumed) == 10
+    assert resumed == pytest.approx(uninterrupted, rel=1e-3)
+
+
+def test_sigterm_saves_a_checkpoint_and_auto_resume_matches(shapes_data, stage1, uninterrupted, tmp_path):
+    out = tmp_path / "sigterm"
+    run = start(shapes_data, stage1, out, "--save_steps", "1000")
+    seen = []
+    for line in run.stdout:  # the launcher's output; rank 0 logs a loss line per step
+        seen.append(line)
+        if line.count("'loss'") and len([x for x in seen if "'loss'" in x]) >= 3:
+            run.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to the ranks
+            break
+    output = "".join(seen) + run.communicate(timeout=300)[0]
+    assert run.returncode != 0, output[-3000:]
+    assert "SIGTERM received" in output and "stopped by SIGTERM at step" in output, output[-3000:]
+    step = int(output.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert 3 <= step < 10 and (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert not (out / "trainable.safetensors").exists()  # the final output is written only when finished
+    resume_and_compare(shapes_data, stage1, out, uninterrupted, step)
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_to_resume_from(shapes_data, stage1, uninterrupted,
+                                                                             tmp_path):
+    out, marker = tmp_path / "sigkill", tmp_path / "saving-step-6"
+    instrumentation = tmp_path / "instrumentation"
+    instrumentation.mkdir()
+    shutil.copy(ROOT / "tests" / "train" / "slow_save.py", instrumentation / "sitecustomize.py")
+    run = start(shapes_data, stage1, out, "--save_steps", "3", LLAVA_MOSLORA_TEST_SLOW_SAVE=f"6:{marker}",
+                PYTHONPATH=f"{instrumentation}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    deadline = time.time() + 600
+    while not marker.exists():
+        assert run.poll() is None and time.time() < deadline, run.communicate()[0][-3000:]
+        time.sleep(0.2)
+    kill_tree(run.pid)  # launcher and both ranks, in the middle of saving step 6
+    run.communicate(timeout=60)
+    assert (out / ".staging" / "checkpoint-6").is_dir()  # the half-written one stayed out of the way
+    assert not (out / "checkpoint-6").exists() and (out / "checkpoint-3" / "trainer_state.json").is_file()
+    resume_and_compare(shapes_data, stage1, out, uninterrupted, 3)
+
+
+def test_auto_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    from llava_moslora.train.main import newest_checkpoint, resolve_resume
+
+    assert resolve_resume("auto", str(tmp_path / "absent"), verbose=False) is None
+    for step, complete in ((3, True), (12, True), (20, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / ".staging" / "checkpoint-30").mkdir(parents=True)
+    (tmp_path / "checkpoint-final").mkdir()
+    assert newest_checkpoint(str(tmp_path)) == tmp_path / "checkpoint-12"  # not 3 (older), 20 (incomplete)
+    assert resolve_resume(str(tmp_path / "checkpoint-3"), str(tmp_path), verbose=False) == str(tmp_path / "checkpoint-3")
