@@ -127,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..model.checkpoint import check_resumable
     from ..optim import attach_riemannian
     from .interrupt import StopOnSignal
-    from .screen import screen_dataset
+    from .screen import gather_lists, screen_dataset
     from .trainer import LlavaTrainer
 
     set_seed(training_args.seed)
@@ -160,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trainer = LlavaTrainer(model=bundle.model, args=training_args, train_dataset=dataset,
                            data_collator=collator, bundle=bundle, callbacks=[stop])
     trainer.train(resume_from_checkpoint=resume)
-    skipped = gather_skipped(trainer.skipped_ids)
+    skipped = gather_lists(trainer.skipped_ids)
     if main_process:
         start = sum(f.is_error for f in findings)
         during = list(dict.fromkeys(skipped))  # a sample can be drawn more than once (sampler padding)
@@ -206,17 +206,6 @@ def newest_checkpoint(output_dir: str) -> Optional[Path]:
     steps = [(int(p.name.split("-")[1]), p) for p in root.glob("checkpoint-*")
              if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(steps)[1] if steps else None
-
-
-def gather_skipped(ids: list) -> list:
-    """Every rank's skipped sample ids (collective: all ranks call it)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(ids)
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, list(ids))
-    return [sample_id for part in everyone for sample_id in part]
 
 
 def shut_down_process_group() -> None:

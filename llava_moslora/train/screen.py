@@ -19,14 +19,15 @@ SKIPPED_FILE = "skipped_samples.jsonl"
 SHOW = 10
 
 
-def _gather(findings: list[Finding]) -> list[Finding]:
+def gather_lists(items: list) -> list:
+    """Every rank's list, concatenated in rank order (collective: all ranks call it)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return findings
+        return list(items)
     everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, findings)
-    return [f for part in everyone for f in part]
+    dist.all_gather_object(everyone, list(items))
+    return [item for part in everyone for item in part]
 
 
 def screen_dataset(dataset: LlavaDataset, *, skip: bool, rank: int, world_size: int, output_dir: str) -> list[Finding]:
@@ -36,7 +37,7 @@ def screen_dataset(dataset: LlavaDataset, *, skip: bool, rank: int, world_size: 
     found = check_samples(shard, dataset.checker("header"), progress=rank == 0,
                           description=f"checking data ({len(shard)} of {len(dataset.samples)} samples on this rank)")
     found = [Finding(f.kind, f.sample_id, f.where, f.message, f.index * world_size + rank) for f in found]
-    findings = sorted(_gather(found), key=lambda f: f.index)
+    findings = sorted(gather_lists(found), key=lambda f: f.index)
     findings = [Finding.from_error(e) for e in dataset.rejected] + duplicate_findings(dataset.samples) + findings
     errors = [f for f in findings if f.is_error]
     if errors and not skip:
