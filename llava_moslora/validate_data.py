@@ -36,7 +36,7 @@ def tokenizer_and_layout(args):
     """(tokenizer, template name, image tokens) the way training would have them."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .model.builder import DEFAULT_SELECT_STRATEGY, num_image_tokens, prepare_tokenizer, vision_tower_class
+    from .model.builder import num_image_tokens, prepare_tokenizer
     from .model.recipe import RECIPE_FILE, Recipe
 
     path = Path(args.model_name_or_path)
@@ -51,10 +51,8 @@ def tokenizer_and_layout(args):
         if config.model_type == "llava":
             image_tokens = config.image_seq_length
         elif args.vision_tower:
-            vision = getattr(config, "vision_config", config)
-            strategy = {"patch": DEFAULT_SELECT_STRATEGY[vision_tower_class(args.vision_tower, args.trust_remote_code)],
-                        "cls_patch": "full"}[args.mm_vision_select_feature]
-            image_tokens = num_image_tokens(vision, strategy)
+            strategy = "full" if args.mm_vision_select_feature == "cls_patch" else "default"  # as training maps it
+            image_tokens = num_image_tokens(getattr(config, "vision_config", config), strategy)
         else:
             raise SystemExit("cannot tell how many tokens an image takes: give --vision_tower (as in training) "
                              "or --num_image_tokens (LLaVA-1.5 with CLIP ViT-L/14-336: 576)")
@@ -66,7 +64,7 @@ def validate(args):
     from .data.records import load_samples
     from .data.templates import get_template
     from .data.tokenize import check_tokenizer
-    from .data.validate import Finding, Report, SampleChecker, check_samples, duplicate_findings
+    from .data.validate import Report, SampleChecker, all_findings, check_samples
 
     tokenizer, template_name, image_tokens = tokenizer_and_layout(args)
     template = get_template(template_name)
@@ -77,8 +75,7 @@ def validate(args):
                             Path(args.image_folder) if args.image_folder else None, args.system_prompt)
     print(f"[validate-data] {args.data_path}: {len(samples) + len(rejected)} records; template {template_name!r}, "
           f"{image_tokens} image tokens, model_max_length {args.model_max_length}", flush=True)
-    findings = [Finding.from_error(error) for error in rejected] + duplicate_findings(samples)
-    findings += check_samples(samples, checker, workers=args.num_workers)
+    findings = all_findings(rejected, samples, check_samples(samples, checker, workers=args.num_workers))
     return Report(len(samples) + len(rejected), findings), samples
 
 

@@ -111,6 +111,11 @@ class SampleChecker:
         return None
 
 
+def all_findings(rejected: Sequence[DataError], samples: Sequence[Sample], checked: list[Finding]) -> list[Finding]:
+    """Records that did not parse, repeated ids, then the per-sample findings (`checked`)."""
+    return [Finding.from_error(error) for error in rejected] + duplicate_findings(samples) + checked
+
+
 def duplicate_findings(samples: Sequence[Sample]) -> list[Finding]:
     """Every repeat of an id after its first occurrence."""
     first: dict[str, int] = {}

@@ -9,11 +9,12 @@ header is met when drawn: an error naming it by default, a skipped sample with t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ..data import LlavaDataset
 from ..data.records import DataError
-from ..data.validate import Finding, check_samples, duplicate_findings
+from ..data.validate import Finding, all_findings, check_samples
 
 SKIPPED_FILE = "skipped_samples.jsonl"
 SHOW = 10
@@ -36,9 +37,9 @@ def screen_dataset(dataset: LlavaDataset, *, skip: bool, rank: int, world_size: 
     shard = dataset.samples[rank::world_size]
     found = check_samples(shard, dataset.checker("header"), progress=rank == 0,
                           description=f"checking data ({len(shard)} of {len(dataset.samples)} samples on this rank)")
-    found = [Finding(f.kind, f.sample_id, f.where, f.message, f.index * world_size + rank) for f in found]
-    findings = sorted(gather_lists(found), key=lambda f: f.index)
-    findings = [Finding.from_error(e) for e in dataset.rejected] + duplicate_findings(dataset.samples) + findings
+    found = [replace(f, index=f.index * world_size + rank) for f in found]  # shard position -> dataset position
+    checked = sorted(gather_lists(found), key=lambda f: f.index)
+    findings = all_findings(dataset.rejected, dataset.samples, checked)
     errors = [f for f in findings if f.is_error]
     if errors and not skip:
         listed = "\n".join(f"  {f.kind} {f.sample_id!r}: {f.message}" if f.index is not None else f"  {f.kind}: {f.message}"
