@@ -21,7 +21,7 @@ import time
 import torch
 
 from llava_moslora.adapters import AdapterConfig
-from llava_moslora.model import Recipe, apply_tuning, enable_gradient_checkpointing
+from llava_moslora.model import Recipe, apply_tuning, enable_activation_checkpointing
 from llava_moslora.optim import attach_riemannian
 
 PRESETS = {
@@ -97,7 +97,7 @@ def run_kind(preset, kind: str, steps: int, warmup: int, device, dtype, checkpoi
                     llm_adapter=AdapterConfig(**ADAPTERS[kind](preset["r"])).to_dict())
     apply_tuning(model, recipe)
     if checkpointing:
-        enable_gradient_checkpointing(model)
+        enable_activation_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     inputs = batch(preset, image_tokens, preset["text"]["vocab_size"], device, dtype)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=None, help="override the preset's batch size")
-    parser.add_argument("--gradient_checkpointing", action="store_true", help="as LLaVA's scripts train 7B")
+    parser.add_argument("--activation_checkpointing", action="store_true", help="as LLaVA's scripts train 7B")
     parser.add_argument("--peak_tflops", type=float, default=989.0, help="GPU dense bf16 peak for MFU")
     args = parser.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     print("| adapter | riemannian | trainable | s/step | tokens/s | peak GiB | MFU |\n|---|---|---|---|---|---|---|")
     seconds, ratios = {}, []
     for kind in args.kinds.split(","):
-        result = run_kind(preset, kind, steps, args.warmup, device, dtype, args.gradient_checkpointing)
+        result = run_kind(preset, kind, steps, args.warmup, device, dtype, args.activation_checkpointing)
         for riemannian in (False, True):
             step, peak = result[riemannian]
             seconds[kind, riemannian] = step

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("llava_moslora.data.synth",
               "generate ShapesVQA: images, stage-1/2 training data and held-out VLMEvalKit-format benchmarks"),
+    "pretrain-bases": ("llava_moslora.model.bases",
+                       "pretrain the tiny CLIP tower and Llama the quickstart starts from, on ShapesVQA's domain"),
     "init-tiny": ("llava_moslora.model.tiny",
                   "write a tiny CLIP tower and a tiny Llama (tokenizer trained on the data) as save_pretrained dirs"),
     "validate-data": ("llava_moslora.validate_data",

@@ -13,6 +13,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "quickstart.sh"
 
 def add_arguments(parser, name: str = "quickstart") -> None:
     parser.add_argument("--out", default=None, help="output directory (default: runs/quickstart in the checkout)")
+    parser.add_argument("--seed", type=int, default=0, help="ShapesVQA draw and training seed (default: %(default)s)")
 
 
 def run(args, name: str = "quickstart") -> int:
@@ -20,5 +21,5 @@ def run(args, name: str = "quickstart") -> int:
         print(f"{SCRIPT} not found: the quickstart needs a source checkout of llava-moslora "
               "(git clone, then `bash scripts/quickstart.sh`)")
         return 2
-    command = ["bash", str(SCRIPT)] + (["--out", str(Path(args.out).resolve())] if args.out else [])
+    command = ["bash", str(SCRIPT), "--seed", str(args.seed)] + (["--out", str(Path(args.out).resolve())] if args.out else [])
     return subprocess.call(command)

@@ -67,7 +67,7 @@ exec "${LAUNCH[@]}" \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
   --learning_rate "$LR" --mm_projector_lr "$MM_PROJECTOR_LR" --weight_decay 0 --warmup_steps 0.03 \
   --lr_scheduler_type cosine --group_by_modality_length True \
-  --model_max_length "$MAX_LENGTH" --gradient_checkpointing True \
+  --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
   --save_strategy steps --save_steps 50000 --save_total_limit 1 \
   --logging_steps 1 --dataloader_num_workers 4 --report_to none \
   "${extra[@]}" "${PRECISION[@]}" "$@"

@@ -46,7 +46,7 @@ exec "${LAUNCH[@]}" \
   --output_dir "$OUTPUT_DIR" --num_train_epochs "$EPOCHS" \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
   --learning_rate "$LR" --weight_decay 0 --warmup_steps 0.03 --lr_scheduler_type cosine \
-  --model_max_length "$MAX_LENGTH" --gradient_checkpointing True \
+  --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
   --save_strategy steps --save_steps 24000 --save_total_limit 1 \
   --logging_steps 1 --dataloader_num_workers 4 --report_to none \
   "${PRECISION[@]}" "$@"

@@ -3,6 +3,7 @@ import os
 import subprocess
 
 import pytest
+from safetensors.torch import load_file
 
 from helpers import ROOT
 
@@ -16,9 +17,20 @@ def test_shortened_quickstart_runs_end_to_end(tmp_path):
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = tmp_path / "qs"
-    for path in ("data/ShapesVQA_MCQ.tsv", "base/llm/config.json", "stage1/trainable.safetensors",
+    for path in ("data/ShapesVQA_MCQ.tsv", "data/scenes.json", "stage1/trainable.safetensors",
                  "stage2/llava_moslora.json", "eval/stage2/stage2_ShapesVQA_MCQ_acc.csv",
                  "eval/stage2/stage2_ShapesVQA_YN_score.csv", "eval/abilities/abilities.md"):
         assert (out / path).is_file(), path
-    assert "| coarse perception | l2-category |" in result.stdout and "Sample answers about" in result.stdout
+    assert "| Overall | overall |" in result.stdout and "== sample answers about" in result.stdout
     assert "quickstart: done in" in result.stdout
+    # LLaVA's recipe: stage 1 trains the projector alone, stage 2 adapters and the projector,
+    # and no stage trains a weight of the LLM or the vision tower itself
+    stage1 = set(load_file(out / "stage1" / "trainable.safetensors"))
+    stage2 = set(load_file(out / "stage2" / "trainable.safetensors"))
+    assert stage1 and all(".multi_modal_projector." in name for name in stage1), sorted(stage1)[:5]
+    assert stage1 <= stage2
+    adapters = stage2 - stage1
+    assert adapters and all(".language_model." in n and ".lora_" in n for n in adapters), sorted(adapters)[:5]
+    # nothing a user cannot act on
+    for noise in ("FutureWarning", "deprecated", "requires torchvision", "OMP_NUM_THREADS"):
+        assert noise not in result.stdout + result.stderr, noise

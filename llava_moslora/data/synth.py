@@ -9,6 +9,7 @@ formats (multiple choice with MMBench-style ability labels, and yes/no). Determi
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import random
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ L2_OF = {category: l2 for l2, categories in ABILITIES.items() for category in ca
 # How often each question family is drawn into a training conversation, relative to the others:
 # families that need two objects located at once are learned last by a tiny model, so it sees them more.
 TRAINING_WEIGHTS = {"counting": 1.0, "color recognition": 1.0, "shape recognition": 2.0, "spatial relation": 3.0,
-                    "size comparison": 2.0, "counting after removal": 1.0, "yes/no": 1.0}
+                    "size comparison": 2.0, "counting after removal": 1.0, "yes/no": 1.0,
+                    "object position": 1.0, "object size": 1.0}
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,27 @@ def random_scene(rng: random.Random) -> list[Shape]:
     cells = rng.sample(range(4), count)
     pairs = rng.sample([(s, c) for s in SHAPES for c in COLORS], count)
     return [Shape(shape, color, rng.choice(SIZES), cell // 2, cell % 2) for (shape, color), cell in zip(pairs, cells)]
+
+
+def scene_key(scene: list[Shape]) -> str:
+    """What a scene is, whatever the order its shapes were drawn in or their jitter: its caption,
+    which names every shape's size, colour, kind and cell in cell order."""
+    return caption(scene)
+
+
+def reserved_for_benchmarks(scene: list[Shape]) -> bool:
+    """Half of all scene layouts, fixed by a hash: held-out benchmark scenes are drawn only from
+    this half and the tiny bases are pretrained only on the other, so no held-out scene (not even
+    the same layout with other jitter) reaches base pretraining, whatever the seeds."""
+    return hashlib.sha256(scene_key(scene).encode()).digest()[0] % 2 == 0
+
+
+def random_benchmark_scene(rng: random.Random, reserved: bool = True) -> list[Shape]:
+    """A random scene from the benchmark half (reserved=True) or from the bases' half."""
+    while True:
+        scene = random_scene(rng)
+        if reserved_for_benchmarks(scene) == reserved:
+            return scene
 
 
 def draw_scene(scene: list[Shape], size: int, rng: random.Random) -> Image.Image:
@@ -132,6 +155,15 @@ def questions(scene: list[Shape], rng: random.Random) -> list[Question]:
     return found
 
 
+def lookup_questions(scene: list[Shape], rng: random.Random) -> list[Question]:
+    """One-object lookups asked in training only (benchmarks never ask them): where an object
+    is and how big it is, the steps that spatial relation and size comparison are made of."""
+    item = rng.choice(scene)
+    return [Question("object position", f"Where is the {item.name}?", _where(item),
+                     ["top left", "top right", "bottom left", "bottom right"]),
+            Question("object size", f"What size is the {item.name}?", item.size, list(SIZES))]
+
+
 def short_answer(question: Question) -> str:
     text = question.answer
     return text[0].upper() + text[1:] + "."
@@ -171,22 +203,28 @@ def encode_png(image: Image.Image) -> str:
 
 # --- writing the data set -------------------------------------------------------------------
 
-def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) -> list[dict]:
-    """A multi-turn conversation: 1-3 questions, some in multiple-choice form."""
-    pool = questions(scene, rng)
+def question_turns(scene: list[Shape], rng: random.Random, mcq_fraction: float) -> list[tuple[str, str]]:
+    """1-3 (question, answer) turns about a scene, some in multiple-choice form."""
+    pool = questions(scene, rng) + lookup_questions(scene, rng)
     yn_question, yn_answer, _ = yes_no(scene, rng)
     pool.append(Question("yes/no", short_prompt(yn_question), yn_answer, ["Yes", "No"]))
     turns = []
     for question in _weighted_sample(pool, rng.randint(1, 3), rng):
         if question.category == "yes/no":
-            turns += [{"from": "human", "value": question.question}, {"from": "gpt", "value": question.answer}]
+            turns.append((question.question, question.answer))
         elif rng.random() < mcq_fraction:
             prompt, _, letter = as_mcq(question, rng)
-            turns += [{"from": "human", "value": prompt}, {"from": "gpt", "value": letter}]
+            turns.append((prompt, letter))
         else:
-            turns += [{"from": "human", "value": question.question}, {"from": "gpt", "value": short_answer(question)}]
-    turns[0]["value"] = "<image>\n" + turns[0]["value"]
+            turns.append((question.question, short_answer(question)))
     return turns
+
+
+def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) -> list[dict]:
+    """A multi-turn conversation in LLaVA's format, the image before the first question."""
+    turns = question_turns(scene, rng, mcq_fraction)
+    turns[0] = ("<image>\n" + turns[0][0], turns[0][1])
+    return [{"from": role, "value": text} for pair in turns for role, text in zip(("human", "gpt"), pair)]
 
 
 def _weighted_sample(pool: list[Question], count: int, rng: random.Random) -> list[Question]:
@@ -198,7 +236,9 @@ def _weighted_sample(pool: list[Question], count: int, rng: random.Random) -> li
 def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_instruct: int = 4000,
                     num_test: int = 400, image_size: int = 64, text_only_fraction: float = 0.05,
                     mcq_fraction: float = 0.8, progress: bool = True) -> dict:
-    """Write images, pretrain.json, instruct.json, ShapesVQA_MCQ.tsv and ShapesVQA_YN.tsv."""
+    """Write images, pretrain.json, instruct.json, ShapesVQA_MCQ.tsv, ShapesVQA_YN.tsv and
+    scenes.json (each image's scene_key). Held-out scenes come from the benchmark half of the
+    layouts (reserved_for_benchmarks); training scenes from all of them."""
     import json
     from pathlib import Path
 
@@ -208,12 +248,13 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    pretrain, instruct, mcq_rows, yn_rows = [], [], [], []
+    pretrain, instruct, mcq_rows, yn_rows, layouts = [], [], [], [], {}
     total = num_pretrain + num_instruct + num_test
     bar = tqdm(total=total, desc="ShapesVQA", unit="image", disable=not progress)
     for i in range(num_pretrain + num_instruct):
         scene = random_scene(rng)
         name = f"train_{i:06d}.png"
+        layouts[name] = scene_key(scene)
         draw_scene(scene, image_size, rng).save(out / "images" / name)
         if i < num_pretrain:
             pretrain.append({"id": f"pretrain-{i}", "image": name, "conversations": [
@@ -226,9 +267,10 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
             instruct.append({"id": f"instruct-{i}", "image": name, "conversations": _instruction(scene, rng, mcq_fraction)})
         bar.update()
     for i in range(num_test):
-        scene = random_scene(rng)
+        scene = random_benchmark_scene(rng)
         image = draw_scene(scene, image_size, rng)
         name = f"test_{i:06d}.png"
+        layouts[name] = scene_key(scene)
         image.save(out / "images" / name)
         encoded = encode_png(image)
         question = rng.choice(questions(scene, rng))
@@ -244,6 +286,7 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
     bar.close()
     (out / "pretrain.json").write_text(json.dumps(pretrain))
     (out / "instruct.json").write_text(json.dumps(instruct))
+    (out / "scenes.json").write_text(json.dumps(layouts, indent=0))  # image -> what it shows
     columns = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
     pd.DataFrame(mcq_rows)[columns].to_csv(out / "ShapesVQA_MCQ.tsv", sep="\t", index=False)
     pd.DataFrame(yn_rows)[["index", "image", "question", "answer", "category"]].to_csv(

@@ -57,16 +57,24 @@ def vision_tower_class(path: str, trust_remote_code: bool = False):
                          f"use a CLIP or SigLIP checkpoint ({sorted(VISION_TOWERS)})") from None
 
 
+def image_processor_class(name: str):
+    """transformers' image processor `name` on the backend this machine has: the torchvision
+    one, or its PIL twin (`<name>Pil`) where torchvision is missing. Asking for `name` itself
+    without torchvision works too, but warns on every load, which nobody can act on."""
+    import transformers
+    from transformers.utils import is_torchvision_available
+
+    return getattr(transformers, name if is_torchvision_available() else f"{name}Pil")
+
+
 def llava_image_processor(path: str):
     """The tower's image processor as a LlavaImageProcessor that pads to square with its mean
     colour (LLaVA-1.5's preprocessing), so the padding travels with saved checkpoints."""
-    from transformers import LlavaImageProcessor
-
     base = AutoImageProcessor.from_pretrained(path)
     settings = {k: v for k, v in base.to_dict().items()
-                if k not in ("image_processor_type", "processor_class", "_processor_class")}
+                if k not in ("image_processor_type", "processor_class", "_processor_class", "backend")}
     settings.setdefault("do_center_crop", False)  # SigLIP resizes straight to its input size
-    return LlavaImageProcessor(**settings, do_pad=True)
+    return image_processor_class("LlavaImageProcessor")(**settings, do_pad=True)
 
 
 def prepare_tokenizer(path: str, trust_remote_code: bool = False):

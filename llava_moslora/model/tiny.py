@@ -93,10 +93,10 @@ def save_tiny_clip(out_dir: Union[str, Path], *, image_size: int = 32, patch_siz
     torch.manual_seed(seed)
     out = Path(out_dir)
     CLIPVisionModel(config).save_pretrained(out)
-    from transformers import CLIPImageProcessor  # imported late: without torchvision it warns
+    from .builder import image_processor_class  # the PIL processor where torchvision is missing
 
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    image_processor_class("CLIPImageProcessor")(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
     return out
 
 

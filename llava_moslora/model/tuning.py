@@ -16,7 +16,7 @@ from .recipe import Recipe
 
 COMPONENTS = ("vision_tower", "mm_projector", "language_model")
 # Non-reentrant checkpointing needs no trainable input when the embeddings are frozen.
-GRADIENT_CHECKPOINTING_KWARGS = {"use_reentrant": False}
+ACTIVATION_CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
 def component_modules(model: LlavaForConditionalGeneration) -> dict[str, list[nn.Module]]:
@@ -89,8 +89,8 @@ def select_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
 
 
-def enable_gradient_checkpointing(model: LlavaForConditionalGeneration) -> None:
+def enable_activation_checkpointing(model: LlavaForConditionalGeneration) -> None:
     """Activation checkpointing for the vision tower and the LM. Non-reentrant, so frozen
     embeddings (adapter-only training) need no input-requires-grad workaround."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(GRADIENT_CHECKPOINTING_KWARGS))
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=dict(ACTIVATION_CHECKPOINTING_KWARGS))
     model.config.use_cache = False

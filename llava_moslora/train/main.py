@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -52,15 +53,15 @@ def parse(argv: list[str]):
     from transformers import HfArgumentParser
 
     from ..model import ModelArguments
-    from ..model.tuning import GRADIENT_CHECKPOINTING_KWARGS
+    from ..model.tuning import ACTIVATION_CHECKPOINTING_KWARGS
     from .arguments import DataArguments, LlavaTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments), prog="llava-moslora train",
                               description="Train one stage of LLaVA with adapters. Run under torchrun or the "
                                           "deepspeed launcher; scripts/pretrain.sh and scripts/finetune.sh do that.")
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
-        training_args.gradient_checkpointing_kwargs = dict(GRADIENT_CHECKPOINTING_KWARGS)
+    if training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs is None:
+        training_args.activation_checkpointing_kwargs = dict(ACTIVATION_CHECKPOINTING_KWARGS)
     if training_args.riemannian and training_args.zero_stage() == 3:
         raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
                          "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")
@@ -115,7 +116,14 @@ def build(model_args, training_args):
     return bundle
 
 
+def silence_what_users_cannot_act_on() -> None:
+    """DeepSpeed 0.19 gathers with torch's deprecated all_gather_into_tensor, which warns on
+    every rank; the fix belongs to DeepSpeed, so the warning is only noise here."""
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    silence_what_users_cannot_act_on()
     argv = adapt_to_machine(list(sys.argv[1:] if argv is None else argv))
     model_args, data_args, training_args = parse(argv)
 

@@ -16,6 +16,8 @@ else
   PRECISION=()
 fi
 NUM_GPUS="${NUM_GPUS:-$gpus}"
+# torchrun sets 1 thread per process anyway, with a banner; saying so ourselves keeps it quiet.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 PORT="${MASTER_PORT:-$(( 29500 + RANDOM % 1000 ))}"
 
 if [ -n "${HOSTFILE:-}" ]; then

@@ -31,7 +31,7 @@ def test_moslora_trains_merges_and_exports_on_llama(tiny_llama_dir, tmp_path):
     assert len(names) == 2 * len(TARGETS)
     randomize_adapters(model, scale=0.2)
     ids = torch.randint(0, 128, (2, 10))
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model.train()
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
@@ -50,7 +50,7 @@ def test_moslora_trains_merges_and_exports_on_llama(tiny_llama_dir, tmp_path):
     torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-4)
 
 
-def test_moelora_with_riemannian_and_gradient_checkpointing_on_llama(tiny_llama_dir):
+def test_moelora_with_riemannian_and_activation_checkpointing_on_llama(tiny_llama_dir):
     model = load(tiny_llama_dir)
     apply_adapters(model, AdapterConfig(kind="moelora", r=2, num_experts=4, top_k=2, gate_rescale="sqrt",
                                         target_modules=["q_proj", "v_proj"]))
@@ -61,7 +61,7 @@ def test_moelora_with_riemannian_and_gradient_checkpointing_on_llama(tiny_llama_
     for checkpointing in (False, True):
         model.zero_grad(set_to_none=True)
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         model.train()
         model(input_ids=ids, labels=ids).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})

@@ -95,9 +95,9 @@ def test_trainable_table(tiny_bases):
     assert {line.split()[0] for line in table.splitlines()[1:]} == {"vision_tower", "mm_projector", "language_model", "total"}
 
 
-def test_gradient_checkpointing_gives_the_same_adapter_gradients(tiny_bases):
+def test_activation_checkpointing_gives_the_same_adapter_gradients(tiny_bases):
     import torch
-    from llava_moslora.model import enable_gradient_checkpointing
+    from llava_moslora.model import enable_activation_checkpointing
     from helpers import randomize_adapters
     model, _ = tuned(tiny_bases, "--tune_language_model", "adapter", "--lora_r", "4", "--lora_dropout", "0")
     randomize_adapters(model, scale=0.05)
@@ -106,7 +106,7 @@ def test_gradient_checkpointing_gives_the_same_adapter_gradients(tiny_bases):
     grads = []
     for checkpointing in (False, True):
         if checkpointing:
-            enable_gradient_checkpointing(model)
+            enable_activation_checkpointing(model)
         model.train()
         model.zero_grad(set_to_none=True)
         model(input_ids=ids, pixel_values=pixel_values, labels=ids).loss.backward()

@@ -35,11 +35,12 @@ def shapes_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stage1(tiny_bases, shapes_data, tmp_path_factory):
-    """Stage 1. The tiny base LLM is random, so (as the quickstart does) it trains with the projector."""
+    """Stage 1. The tiny base LLM here is random, so it trains with the projector (the quickstart
+    starts from the pretrained bases and trains the projector alone)."""
     out = tmp_path_factory.mktemp("run") / "stage1"
     run_script("pretrain.sh", {"MODEL": tiny_bases["language_model"], "VISION_TOWER": tiny_bases["vision_tower"],
                                "DATA_PATH": str(shapes_data / "captions.json"),
                                "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out),
                                "GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "4"},
-               "--max_steps", "20", "--tune_language_model", "full", "--gradient_checkpointing", "False", *FAST)
+               "--max_steps", "20", "--tune_language_model", "full", "--activation_checkpointing", "False", *FAST)
     return out

@@ -1,0 +1,309 @@
+"""`llava-moslora pretrain-bases`: the tiny pretrained bases the quickstart starts from.
+
+LLaVA aligns a pretrained CLIP with a pretrained LLM. At toy scale this command makes both, on
+ShapesVQA's domain (data/base_corpus.py), as ordinary `save_pretrained` directories:
+
+- `vision/`: a CLIP vision tower whose patch features (the layer LLaVA reads, -2 by default)
+  are trained to name the object in their grid cell (shape, colour, size), the cell itself and
+  the number of shapes, and whose pooled output is trained to list the scene's (colour, shape)
+  pairs and their number. The heads are dropped afterwards, as CLIP's projection is.
+- `llm/`: a Llama with a BPE tokenizer in Llama's style (plus one added token per object word),
+  trained on conversations in the chat template where the scene is given in words where the
+  image would be; the loss is on the replies, as in instruction tuning.
+
+Both are trained with transformers' Trainer on one process (a GPU when there is one). The
+command also writes `pretraining.json`: the settings, loss curves and what each base learned,
+measured on fresh scenes (probe accuracies of the tower, text-only MCQ accuracy of the LLM).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import base_corpus as corpus
+from ..data.synth import COLORS, SHAPES, as_mcq, questions
+from ..data.templates import TEMPLATES, get_template
+from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
+
+TEMPLATE = "vicuna_v1"
+
+
+def _setting(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class BasesConfig:
+    """Sizes and schedules; the defaults made the shipped bases (bases/shapes-tiny)."""
+
+    seed: int = _setting(0, "seed of the scene streams, the initialisation and the training order")
+    image_size: int = _setting(64, "image side in pixels (ShapesVQA draws 64)")
+    patch_size: int = _setting(32, "tower patch side; 32 on 64-pixel images gives one token per cell of the 2 x 2 grid")
+    vision_hidden: int = _setting(128, "vision tower width")
+    vision_layers: int = _setting(3, "vision tower layers")
+    vision_images: int = _setting(20000, "scenes rendered for the tower")
+    vision_steps: int = _setting(1500, "tower optimizer steps")
+    vision_batch: int = _setting(128, "tower batch size")
+    vision_lr: float = _setting(2e-3, "tower peak learning rate (warmup, cosine)")
+    hidden_size: int = _setting(128, "language model width")
+    num_layers: int = _setting(4, "language model decoder layers")
+    intermediate_size: int = _setting(256, "language model MLP width")
+    vocab_size: int = _setting(512, "tokenizer vocabulary (upper bound)")
+    text_samples: int = _setting(100000, "text conversations for the language model")
+    lm_steps: int = _setting(3000, "language model optimizer steps")
+    lm_batch: int = _setting(64, "language model batch size")
+    lm_lr: float = _setting(3e-3, "language model peak learning rate (warmup, cosine)")
+    eval_samples: int = _setting(400, "fresh scenes / questions each base is measured on afterwards")
+
+
+# --- vision tower ---------------------------------------------------------------------------
+
+class AttributeHeads(nn.Module):
+    """A CLIP tower with linear heads for pretraining: per patch token (at `feature_layer`) the
+    object of its cell, the cell and the shape count; on the pooled output the scene's pairs."""
+
+    def __init__(self, tower, feature_layer: int = -2) -> None:
+        super().__init__()
+        self.tower, self.feature_layer = tower, feature_layer
+        hidden, grid = tower.config.hidden_size, tower.config.image_size // tower.config.patch_size
+        self.heads = nn.ModuleDict({
+            "shape": nn.Linear(hidden, len(corpus.SHAPE_CLASSES)), "color": nn.Linear(hidden, len(corpus.COLOR_CLASSES)),
+            "size": nn.Linear(hidden, len(corpus.SIZE_CLASSES)), "cell": nn.Linear(hidden, len(corpus.CELLS)),
+            "count": nn.Linear(hidden, 4)})
+        self.pairs = nn.Linear(hidden, len(SHAPES) * len(COLORS) + 4)
+        # patch (row-major over grid x grid) -> its cell of the 2 x 2 scene grid
+        cells = [(r * 2 // grid) * 2 + (c * 2 // grid) for r in range(grid) for c in range(grid)]
+        self.register_buffer("patch_cell", torch.tensor(cells), persistent=False)
+
+    def targets(self, cells: torch.Tensor, count: torch.Tensor) -> dict[str, torch.Tensor]:
+        per_patch = cells[:, self.patch_cell]  # (B, patches, 3)
+        batch, patches = per_patch.shape[:2]
+        return {"shape": per_patch[..., 0], "color": per_patch[..., 1], "size": per_patch[..., 2],
+                "cell": self.patch_cell.expand(batch, patches), "count": (count - 1)[:, None].expand(batch, patches)}
+
+    def forward(self, pixel_values, cells, count):
+        out = self.tower(pixel_values=pixel_values, output_hidden_states=True)
+        features = out.hidden_states[self.feature_layer][:, 1:]  # patches, without CLS (LLaVA's "default")
+        logits = {name: head(features) for name, head in self.heads.items()}
+        wanted = self.targets(cells, count)
+        loss = sum(F.cross_entropy(logits[k].flatten(0, 1), wanted[k].flatten()) for k in logits)
+        pairs = len(SHAPES) * len(COLORS)  # (shape, colour) pair of each cell; empty cells -> column `pairs`
+        pair = torch.where(cells[..., 0] > 0, (cells[..., 0] - 1) * len(COLORS) + cells[..., 1] - 1, pairs)
+        present = F.one_hot(pair, pairs + 1).amax(dim=1)[:, :pairs].float()
+        pooled = self.pairs(out.pooler_output)
+        loss = (loss + F.binary_cross_entropy_with_logits(pooled[:, :-4], present)
+                + F.cross_entropy(pooled[:, -4:], count - 1))
+        return {"loss": loss, "logits": logits}
+
+    @torch.no_grad()
+    def accuracy(self, batch: dict) -> dict[str, float]:
+        logits = self(**batch)["logits"]
+        wanted = self.targets(batch["cells"], batch["count"])
+        result = {k: (logits[k].argmax(-1) == wanted[k]).float().mean().item() for k in logits}
+        occupied = wanted["shape"] > 0  # shape and colour of actual objects, not "empty"
+        for k in ("shape", "color"):
+            result[f"{k}_of_objects"] = (logits[k].argmax(-1) == wanted[k])[occupied].float().mean().item()
+        return result
+
+
+class SceneImages(torch.utils.data.Dataset):
+    """Rendered scenes as uint8 arrays with their cell targets, normalised batch-wise."""
+
+    def __init__(self, samples, count: int, image_size: int, image_processor, progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.images = np.zeros((count, image_size, image_size, 3), np.uint8)
+        self.cells = np.zeros((count, len(corpus.CELLS), 3), np.int64)
+        self.count = np.zeros(count, np.int64)
+        for i, (scene, image) in enumerate(tqdm(samples, total=count, desc="scenes for the vision tower",
+                                                unit="image", disable=not progress)):
+            self.images[i] = np.asarray(image)
+            cells, self.count[i] = corpus.cell_targets(scene)
+            self.cells[i] = cells
+        self.scale = image_processor.rescale_factor
+        self.mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.count)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """pixel_values as the tower's image processor makes them (images are already square
+        and at its size, so only rescaling and normalisation apply; a test checks equality)."""
+        images = torch.from_numpy(self.images[indices]).permute(0, 3, 1, 2).float()
+        return {"pixel_values": (images * self.scale - self.mean) / self.std,
+                "cells": torch.from_numpy(self.cells[indices]), "count": torch.from_numpy(self.count[indices])}
+
+
+def pretrain_vision(config: BasesConfig, out: Path, work: Path, progress: bool = True) -> dict:
+    from transformers import AutoImageProcessor, CLIPVisionModel
+
+    save_tiny_clip(out, image_size=config.image_size, patch_size=config.patch_size, hidden_size=config.vision_hidden,
+                   num_layers=config.vision_layers, num_heads=max(1, config.vision_hidden // 32),
+                   intermediate_size=config.vision_hidden * 2, seed=config.seed)
+    processor = AutoImageProcessor.from_pretrained(out)
+    model = AttributeHeads(CLIPVisionModel.from_pretrained(out))
+    data = SceneImages(corpus.vision_samples(config.seed, config.vision_images, config.image_size),
+                       config.vision_images, config.image_size, processor, progress)
+    history = _train(model, data, data.collate, work / "vision", steps=config.vision_steps,
+                     batch=config.vision_batch, lr=config.vision_lr, seed=config.seed, progress=progress)
+    model.tower.save_pretrained(out)
+    held = SceneImages(corpus.vision_samples(config.seed, config.eval_samples, config.image_size, "vision-eval"),
+                       config.eval_samples, config.image_size, processor, progress=False)
+    model.eval()
+    accuracy = model.accuracy(_to(held.collate(list(range(len(held)))), model))
+    return {"loss": history, "probe_accuracy": {k: round(v, 4) for k, v in accuracy.items()}}
+
+
+# --- language model -------------------------------------------------------------------------
+
+class Conversations(torch.utils.data.Dataset):
+    """Encoded text conversations (loss on the replies) for the language model."""
+
+    def __init__(self, samples, count: int, tokenizer, progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        from ..data.tokenize import encode_conversation
+
+        template = get_template(TEMPLATE)
+        self.items = []
+        for _, turns in tqdm(samples, total=count, desc="conversations for the language model", unit="sample",
+                             disable=not progress):
+            encoded = encode_conversation(template, tokenizer, turns)
+            self.items.append((encoded.input_ids, encoded.labels))
+        self.pad_id = tokenizer.unk_token_id
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+    def collate(self, items) -> dict[str, torch.Tensor]:
+        length = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), length), self.pad_id)
+        labels = torch.full((len(items), length), -100)
+        mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, (ids, wanted) in enumerate(items):
+            input_ids[row, :len(ids)], labels[row, :len(ids)], mask[row, :len(ids)] = (
+                torch.tensor(ids), torch.tensor(wanted), 1)
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def tokenizer_texts(seed: int, count: int) -> list[str]:
+    """Rendered conversations for training the tokenizer, plus the template strings (repeated
+    so that BPE merges them into a few tokens instead of spelling them out)."""
+    template = get_template(TEMPLATE)
+    texts = ["".join(text for text, _ in template.render(turns))
+             for _, turns in corpus.text_samples(seed, count, "tokenizer")]
+    return texts + [t.default_system for t in TEMPLATES.values() if t.default_system] * 200
+
+
+def pretrain_lm(config: BasesConfig, out: Path, work: Path, progress: bool = True) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = train_tokenizer(tokenizer_texts(config.seed, 5000),
+                                style="llama", vocab_size=config.vocab_size)
+    tokenizer.add_tokens(list(corpus.OBJECT_WORDS))
+    save_tiny_lm(out, tokenizer, hidden_size=config.hidden_size, num_layers=config.num_layers,
+                 num_heads=max(1, config.hidden_size // 32), intermediate_size=config.intermediate_size,
+                 seed=config.seed)
+    tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    data = Conversations(corpus.text_samples(config.seed, config.text_samples), config.text_samples, tokenizer, progress)
+    history = _train(model, data, data.collate, work / "llm", steps=config.lm_steps, batch=config.lm_batch,
+                     lr=config.lm_lr, seed=config.seed, progress=progress, clip=1.0)
+    model.save_pretrained(out)
+    accuracy = text_mcq_accuracy(model, tokenizer, corpus.base_rng(config.seed, "text-eval"), config.eval_samples)
+    return {"loss": history, "text_mcq_accuracy": accuracy, "vocab_size": len(tokenizer)}
+
+
+@torch.no_grad()
+def text_mcq_accuracy(model, tokenizer, rng, count: int) -> dict[str, float]:
+    """Greedy answers to text-only multiple-choice questions about described scenes, per
+    question family: what the language model can already read before it sees an image."""
+    template, scenes = get_template(TEMPLATE), corpus.base_scenes(rng)
+    eos = tokenizer.convert_tokens_to_ids(template.end_of_turn)
+    right: dict[str, list[bool]] = {}
+    model.eval()
+    for _ in range(count):
+        scene = next(scenes)
+        question = rng.choice(questions(scene, rng))
+        prompt, _, letter = as_mcq(question, rng)
+        text = template.prompt([(f"{corpus.describe(scene, rng)}\n{prompt}", None)])
+        ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+        out = model.generate(ids, max_new_tokens=3, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        right.setdefault(question.category, []).append(answer == letter)
+    every = [hit for hits in right.values() for hit in hits]
+    return {"overall": round(sum(every) / len(every), 4),
+            **{k: round(sum(v) / len(v), 4) for k, v in sorted(right.items())}}
+
+
+# --- shared -----------------------------------------------------------------------------------
+
+def _to(batch: dict, model: nn.Module) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _train(model, dataset, collate, work: Path, *, steps: int, batch: int, lr: float, seed: int,
+           progress: bool, clip: float = 1.0) -> list[float]:
+    """Trainer on one process (AdamW, warmup + cosine); returns the logged training losses."""
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(work), max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
+        weight_decay=0.01, adam_beta2=0.98, warmup_steps=0.05, lr_scheduler_type="cosine", max_grad_norm=clip,
+        logging_steps=max(1, steps // 20), save_strategy="no", report_to="none", seed=seed, data_seed=seed,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available())
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
+    trainer.train()
+    return [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
+
+
+def pretrain_bases(out_dir, config: Optional[BasesConfig] = None, progress: bool = True) -> dict:
+    """Write OUT/vision, OUT/llm and OUT/pretraining.json; returns the report."""
+    config = config or BasesConfig()
+    torch.manual_seed(config.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="pretrain-bases-"))
+    try:
+        report = {"config": asdict(config),
+                  "vision": pretrain_vision(config, out / "vision", work, progress),
+                  "llm": pretrain_lm(config, out / "llm", work, progress)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (out / "pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def add_arguments(parser, name: str = "pretrain-bases") -> None:
+    parser.add_argument("--out", default="bases/shapes-tiny", help="writes OUT/vision, OUT/llm, OUT/pretraining.json")
+    for setting in fields(BasesConfig):
+        parser.add_argument(f"--{setting.name}", type=type(setting.default), default=setting.default,
+                            help=f"{setting.metadata['help']} (default: %(default)s)")
+
+
+def run(args, name: str = "pretrain-bases") -> int:
+    config = BasesConfig(**{f.name: getattr(args, f.name) for f in fields(BasesConfig)})
+    report = pretrain_bases(args.out, config)
+    vision, llm = report["vision"], report["llm"]
+    print(f"vision tower: loss {vision['loss'][0]} -> {vision['loss'][-1]}, probe accuracy {vision['probe_accuracy']}")
+    print(f"language model: loss {llm['loss'][0]} -> {llm['loss'][-1]}, text MCQ accuracy {llm['text_mcq_accuracy']}")
+    print(f"bases written to {args.out} (report: {Path(args.out) / 'pretraining.json'})")
+    return 0
+
