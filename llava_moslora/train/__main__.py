@@ -1,6 +1,4 @@
 """`python -m llava_moslora.train` runs one training stage."""
-import sys
+from .main import exit_without_teardown, main
 
-from .main import main
-
-sys.exit(main())
+exit_without_teardown(main())

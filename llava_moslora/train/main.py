@@ -227,5 +227,18 @@ def shut_down_process_group() -> None:
         dist.destroy_process_group()
 
 
+def exit_without_teardown(code: int) -> None:
+    """End a rank once everything is written: flush, then leave without the interpreter's
+    teardown, where a native thread that gloo or DeepSpeed's shared-memory op still holds can
+    abort the process ("terminate called without an active exception", SIGABRT) after a run
+    that finished; torchrun would then report the whole run as failed."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    exit_without_teardown(main())
