@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import base_corpus as corpus
+from ..data.collator import LlavaCollator
 from ..data.synth import COLORS, SHAPES, as_mcq, questions
 from ..data.templates import TEMPLATES, get_template
 from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
@@ -170,7 +171,8 @@ def pretrain_vision(config: BasesConfig, out: Path, work: Path, progress: bool =
 # --- language model -------------------------------------------------------------------------
 
 class Conversations(torch.utils.data.Dataset):
-    """Encoded text conversations (loss on the replies) for the language model."""
+    """Encoded text conversations (loss on the replies) for the language model; batched by
+    data.collator.LlavaCollator, as in training."""
 
     def __init__(self, samples, count: int, tokenizer, progress: bool = True) -> None:
         from tqdm import tqdm
@@ -182,24 +184,13 @@ class Conversations(torch.utils.data.Dataset):
         for _, turns in tqdm(samples, total=count, desc="conversations for the language model", unit="sample",
                              disable=not progress):
             encoded = encode_conversation(template, tokenizer, turns)
-            self.items.append((encoded.input_ids, encoded.labels))
-        self.pad_id = tokenizer.unk_token_id
+            self.items.append({"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)})
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.items[i]
-
-    def collate(self, items) -> dict[str, torch.Tensor]:
-        length = max(len(ids) for ids, _ in items)
-        input_ids = torch.full((len(items), length), self.pad_id)
-        labels = torch.full((len(items), length), -100)
-        mask = torch.zeros((len(items), length), dtype=torch.long)
-        for row, (ids, wanted) in enumerate(items):
-            input_ids[row, :len(ids)], labels[row, :len(ids)], mask[row, :len(ids)] = (
-                torch.tensor(ids), torch.tensor(wanted), 1)
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
 def tokenizer_texts(seed: int, count: int) -> list[str]:
@@ -222,7 +213,8 @@ def pretrain_lm(config: BasesConfig, out: Path, work: Path, progress: bool = Tru
                  seed=config.seed)
     tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
     data = Conversations(corpus.text_samples(config.seed, config.text_samples), config.text_samples, tokenizer, progress)
-    history = _train(model, data, data.collate, work / "llm", steps=config.lm_steps, batch=config.lm_batch,
+    history = _train(model, data, LlavaCollator(tokenizer.unk_token_id), work / "llm",
+                     steps=config.lm_steps, batch=config.lm_batch,
                      lr=config.lm_lr, seed=config.seed, progress=progress, clip=1.0)
     model.save_pretrained(out)
     accuracy = text_mcq_accuracy(model, tokenizer, corpus.base_rng(config.seed, "text-eval"), config.eval_samples)
