@@ -5,6 +5,7 @@ conftest.py modules would shadow each other under one module name.
 """
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -148,3 +149,23 @@ def stage2_env(shapes_data, stage1, out, **extra):
             "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out), "GLOBAL_BATCH": "8",
             "PER_DEVICE_BATCH": "4", "LORA_R": "8", "LORA_ALPHA": "16", "LORA_DROPOUT": "0", "LR": "1e-2",
             "MM_PROJECTOR_LR": "1e-3", **extra}
+
+
+def kill_tree(pid):
+    """SIGKILL a process and all its descendants (torchrun starts each rank in a session of its own)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, queue = [], [pid]
+    while queue:
+        tree.append(queue.pop())
+        queue += children.get(tree[-1], [])
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -56,11 +56,14 @@ class LlavaCollator:
     pixel_values holds the images of the image samples only, in batch order: the model fills
     the image tokens of the batch with them in that order, and text-only samples have none.
     skipped_ids (only when some) lists the samples the dataset replaced; the trainer removes it.
+    sample_ids (with_ids=True) lists the batch's sample ids in order, for the trainer's record of
+    the data order; the trainer removes it too.
     """
 
-    def __init__(self, pad_token_id: int, guard: MaskedLabelGuard | None = None) -> None:
+    def __init__(self, pad_token_id: int, guard: MaskedLabelGuard | None = None, with_ids: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.guard = guard if guard is not None else MaskedLabelGuard()
+        self.with_ids = with_ids
 
     def __call__(self, features: list[dict]) -> dict:
         self.guard.update(features)
@@ -75,4 +78,6 @@ class LlavaCollator:
         skipped = [sample_id for f in features for sample_id in f.get("skipped_ids", ())]
         if skipped:  # bad samples the dataset replaced (--skip_bad_samples); the trainer counts them
             batch["skipped_ids"] = skipped
+        if self.with_ids:
+            batch["sample_ids"] = [f.get("id") for f in features]
         return batch

@@ -234,11 +234,14 @@ def _weighted_sample(pool: list[Question], count: int, rng: random.Random) -> li
 
 
 def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_instruct: int = 4000,
-                    num_test: int = 400, image_size: int = 64, text_only_fraction: float = 0.05,
+                    num_test: int = 400, num_val: int = 0, image_size: int = 64, text_only_fraction: float = 0.05,
                     mcq_fraction: float = 0.8, progress: bool = True) -> dict:
     """Write images, pretrain.json, instruct.json, ShapesVQA_MCQ.tsv, ShapesVQA_YN.tsv and
     scenes.json (each image's scene_key). Held-out scenes come from the benchmark half of the
-    layouts (reserved_for_benchmarks); training scenes from all of them."""
+    layouts (reserved_for_benchmarks); training scenes from all of them. num_val > 0 also writes
+    ShapesVQA_MCQ_val.tsv and ShapesVQA_YN_val.tsv, a validation split for choosing
+    hyperparameters: held-out scenes of layouts the test split does not use, drawn after every
+    other file's, so the rest of a seed's files do not change with it."""
     import json
     from pathlib import Path
 
@@ -248,8 +251,8 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    pretrain, instruct, mcq_rows, yn_rows, layouts = [], [], [], [], {}
-    total = num_pretrain + num_instruct + num_test
+    pretrain, instruct, layouts = [], [], {}
+    total = num_pretrain + num_instruct + num_test + num_val
     bar = tqdm(total=total, desc="ShapesVQA", unit="image", disable=not progress)
     for i in range(num_pretrain + num_instruct):
         scene = random_scene(rng)
@@ -266,10 +269,39 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
         else:
             instruct.append({"id": f"instruct-{i}", "image": name, "conversations": _instruction(scene, rng, mcq_fraction)})
         bar.update()
-    for i in range(num_test):
+    mcq_rows, yn_rows = _benchmark_rows(num_test, "test", rng, out, image_size, layouts, bar)
+    test_layouts = set(layouts[row["image_path"]] for row in mcq_rows)
+    val_rows = _benchmark_rows(num_val, "val", rng, out, image_size, layouts, bar, avoid=test_layouts)
+    bar.close()
+    (out / "pretrain.json").write_text(json.dumps(pretrain))
+    (out / "instruct.json").write_text(json.dumps(instruct))
+    (out / "scenes.json").write_text(json.dumps(layouts, indent=0))  # image -> what it shows
+    counts = {"pretrain": len(pretrain), "instruct": len(instruct), "mcq": len(mcq_rows), "yes_no": len(yn_rows)}
+    for (mcq, yn), suffix in (((mcq_rows, yn_rows), ""), (val_rows, "_val")):
+        if not mcq:
+            continue
+        pd.DataFrame(mcq)[MCQ_COLUMNS].to_csv(out / f"ShapesVQA_MCQ{suffix}.tsv", sep="\t", index=False)
+        pd.DataFrame(yn)[YN_COLUMNS].to_csv(out / f"ShapesVQA_YN{suffix}.tsv", sep="\t", index=False)
+    if num_val:
+        counts.update(mcq_val=len(val_rows[0]), yes_no_val=len(val_rows[1]))
+    return counts
+
+
+MCQ_COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
+YN_COLUMNS = ["index", "image", "question", "answer", "category"]
+
+
+def _benchmark_rows(count: int, prefix: str, rng: random.Random, out, image_size: int, layouts: dict, bar,
+                    avoid: frozenset = frozenset()) -> tuple[list[dict], list[dict]]:
+    """`count` held-out scenes (none of whose layouts is in `avoid`), each asked one MCQ and one
+    yes/no question; images are written as {prefix}_NNNNNN.png."""
+    mcq_rows, yn_rows = [], []
+    for i in range(count):
         scene = random_benchmark_scene(rng)
+        while scene_key(scene) in avoid:
+            scene = random_benchmark_scene(rng)
         image = draw_scene(scene, image_size, rng)
-        name = f"test_{i:06d}.png"
+        name = f"{prefix}_{i:06d}.png"
         layouts[name] = scene_key(scene)
         image.save(out / "images" / name)
         encoded = encode_png(image)
@@ -283,15 +315,7 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
         yn_rows.append({"index": i, "image": encoded, "question": yn_question, "answer": yn_answer,
                         "category": yn_category, "image_path": name})
         bar.update()
-    bar.close()
-    (out / "pretrain.json").write_text(json.dumps(pretrain))
-    (out / "instruct.json").write_text(json.dumps(instruct))
-    (out / "scenes.json").write_text(json.dumps(layouts, indent=0))  # image -> what it shows
-    columns = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
-    pd.DataFrame(mcq_rows)[columns].to_csv(out / "ShapesVQA_MCQ.tsv", sep="\t", index=False)
-    pd.DataFrame(yn_rows)[["index", "image", "question", "answer", "category"]].to_csv(
-        out / "ShapesVQA_YN.tsv", sep="\t", index=False)
-    return {"pretrain": len(pretrain), "instruct": len(instruct), "mcq": len(mcq_rows), "yes_no": len(yn_rows)}
+    return mcq_rows, yn_rows
 
 
 def corpus(out_dir) -> list[str]:
@@ -318,12 +342,15 @@ def add_arguments(parser, name: str = "synth") -> None:
     parser.add_argument("--num_pretrain", type=int, default=2000, help="stage-1 caption samples")
     parser.add_argument("--num_instruct", type=int, default=4000, help="stage-2 instruction samples")
     parser.add_argument("--num_test", type=int, default=400, help="held-out benchmark rows (MCQ and yes/no each)")
+    parser.add_argument("--num_val", type=int, default=0,
+                        help="validation rows (MCQ and yes/no each, written as ShapesVQA_*_val.tsv): held-out "
+                             "scenes apart from the test rows, for choosing hyperparameters")
     parser.add_argument("--image_size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--mcq_fraction", type=float, default=0.8, help="share of training questions in MCQ form")
 
 
 def run(args, name: str = "synth") -> int:
     counts = write_shapesvqa(args.out, seed=args.seed, num_pretrain=args.num_pretrain, num_instruct=args.num_instruct,
-                             num_test=args.num_test, image_size=args.image_size, mcq_fraction=args.mcq_fraction)
+                             num_test=args.num_test, num_val=args.num_val, image_size=args.image_size, mcq_fraction=args.mcq_fraction)
     print(f"ShapesVQA written to {args.out}: {counts}")
     return 0

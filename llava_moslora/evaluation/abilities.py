@@ -40,7 +40,8 @@ KNOWN_BENCHMARKS = (
     "MMBench_DEV_EN", "MMBench_DEV_CN", "MMBench_DEV_EN_V11", "MMBench_DEV_CN_V11", "MMBench_TEST_EN",
     "MMBench_TEST_CN", "MMBench_TEST_EN_V11", "MMBench_TEST_CN_V11", "SEEDBench_IMG", "AI2D_TEST",
     "ScienceQA_TEST", "ScienceQA_VAL", "TextVQA_VAL", "MathVista_MINI", "MMVet", "MME", "MMStar", "POPE",
-    "HallusionBench", "MMMU_DEV_VAL", "RealWorldQA", "ShapesVQA_MCQ", "ShapesVQA_YN")
+    "HallusionBench", "MMMU_DEV_VAL", "RealWorldQA", "ShapesVQA_MCQ", "ShapesVQA_YN", "ShapesVQA_MCQ_val",
+    "ShapesVQA_YN_val")
 SUFFIXES = ("_acc.csv", "_score.csv")
 PATTERNS = tuple(f"*{suffix}" for suffix in SUFFIXES)
 INTERMEDIATE = ("_exact_matching_result", "_auxmatch")  # VLMEvalKit's per-row files, not results

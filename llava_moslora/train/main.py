@@ -131,10 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from ..data import LlavaCollator, LlavaDataset
     from ..data.records import DataError
-    from ..model import apply_tuning, trainable_table
+    from ..model import apply_tuning, parameter_counts, trainable_table
     from ..model.checkpoint import check_resumable
     from ..optim import attach_riemannian
     from .interrupt import StopOnSignal
+    from .metrics import run_metrics, write_metrics
     from .screen import gather_lists, screen_dataset
     from .trainer import LlavaTrainer
 
@@ -161,13 +162,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, main_process)
     if resume:
         check_resumable(resume, bundle.model, bundle.recipe)
-    collator = LlavaCollator(bundle.tokenizer.pad_token_id)
+    collator = LlavaCollator(bundle.tokenizer.pad_token_id, with_ids=True)
     if training_args.riemannian:
         attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
     stop = StopOnSignal()
     trainer = LlavaTrainer(model=bundle.model, args=training_args, train_dataset=dataset,
                            data_collator=collator, bundle=bundle, callbacks=[stop])
-    trainer.train(resume_from_checkpoint=resume)
+    if resume:
+        trainer.record.load(Path(resume), training_args.process_index)
+    result = trainer.train(resume_from_checkpoint=resume)
     skipped = gather_lists(trainer.skipped_ids)
     if main_process:
         start = sum(f.is_error for f in findings)
@@ -185,7 +188,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 128 + stop.stopped_by  # the shell's convention for "ended by this signal"
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
+    trainable = {name: counts[0] for name, counts in parameter_counts(bundle.model).items()}
+    metrics = run_metrics(trainer.record, training_args, trainer.state, result.metrics.get("train_runtime", 0.0),
+                          trainable, resume)
     if main_process:
+        write_metrics(training_args.output_dir, metrics)
         print(f"[llava-moslora] stage checkpoint written to {training_args.output_dir}", flush=True)
     shut_down_process_group()
     return 0

@@ -6,7 +6,8 @@
   trained tensors), gathered from ZeRO-3 shards when needed; resuming without DeepSpeed reads it.
 - checkpoints are written atomically: into .staging/checkpoint-N, renamed to checkpoint-N once
   every rank has finished, so a kill during saving leaves only complete checkpoint-N folders;
-- samples the dataset skipped (--skip_bad_samples) are counted;
+- samples the dataset skipped (--skip_bad_samples) are counted; tokens and the data order are
+  recorded (train/metrics.py), the record kept in every checkpoint-N;
 - the modality-length grouped sampler for --group_by_modality_length.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..adapters import MoELoraLinear, moe_aux_loss
 from ..data import ModalityLengthGroupedSampler
 from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
 from ..model.checkpoint import load_trained_tensors, parameters_by_name
+from .metrics import RunRecord
 
 STAGING_DIR = ".staging"
 
@@ -65,6 +67,7 @@ class LlavaTrainer(Trainer):
         self._idle_loss: Optional[torch.Tensor] = None
         bundle.model.model.language_model.register_forward_pre_hook(self._before_language_model)
         self.skipped_ids: list = []  # samples this rank's data loader replaced (--skip_bad_samples)
+        self.record = RunRecord()
         self._staging: Optional[Path] = None
 
     # --- optimisation -------------------------------------------------------------------------
@@ -95,6 +98,9 @@ class LlavaTrainer(Trainer):
         # otherwise this rank's gradients and ZeRO-3 parameter gathers are missing or out of order
         # relative to other ranks', and DeepSpeed's collectives fall out of step and crash.
         self.skipped_ids += inputs.pop("skipped_ids", [])
+        sample_ids = inputs.pop("sample_ids", None)
+        if sample_ids is not None and model.training:
+            self.record.update(sample_ids, inputs["attention_mask"])
         self._idle_pending = "pixel_values" not in inputs and model.training
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
@@ -163,6 +169,8 @@ class LlavaTrainer(Trainer):
         self._staging = staging
         try:
             super()._save_checkpoint(model, trial)
+            (staging / name).mkdir(parents=True, exist_ok=True)
+            self.record.save(staging / name, self.args.process_index)
         finally:
             self._staging = None
         barrier()  # every rank's shards are on disk

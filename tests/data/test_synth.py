@@ -61,6 +61,22 @@ def test_benchmarks_have_vlmevalkit_columns_and_abilities(shapes):
     assert set(yn["answer"]) == {"Yes", "No"}
 
 
+def test_validation_split_is_apart_from_the_test_split_and_changes_nothing_else(shapes, tmp_path):
+    import json
+
+    out = tmp_path / "with-val"
+    counts = write_shapesvqa(out, seed=3, num_pretrain=40, num_instruct=120, num_test=60, num_val=30, progress=False)
+    assert counts["mcq_val"] == counts["yes_no_val"] == 30
+    before, after = digest(shapes), digest(out)
+    assert all(after[name] == sha for name, sha in before.items() if name != "scenes.json")  # drawn last
+    val = pd.read_csv(out / "ShapesVQA_MCQ_val.tsv", sep="\t")
+    assert list(val.columns) == MCQ_COLUMNS and len(pd.read_csv(out / "ShapesVQA_YN_val.tsv", sep="\t")) == 30
+    layouts = json.loads((out / "scenes.json").read_text())
+    test_layouts = {layouts[f"test_{i:06d}.png"] for i in range(60)}
+    val_layouts = {layouts[f"val_{i:06d}.png"] for i in range(30)}
+    assert val_layouts and not val_layouts & test_layouts
+
+
 def test_synth_and_init_tiny_commands(tmp_path):
     run = lambda *args: subprocess.run([sys.executable, "-m", "llava_moslora", *args], check=True,
                                        capture_output=True, text=True)

@@ -2,6 +2,7 @@
 step 1 unless --skip_bad_samples; SIGTERM saves a resumable checkpoint; a SIGKILL during a save
 leaves the previous checkpoint usable; --resume_from_checkpoint auto continues either run to the
 same losses as an uninterrupted one."""
+import json
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, losses, run_script, script_env, stage2_env, write_faulty_dataset
+from helpers import ROOT, kill_tree, losses, run_script, script_env, stage2_env, write_faulty_dataset
 
 pytestmark = pytest.mark.slow
 # constant LR and no dropout: a resumed run must repeat the uninterrupted run's losses
@@ -56,7 +57,7 @@ def test_skip_bad_samples_trains_and_counts_what_it_left_out(faulty, stage1, tmp
 def uninterrupted(shapes_data, stage1, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "whole"
     run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10", "--save_steps", "3", *STEADY)
-    return losses(out)
+    return out
 
 
 def start(shapes_data, stage1, out, *extra, **env):
@@ -65,34 +66,19 @@ def start(shapes_data, stage1, out, *extra, **env):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def kill_tree(pid):
-    """SIGKILL a process and all its descendants (torchrun starts each rank in a session of its own)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, queue = [], [pid]
-    while queue:
-        tree.append(queue.pop())
-        queue += children.get(tree[-1], [])
-    for member in tree:
-        try:
-            os.kill(member, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def resume_and_compare(shapes_data, stage1, out, uninterrupted, expected_start):
     result = run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10",
                         "--save_steps", "3", "--resume_from_checkpoint", "auto", *STEADY)
     assert f"resuming from {out / f'checkpoint-{expected_start}'}" in result.stdout
-    resumed = losses(out)
-    print(f"\nuninterrupted {uninterrupted}\nresumed       {resumed}")
+    resumed, whole = losses(out), losses(uninterrupted)
+    print(f"\nuninterrupted {whole}\nresumed       {resumed}")
     assert len(resumed) == 10
-    assert resumed == pytest.approx(uninterrupted, rel=1e-3)
+    assert resumed == pytest.approx(whole, rel=1e-3)
+    # the record of what was trained on survives the interruption: same samples, same batches
+    metrics, whole_metrics = (json.loads((d / "train_metrics.json").read_text()) for d in (out, uninterrupted))
+    assert metrics["resumed_from"] == str(out / f"checkpoint-{expected_start}")
+    assert metrics["data_order"] == whole_metrics["data_order"]
+    assert metrics["tokens"] == whole_metrics["tokens"] and metrics["global_step"] == 10
 
 
 def test_sigterm_saves_a_checkpoint_and_auto_resume_matches(shapes_data, stage1, uninterrupted, tmp_path):

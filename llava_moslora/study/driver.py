@@ -1,0 +1,131 @@
+"""`llava-moslora study`: the whole comparison, in order: inputs, budgets, the learning-rate
+search on the validation split, the final runs on every seed, the test scores, the report."""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from .execute import Launcher, StudyStopped, evaluate_run, prepare_inputs, run_record, train_run
+from .grid import Grid, GridError, load_grid
+from .plan import allocate, check_flags, final_runs, search_runs
+from .report import load_finished, write_study_report
+
+
+def headline_average(work_dir: Path, label: str) -> float:
+    from ..evaluation.abilities import read_result_dir
+
+    scores = read_result_dir(work_dir, label).benchmarks.values()
+    return sum(b.headline_score for b in scores) / len(scores)
+
+
+def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: bool = False,
+              plots: bool = True, log=print) -> Path:
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    launcher = Launcher(grid.launch, log)
+    started = time.time()
+    if not dry_run:
+        from ..evaluation.runner import choose_backend
+
+        grid.evaluation["backend"] = choose_backend(grid.evaluation.get("backend", "auto"))  # said once
+    inputs = prepare_inputs(grid, out, launcher, stage1) if not dry_run else None
+    llm = inputs.llm_path if inputs else _llm_for_dry_run(grid, stage1)
+    allocations = allocate(grid, llm)
+    log("budgets: " + ", ".join(f"{a.variant} r={a.rank_text} ({a.adapter_parameters:,} adapter parameters, "
+                                f"{a.ratio:.3f} of {grid.budget['reference']}'s)" for a in allocations.values()))
+    search = search_runs(grid, allocations)
+    provisional = final_runs(grid, allocations, {v.name: v.lr_grid[0] for v in grid.variants})
+    check_flags(search + provisional)
+    if dry_run:
+        for run in search or provisional:
+            log(f"{run.key}: bash scripts/finetune.sh {' '.join(run.flags)}")
+        log(f"{len(search)} search run(s), then {len(provisional)} final run(s) (one search run per variant is reused)")
+        return out
+
+    def step(index: int, total: int, what: str) -> None:
+        log(f"[{index}/{total}] {what} ({time.time() - started:.0f} s)")
+        if launcher.stop_requested:  # a signal reached this process alone, between launches
+            name = signal.Signals(launcher.stop_requested[0]).name
+            raise StudyStopped(f"stopped by {name} before {what}; run the same command again to go on", 128 + launcher.stop_requested[0])
+
+    search_scores: dict[str, dict[float, float]] = {}
+    for index, run in enumerate(search, 1):
+        step(index, len(search), f"search {run.key}")
+        train_run(run, out, inputs, launcher)
+        work_dir = evaluate_run(run, out, "validation", grid.evaluation["validation"], inputs, grid.evaluation, log)
+        search_scores.setdefault(run.variant, {})[run.lr] = headline_average(work_dir, run.key)
+        log(f"  validation: {search_scores[run.variant][run.lr]:.1f}")
+    # The best validation score; on a tie, the first rate in the grid.
+    chosen = {v.name: (max(v.lr_grid, key=lambda lr: (search_scores[v.name][lr], -v.lr_grid.index(lr)))
+                       if search else v.lr_grid[0]) for v in grid.variants}
+    finals = final_runs(grid, allocations, chosen)
+    finished = []
+    for index, run in enumerate(finals, 1):
+        step(index, len(finals), f"final {run.key}")
+        record = train_run(run, out, inputs, launcher)
+        work_dir = evaluate_run(run, out, "test", grid.evaluation["test"], inputs, grid.evaluation, log)
+        finished.append(load_finished(run, run.folder(out), record, work_dir))
+        log(f"  test: {finished[-1].average:.1f} (trained in {record['wall_s']:.0f} s)")
+    searched = [load_finished(r, r.folder(out), run_record(r.folder(out)), r.folder(out) / "eval-validation")
+                for r in search]
+    path = write_study_report(out, grid, allocations, finished, searched, search_scores, chosen, plots=plots)
+    log(f"study done in {time.time() - started:.0f} s; report: {path}")
+    return path
+
+
+def _llm_for_dry_run(grid: Grid, stage1: Optional[str]) -> str:
+    import os
+
+    from ..model import Recipe
+
+    checkpoint = Path(stage1) if stage1 else grid.resolve(grid.stage1.get("checkpoint"))
+    if checkpoint is not None and checkpoint.is_dir():
+        return Recipe.load(checkpoint).language_model
+    bases = grid.resolve(grid.stage1.get("bases"))
+    llm = os.environ.get("MODEL") or (str(bases / "llm") if bases else None)
+    if not llm:
+        raise GridError("--dry-run needs the language model: a stage-1 checkpoint directory, stage1.bases, or MODEL")
+    return llm
+
+
+def add_arguments(parser, name: str = "study") -> None:
+    parser.description = (
+        "Compare adapters the way the papers do: from one stage-1 checkpoint, stage 2 for every variant of a "
+        "grid (equal trainable-parameter budgets, same data order and steps, the same learning-rate search on "
+        "a validation split, several seeds), each run through scripts/finetune.sh and scored on the test "
+        "benchmarks; then a report of per-ability scores, costs and paired differences. Running it again "
+        "skips finished runs and resumes an interrupted one.")
+    parser.add_argument("--grid", default=None,
+                        help="the grid, YAML or JSON (default: studies/shapes.yaml, the embedded ShapesVQA comparison; "
+                             "studies/llava15.yaml is the paper's LLaVA-1.5 setting)")
+    parser.add_argument("--out", default="runs/study", help="study folder (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="apply the grid's `quick:` overrides (a first look)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grid's")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variants to run (the budget's reference variant is always kept)")
+    parser.add_argument("--stage1", default=None, help="stage-1 checkpoint to start from instead of the grid's")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the budgets and each run's trainer flags, check them, launch nothing")
+    parser.add_argument("--no-plot", "--no_plot", dest="no_plot", action="store_true", help="skip the PNG figures")
+
+
+def run(args, name: str = "study") -> int:
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+        grid = load_grid(args.grid, quick=args.quick, seeds=seeds, variants=variants)
+        run_study(grid, Path(args.out), stage1=args.stage1, dry_run=args.dry_run, plots=not args.no_plot,
+                  log=lambda message: print(message, flush=True))
+    except StudyStopped as stop:
+        print(f"llava-moslora {name}: {stop}", file=sys.stderr, flush=True)
+        return stop.code
+    except KeyboardInterrupt:  # between launches (an evaluation): nothing half-done is kept as done
+        print(f"llava-moslora {name}: interrupted; run the same command again to go on", file=sys.stderr, flush=True)
+        return 130
+    except (GridError, ValueError, FileNotFoundError) as error:
+        print(f"llava-moslora {name}: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0

@@ -1,0 +1,188 @@
+"""The study grid: a YAML or JSON file saying what to compare and how (studies/*.yaml).
+
+A grid names the data, the stage-1 checkpoint (or how to train it), the benchmarks (a test split
+and a validation split for the learning-rate search), the seeds, the launch settings, the
+parameter budget, the learning-rate grid, trainer flags for every run and the variants, each a
+set of `llava-moslora train` flags. `quick:` holds overrides for --quick (mappings merge key by
+key; null removes a key, e.g. a variant). Relative paths are
+relative to the grid file's folder.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+GRIDS_DIR = Path(__file__).resolve().parents[2] / "studies"
+DEFAULT_GRID = GRIDS_DIR / "shapes.yaml"
+TOP_LEVEL = {"name", "data", "stage1", "evaluation", "seeds", "launch", "budget", "lr_grid", "flags",
+             "variants", "quick"}
+# Set per run by the study itself; a grid that sets them would break the comparison's pairing.
+RESERVED_FLAGS = {"seed", "data_seed", "output_dir", "learning_rate", "resume_from_checkpoint",
+                  "pretrain_mm_mlp_adapter", "data_path", "image_folder"}
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class GridError(ValueError):
+    """A grid file that cannot be run as written; the message says where and why."""
+
+
+@dataclass
+class Variant:
+    name: str
+    flags: dict[str, Any]  # trainer flags of this variant (adapter, riemannian, optim, ...)
+    lr_grid: list[float]
+
+
+@dataclass
+class Grid:
+    path: Path
+    name: str
+    data: dict[str, Any]
+    stage1: dict[str, Any]
+    evaluation: dict[str, Any]
+    seeds: list[int]
+    launch: dict[str, str]
+    budget: dict[str, Any]
+    flags: dict[str, Any]
+    variants: list[Variant]
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def resolve(self, value: Optional[str]) -> Optional[Path]:
+        """A path of the grid, relative to the grid file's folder."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.path.parent / path).resolve()
+
+    @property
+    def reference(self) -> Variant:
+        return next(v for v in self.variants if v.name == self.budget["reference"])
+
+
+def read_grid_file(path: Path) -> dict:
+    text = Path(path).read_text()
+    if Path(path).suffix == ".json":
+        return json.loads(text)
+    import yaml
+
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise GridError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """base with overrides applied; mappings merge key by key, null removes a key, everything
+    else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_grid(path=None, quick: bool = False, seeds: Optional[list[int]] = None,
+              variants: Optional[list[str]] = None) -> Grid:
+    """Read and check a grid; --quick applies its `quick:` section; seeds / variants narrow it."""
+    path = Path(path or DEFAULT_GRID).resolve()
+    if not path.is_file():
+        raise GridError(f"grid file not found: {path}")
+    raw = read_grid_file(path)
+    unknown = sorted(set(raw) - TOP_LEVEL)
+    if unknown:
+        raise GridError(f"{path}: unknown top-level keys {unknown}; known: {sorted(TOP_LEVEL)}")
+    if quick:
+        if not isinstance(raw.get("quick"), dict):
+            raise GridError(f"{path}: --quick needs a `quick:` section of overrides")
+        raw = merge({k: v for k, v in raw.items() if k != "quick"}, raw["quick"])
+    raw.pop("quick", None)
+    if seeds is not None:
+        raw["seeds"] = seeds
+    grid = _build(path, raw)
+    if variants:
+        missing = sorted(set(variants) - {v.name for v in grid.variants})
+        if missing:
+            raise GridError(f"no variant(s) {missing} in {path}; it has {[v.name for v in grid.variants]}")
+        keep = set(variants) | {grid.budget["reference"]}  # the reference stays: differences are taken to it
+        grid.variants = [v for v in grid.variants if v.name in keep]
+    return grid
+
+
+def _build(path: Path, raw: dict) -> Grid:
+    where = str(path)
+    for key in ("data", "stage1", "evaluation", "budget", "variants"):
+        if not isinstance(raw.get(key), dict):
+            raise GridError(f"{where}: `{key}:` must be a mapping")
+    seeds = raw.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise GridError(f"{where}: `seeds:` must be a list of distinct integers, got {seeds!r}")
+    flags = dict(raw.get("flags") or {})
+    lr_grid = _lr_grid(raw.get("lr_grid"), f"{where}: lr_grid")
+    _check_flags(flags, f"{where}: flags")
+    variants = []
+    for name, spec in raw["variants"].items():
+        if not VARIANT_NAME.match(str(name)):
+            raise GridError(f"{where}: variant name {name!r} must be letters, digits, '_', '.', '-' (it names a folder)")
+        spec = dict(spec or {})
+        own_grid = spec.pop("lr_grid", None)
+        _check_flags(spec, f"{where}: variants.{name}")
+        if "adapter" not in spec and "adapter" not in flags:
+            raise GridError(f"{where}: variants.{name} needs `adapter:` (lora | moslora | moelora)")
+        variant_grid = _lr_grid(own_grid, f"{where}: variants.{name}.lr_grid") if own_grid is not None else lr_grid
+        if len(variant_grid) != len(lr_grid):
+            raise GridError(f"{where}: variants.{name}.lr_grid has {len(variant_grid)} values and lr_grid "
+                            f"{len(lr_grid)}: every variant gets the same search budget")
+        variants.append(Variant(str(name), spec, variant_grid))
+    budget = dict(raw["budget"])
+    if budget.get("reference") not in {v.name for v in variants}:
+        raise GridError(f"{where}: budget.reference must name a variant, got {budget.get('reference')!r}")
+    if not isinstance(budget.get("r"), int) or budget["r"] <= 0:
+        raise GridError(f"{where}: budget.r (the reference variant's rank) must be a positive integer")
+    launch = {str(k): str(v) for k, v in (raw.get("launch") or {}).items()}
+    evaluation = dict(raw["evaluation"])
+    if not evaluation.get("test"):
+        raise GridError(f"{where}: evaluation.test must name the test benchmarks or suite")
+    if len(lr_grid) > 1 and not evaluation.get("validation"):
+        raise GridError(f"{where}: a learning-rate grid of {len(lr_grid)} values needs evaluation.validation "
+                        f"(benchmarks apart from the test split to choose on)")
+    if evaluation.get("validation") and evaluation["validation"] == evaluation["test"]:
+        raise GridError(f"{where}: evaluation.validation must not be the test split")
+    return Grid(path, str(raw.get("name") or path.stem), dict(raw["data"]), dict(raw["stage1"]), evaluation,
+                seeds, launch, budget, flags, variants, raw)
+
+
+def _lr_grid(value, where: str) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise GridError(f"{where} must be a list of learning rates, got {value!r}") from None
+    if not values or any(v <= 0 for v in values) or len(set(values)) != len(values):
+        raise GridError(f"{where} must be a non-empty list of distinct positive learning rates, got {value!r}")
+    return values
+
+
+def _check_flags(flags: dict, where: str) -> None:
+    reserved = sorted(set(flags) & RESERVED_FLAGS)
+    if reserved:
+        raise GridError(f"{where}: {reserved} are set by the study for each run (seeds, learning-rate grid, "
+                        f"output folders, data from `data:`); remove them")
+    for key, value in flags.items():
+        if isinstance(value, (dict, list)):
+            raise GridError(f"{where}.{key}: a trainer flag takes one value, got {value!r}")
+
+
+def flag_value(value: Any) -> str:
+    """A grid value as the command line spells it (booleans as True/False, like HfArgumentParser)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)

@@ -1,0 +1,101 @@
+"""What a finished stage says about itself, in train_metrics.json: steps, batch, tokens per second,
+peak memory, trainable parameters and a fingerprint of the data order.
+
+The data order is a hash chain over the sample ids of every micro-batch each rank trained on,
+kept in each checkpoint-N so that a resumed run ends with the fingerprint of an uninterrupted
+one. Two runs with the same fingerprint saw the same samples in the same batches on the same
+ranks: what a fair comparison of adapters needs (llava-moslora study checks it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+METRICS_FILE = "train_metrics.json"
+RECORD_FILE = "run_record_rank{rank}.json"  # inside checkpoint-N, one per rank
+
+
+class RunRecord:
+    """One rank's running record: tokens trained on (non-padding) and the data-order chain."""
+
+    def __init__(self) -> None:
+        self.order = ""
+        self.tokens_before = 0  # restored from a checkpoint
+        self._tokens: Optional[torch.Tensor] = None  # this process's, summed on the device (no sync per step)
+        self.resumed = False
+
+    def update(self, sample_ids: list, attention_mask: torch.Tensor) -> None:
+        text = self.order + "|" + "\x1f".join(str(i) for i in sample_ids)
+        self.order = hashlib.sha256(text.encode()).hexdigest()
+        count = attention_mask.sum()
+        self._tokens = count if self._tokens is None else self._tokens + count
+
+    @property
+    def tokens_this_process(self) -> int:
+        return int(self._tokens.item()) if self._tokens is not None else 0
+
+    def save(self, checkpoint_dir: Path, rank: int) -> None:
+        state = {"order": self.order, "tokens": self.tokens_before + self.tokens_this_process}
+        (Path(checkpoint_dir) / RECORD_FILE.format(rank=rank)).write_text(json.dumps(state) + "\n")
+
+    def load(self, checkpoint_dir: Path, rank: int) -> None:
+        path = Path(checkpoint_dir) / RECORD_FILE.format(rank=rank)
+        self.resumed = True
+        if path.is_file():
+            state = json.loads(path.read_text())
+            self.order, self.tokens_before = state["order"], int(state["tokens"])
+        else:  # a checkpoint from before records were kept: the fingerprint covers only this part
+            self.order = "incomplete:" + self.order
+
+
+def peak_memory() -> tuple[int, str]:
+    """This process's peak memory in bytes and what was measured."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated()), "cuda max allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu max rss"  # Linux: KiB
+
+
+def gather_objects(value) -> list:
+    """Every rank's value, in rank order (collective: all ranks call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
+
+
+def run_metrics(record: RunRecord, args, state, train_runtime: float, trainable: dict[str, int],
+                resumed_from: Optional[str]) -> dict:
+    """The metrics of this run, gathered over ranks (collective)."""
+    memory, measure = peak_memory()
+    ranks = gather_objects({"order": record.order, "tokens": record.tokens_this_process,
+                            "tokens_before": record.tokens_before, "memory": memory})
+    tokens = sum(r["tokens"] for r in ranks)
+    return {
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "world_size": args.world_size,
+        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "train_runtime_s": round(train_runtime, 3),
+        "tokens": tokens + sum(r["tokens_before"] for r in ranks),
+        "tokens_per_second": round(tokens / train_runtime, 1) if train_runtime > 0 else None,
+        "peak_memory_bytes": max(r["memory"] for r in ranks),
+        "peak_memory_measure": f"{measure}, highest rank",
+        "trainable_parameters": sum(trainable.values()),
+        "trainable_by_component": trainable,
+        "data_order": hashlib.sha256("/".join(r["order"] for r in ranks).encode()).hexdigest(),
+        "resumed_from": resumed_from,
+    }
+
+
+def write_metrics(output_dir, metrics: dict) -> Path:
+    path = Path(output_dir) / METRICS_FILE
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return path

@@ -1,0 +1,137 @@
+"""The study's grid, budgets and plan: what makes the comparison fair, checked without training."""
+import json
+
+import pytest
+import yaml
+from torch import nn
+
+from helpers import ROOT
+from llava_moslora.study.budget import adapter_parameters, match_rank
+from llava_moslora.study.grid import DEFAULT_GRID, GridError, load_grid, merge
+from llava_moslora.study.plan import allocate, check_flags, final_runs, search_runs
+from llava_moslora.adapters import AdapterConfig
+
+LLM = str(ROOT / "bases" / "shapes-tiny" / "llm")
+
+
+def write_grid(tmp_path, **changes):
+    raw = merge(yaml.safe_load(DEFAULT_GRID.read_text()), changes)
+    raw["stage1"]["bases"] = str(ROOT / "bases" / "shapes-tiny")
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def linear_shapes():
+    """(d_in, d_out) of every nn.Linear of the tiny language model, from a real (CPU) copy."""
+    from transformers import AutoConfig, AutoModel
+
+    model = AutoModel.from_config(AutoConfig.from_pretrained(LLM))
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def test_default_grid_is_the_issue_grid_and_quick_narrows_it():
+    grid = load_grid()
+    assert [v.name for v in grid.variants] == ["lora", "lora_riemannian", "moslora", "moslora_riemannian", "moelora",
+                                              "moelora_grsgd", "moelora_gadamw"]
+    assert grid.seeds == [0, 1, 2] and grid.budget["reference"] == "lora"
+    grsgd = next(v for v in grid.variants if v.name == "moelora_grsgd").flags
+    assert grsgd["optim"] == "sgd" and grsgd["riemannian"] is True and grsgd["gate_rescale"] == "sqrt"
+    quick = load_grid(quick=True)
+    assert [v.name for v in quick.variants] == ["lora", "moslora", "moelora"] and quick.seeds == [0]
+    assert quick.flags["max_steps"] < grid.flags["max_steps"]
+    assert [v.name for v in load_grid(variants=["moslora"]).variants] == ["lora", "moslora"]  # reference kept
+
+
+def test_parameter_counts_match_the_closed_forms():
+    shapes = linear_shapes()
+    sides = sum(i + o for i, o in shapes)
+    inputs = sum(i for i, _ in shapes)
+    assert adapter_parameters(LLM, AdapterConfig(kind="lora", r=32)) == 32 * sides
+    assert adapter_parameters(LLM, AdapterConfig(kind="moslora", r=29)) == 29 * sides + len(shapes) * 29 ** 2
+    assert adapter_parameters(LLM, AdapterConfig(kind="moelora", r=7, num_experts=4, top_k=2)) == \
+        4 * 7 * sides + 4 * inputs  # E experts of rank r, and an E x d_in router per layer
+
+
+@pytest.mark.parametrize("kind, experts", [("moslora", 1), ("moelora", 4), ("moelora", 8)])
+def test_matched_rank_is_the_largest_within_the_budget(kind, experts):
+    budget = adapter_parameters(LLM, AdapterConfig(kind="lora", r=32))
+    config = AdapterConfig(kind=kind, r=1, num_experts=experts, top_k=min(2, experts))
+    r = match_rank(LLM, config, budget)
+    cost = lambda rank: adapter_parameters(LLM, AdapterConfig.from_dict({**config.to_dict(), "r": rank}))
+    assert cost(r) <= budget < cost(r + 1)
+
+
+def test_allocations_give_every_variant_the_reference_budget():
+    grid = load_grid()
+    allocations = allocate(grid, LLM)
+    budget = allocations["lora"].adapter_parameters
+    assert allocations["lora"].r == 32 and allocations["lora"].ratio == 1.0
+    assert allocations["moslora"].r == allocations["moslora_riemannian"].r == 29
+    for allocation in allocations.values():
+        assert allocation.budget == budget and 0.9 < allocation.ratio <= 1.0, allocation
+        assert allocation.alpha == 2 * allocation.r  # the same scale alpha / r for all
+    assert {allocations[v].rank_text for v in ("moelora", "moelora_grsgd", "moelora_gadamw")} == {"4 x 7"}
+
+
+def flags_of(run):
+    pairs = dict(zip(run.flags[::2], run.flags[1::2]))
+    assert len(pairs) == len(run.flags) // 2, "a flag given twice"
+    return pairs
+
+
+def test_runs_of_a_seed_share_steps_seeds_and_data_and_differ_only_by_variant():
+    grid = load_grid()
+    allocations = allocate(grid, LLM)
+    search = search_runs(grid, allocations)
+    assert len(search) == 2 * len(grid.variants) and {r.seed for r in search} == {0}
+    chosen = {v.name: v.lr_grid[1] for v in grid.variants}
+    finals = final_runs(grid, allocations, chosen)
+    assert len(finals) == 3 * len(grid.variants)
+    assert {r.key for r in search} & {r.key for r in finals} == {r.key for r in finals if r.seed == 0}
+    shared = ["--max_steps", "--seed", "--data_seed", "--model_max_length", "--logging_steps", "--lora_dropout"]
+    for seed in grid.seeds:
+        runs = [flags_of(r) for r in finals if r.seed == seed]
+        for flag in shared:
+            assert len({f[flag] for f in runs}) == 1, flag
+        assert runs[0]["--seed"] == runs[0]["--data_seed"] == str(seed)
+    by_variant = {r.variant: flags_of(r) for r in finals if r.seed == 0}
+    assert by_variant["lora_riemannian"]["--riemannian"] == "True" and "--riemannian" not in by_variant["lora"]
+    assert by_variant["moelora_grsgd"]["--optim"] == "sgd" and by_variant["moelora_grsgd"]["--learning_rate"] == "0.4"
+    assert by_variant["moslora"]["--lora_r"] == "29" and by_variant["moslora"]["--lora_alpha"] == "58.0"
+    assert by_variant["moslora"]["--mm_projector_lr"] == by_variant["moslora"]["--learning_rate"]
+    assert all(f["--resume_from_checkpoint"] == "auto" for f in by_variant.values())
+    check_flags(search + finals)  # every run's flags parse as `llava-moslora train` flags
+
+
+def test_a_typo_in_a_flag_fails_before_anything_runs(tmp_path):
+    grid = load_grid(write_grid(tmp_path, flags={"max_stesp": 10}))
+    runs = final_runs(grid, allocate(grid, LLM), {v.name: v.lr_grid[0] for v in grid.variants})
+    with pytest.raises(ValueError, match="max_stesp"):
+        check_flags(runs)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"flags": {"seed": 3}}, "set by the study"),
+    ({"variants": {"moslora": {"adapter": "moslora", "lr_grid": [1e-3]}}}, "same search budget"),
+    ({"evaluation": {"validation": "shapes"}}, "must not be the test split"),
+    ({"evaluation": {"validation": None}}, "needs evaluation.validation"),
+    ({"budget": {"reference": "dora"}}, "budget.reference"),
+    ({"variants": {"bad name": {"adapter": "lora"}}}, "names a folder"),
+    ({"variants": {"plain": {"mixer_init": "kaiming"}}}, "needs `adapter:`"),
+    ({"seeds": [0, 0]}, "distinct integers"),
+    ({"lr_grid": [1e-3, -1]}, "positive learning rates"),
+    ({"epochs": 3}, "unknown top-level keys"),
+])
+def test_grid_mistakes_are_named(tmp_path, changes, message):
+    with pytest.raises(GridError, match=message):
+        load_grid(write_grid(tmp_path, **changes))
+
+
+def test_a_json_grid_reads_like_the_yaml_one(tmp_path):
+    raw = yaml.safe_load(DEFAULT_GRID.read_text())
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(raw))
+    grid = load_grid(path)
+    assert [v.name for v in grid.variants] == [v.name for v in load_grid().variants]
+    assert grid.resolve("../bases") == (tmp_path / "../bases").resolve()  # relative to the grid file
