@@ -50,14 +50,14 @@ def load_finished(run, folder: Path, record: dict, eval_dir: Path) -> FinishedRu
 
 
 def columns(runs: list[FinishedRun]) -> list[tuple[str, str]]:
-    """(benchmark, ability) pairs of the table: each benchmark's radar abilities (its top level
-    below Overall when it has no radar) that every run has."""
+    """(benchmark, ability) pairs of the table: each benchmark's headline, then its radar
+    abilities (its top level below the headline when it has no radar), those every run has."""
     first = runs[0].scores.benchmarks
     chosen = []
     for name in sorted(first):
         bench = first[name]
-        names = bench.radar or [a.ability for a in bench.abilities
-                                if a.ability != bench.headline and a.level not in ("category", "subtask")]
+        names = [bench.headline] + (bench.radar or [a.ability for a in bench.abilities if a.ability != bench.headline
+                                                    and a.level not in ("category", "subtask")])
         chosen += [(name, a) for a in names
                    if all(name in r.scores.benchmarks and r.scores.benchmarks[name].get(a) for r in runs)]
     return chosen
@@ -79,7 +79,8 @@ def mean_over_seeds(variant: str, runs: list[FinishedRun]) -> CheckpointScores:
             if all(found):
                 abilities.append(AbilityScore(ability.ability, ability.level, sum(a.raw for a in found) / len(found),
                                               sum(a.score for a in found) / len(found)))
-        benchmarks[name] = BenchmarkScores(name, first.kind, first.source, abilities, first.headline,
+        # The source named in abilities.md: the variant's folder, whose runs' files were averaged.
+        benchmarks[name] = BenchmarkScores(name, first.kind, runs[0].folder.parent, abilities, first.headline,
                                            [a for a in first.radar if any(x.ability == a for x in abilities)],
                                            first.split)
     return CheckpointScores(variant, runs[0].folder.parent, benchmarks)
@@ -174,8 +175,18 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
            ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def plot_losses(runs_by_variant: dict[str, list[FinishedRun]], path: Path) -> Path:
-    """Training loss of every variant: mean over seeds, the band from the lowest to the highest seed."""
+def trailing_mean(losses: dict[int, float], window: int) -> dict[int, float]:
+    """Each logged step's mean of the logged losses in (step - window, step]. Text-only and image
+    batches have very different losses, and every variant of a seed sees them at the same steps,
+    so a window over steps keeps the comparison paired while the spikes average out."""
+    steps = sorted(losses)
+    return {s: sum(losses[t] for t in steps if s - window < t <= s) / sum(1 for t in steps if s - window < t <= s)
+            for s in steps}
+
+
+def plot_losses(runs_by_variant: dict[str, list[FinishedRun]], path: Path, window: int = 20) -> Path:
+    """Training loss of every variant (trailing mean over `window` steps): mean over seeds, and a
+    band from the lowest to the highest seed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -183,17 +194,17 @@ def plot_losses(runs_by_variant: dict[str, list[FinishedRun]], path: Path) -> Pa
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for variant, runs in runs_by_variant.items():
-        curves = [r.losses() for r in runs]
+        curves = [trailing_mean(r.losses(), window) for r in runs]
         steps = sorted(set.intersection(*(set(c) for c in curves)))
         if not steps:
             continue
         values = [[c[s] for c in curves] for s in steps]
         line, = axes.plot(steps, [sum(v) / len(v) for v in values], linewidth=1.5, label=f"{variant} (lr {runs[0].lr:g})")
         if len(curves) > 1:
-            axes.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15,
+            axes.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.08,
                               color=line.get_color())
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("training loss (logged mean)")
+    axes.set_ylabel(f"training loss, mean over the last {window} steps")
     axes.set_title("stage 2: training loss per variant (mean over seeds; band: lowest to highest seed)", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
@@ -242,8 +253,9 @@ def write_study_report(out: Path, grid, allocations: dict[str, Allocation], fini
                             + [f"{chosen[v]:g}"] for v in search_scores])
     else:
         lines += ["One learning rate per variant (no search): " + ", ".join(f"{v} {lr:g}" for v, lr in chosen.items())]
-    lines += ["", "## Files", "", "- abilities/: per-ability scores, mean over seeds, normalized across variants "
-              "(abilities.md), radar_*.png (one polygon per variant)",
+    lines += ["", "## Files", "", "- abilities/: per-ability scores of each variant, the mean over its seeds (the "
+              "runs under runs/<variant>/), normalized across variants (abilities.md), radar_*.png (one polygon "
+              "per variant)",
               "- abilities_all/: every final run on its own", "- loss_curves.png: training loss of every variant"]
     path = report / "study.md"
     path.write_text("\n".join(lines) + "\n")

@@ -33,3 +33,11 @@ def test_paired_interval_by_hand():
 def test_summaries():
     assert summarize([1.0, 2.0, 3.0]).text() == "2.0 ± 1.0"
     assert summarize([4.0]).text() == "4.0" and summarize([4.0]).std is None
+
+
+def test_trailing_mean_of_logged_losses():
+    from llava_moslora.study.report import trailing_mean
+
+    losses = {5: 1.0, 10: 3.0, 15: 2.0, 20: 6.0}
+    assert trailing_mean(losses, 10) == {5: 1.0, 10: 2.0, 15: 2.5, 20: 4.0}
+    assert trailing_mean(losses, 1) == losses
