@@ -7,7 +7,7 @@
 #
 # Environment (defaults in brackets):
 #   GRID        the grid file [studies/shapes.yaml]; the paper's LLaVA-1.5 setting: studies/llava15.yaml
-#   OUT         study folder [runs/study]
+#   OUT         study folder [runs/study; with QUICK=1 runs/study-quick]
 #   QUICK       1: the grid's quick overrides (a first look) [0]
 #   SEEDS       comma-separated seeds instead of the grid's
 #   VARIANTS    comma-separated variants to run (the reference variant is always kept)
@@ -19,8 +19,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$root/.venv/bin/python}"
 [ -x "$PYTHON" ] || { bash "$root/scripts/setup.sh"; PYTHON="$root/.venv/bin/python"; }
-args=(--grid "${GRID:-$root/studies/shapes.yaml}" --out "${OUT:-$root/runs/study}")
-[ "${QUICK:-0}" = "1" ] && args+=(--quick)
+args=(--grid "${GRID:-$root/studies/shapes.yaml}")
+if [ "${QUICK:-0}" = "1" ]; then
+  args+=(--quick --out "${OUT:-$root/runs/study-quick}")
+else
+  args+=(--out "${OUT:-$root/runs/study}")
+fi
 [ -n "${SEEDS:-}" ] && args+=(--seeds "$SEEDS")
 [ -n "${VARIANTS:-}" ] && args+=(--variants "$VARIANTS")
 [ -n "${STAGE1_DIR:-}" ] && args+=(--stage1 "$STAGE1_DIR")

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .execute import Launcher, StudyStopped, evaluate_run, prepare_inputs, run_record, train_run
+from .execute import Launcher, StudyStopped, check_record, evaluate_run, prepare_inputs, run_record, train_run
 from .grid import Grid, GridError, load_grid
-from .plan import allocate, check_flags, final_runs, search_runs
+from .plan import allocate, candidate_runs, check_flags, final_runs, search_runs
 from .report import load_finished, write_study_report
 
 
@@ -42,8 +42,12 @@ def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: b
     if dry_run:
         for run in search or provisional:
             log(f"{run.key}: bash scripts/finetune.sh {' '.join(run.flags)}")
-        log(f"{len(search)} search run(s), then {len(provisional)} final run(s) (one search run per variant is reused)")
+        reused = len(grid.variants) if search else 0
+        log(f"{len(search)} search run(s), then {len(provisional)} final run(s), {reused} of them a search run: "
+            f"{len(search) + len(provisional) - reused} stage-2 launches")
         return out
+    for run in candidate_runs(grid, allocations):  # what is on disk fits this study, or it stops now
+        check_record(run, out, inputs, launcher)
 
     def step(index: int, total: int, what: str) -> None:
         log(f"[{index}/{total}] {what} ({time.time() - started:.0f} s)")
@@ -101,7 +105,7 @@ def add_arguments(parser, name: str = "study") -> None:
     parser.add_argument("--grid", default=None,
                         help="the grid, YAML or JSON (default: studies/shapes.yaml, the embedded ShapesVQA comparison; "
                              "studies/llava15.yaml is the paper's LLaVA-1.5 setting)")
-    parser.add_argument("--out", default="runs/study", help="study folder (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="study folder (default: runs/study, with --quick runs/study-quick)")
     parser.add_argument("--quick", action="store_true", help="apply the grid's `quick:` overrides (a first look)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grid's")
     parser.add_argument("--variants", default=None,
@@ -117,7 +121,8 @@ def run(args, name: str = "study") -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
         grid = load_grid(args.grid, quick=args.quick, seeds=seeds, variants=variants)
-        run_study(grid, Path(args.out), stage1=args.stage1, dry_run=args.dry_run, plots=not args.no_plot,
+        out = Path(args.out or ("runs/study-quick" if args.quick else "runs/study"))
+        run_study(grid, out, stage1=args.stage1, dry_run=args.dry_run, plots=not args.no_plot,
                   log=lambda message: print(message, flush=True))
     except StudyStopped as stop:
         print(f"llava-moslora {name}: {stop}", file=sys.stderr, flush=True)

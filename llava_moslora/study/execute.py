@@ -32,9 +32,9 @@ DONE_FILE = "done.json"
 class StudyStopped(Exception):
     """A launch ended early (signal or failure); the message says how to go on."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, wall_s: Optional[float] = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.wall_s = code, wall_s
 
 
 @dataclass
@@ -47,6 +47,20 @@ class Inputs:
     data_root: Optional[Path]  # local benchmark TSVs (None: $LMUData)
     llm_path: str  # the language model the stage-1 checkpoint was built on
 
+    def record(self, launch: dict[str, str]) -> dict:
+        """What a finished run was made from, beyond its flags (compared when the study is run again)."""
+        return {"stage1": str(self.stage1), "data_path": str(self.data_path),
+                "image_folder": str(self.image_folder) if self.image_folder else None, "launch": launch}
+
+
+# What the stage scripts read from the environment besides launch settings: the study sets all of
+# it through flags (or stage1.env), so a variable left in the user's shell must not reach a run.
+SCRIPT_SETTINGS = ("ADAPTER", "LR", "MM_PROJECTOR_LR", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "MIXER_INIT",
+                   "NUM_EXPERTS", "TOP_K", "GATE_RESCALE", "ROUTER_LR", "RIEMANNIAN", "TEMPLATE", "EPOCHS",
+                   "MAX_LENGTH", "STAGE1_DIR", "DATA_PATH", "IMAGE_FOLDER", "OUTPUT_DIR")
+# Launch settings: the grid's `launch:` gives defaults, the environment overrides them.
+LAUNCH_SETTINGS = ("NUM_GPUS", "HOSTFILE", "ZERO", "GLOBAL_BATCH", "PER_DEVICE_BATCH", "MODEL", "VISION_TOWER")
+
 
 @dataclass
 class Launcher:
@@ -57,9 +71,15 @@ class Launcher:
     stop_requested: list = field(default_factory=list)
 
     def environment(self, **paths) -> dict[str, str]:
-        env = {**self.launch_env, **os.environ}
+        env = {key: value for key, value in os.environ.items() if key not in SCRIPT_SETTINGS}
+        env = {**self.launch_env, **env}
         env.update({key: str(value) for key, value in paths.items() if value is not None})
         return env
+
+    def settings(self) -> dict[str, str]:
+        """The launch settings every run gets (recorded with each run: a change is an error)."""
+        env = self.environment()
+        return {key: env[key] for key in LAUNCH_SETTINGS if key in env}
 
     def __call__(self, script: str, flags: list[str], log_path: Path, **paths) -> float:
         """Run scripts/<script> to the end; returns its wall time. StudyStopped when it fails or
@@ -79,13 +99,15 @@ class Launcher:
                    else f"failed with exit code {code}")
             raise StudyStopped(f"{script} {why} after {wall:.0f} s; log: {log_path}\n{tail}\n"
                                "Run the same command again to resume: finished runs are kept, an interrupted one "
-                               "continues from its last checkpoint.", code if code > 0 else 1)
+                               "continues from its last checkpoint.", code if code > 0 else 1, wall)
         return wall
 
 
 def _wait(process: subprocess.Popen, stop_requested: list) -> int:
-    """Wait for the launch, also through SIGINT/SIGTERM: the signal reaches its ranks too (the
-    same process group), and they save before they stop; leaving first would orphan them."""
+    """Wait for the launch, also through SIGINT/SIGTERM. A cluster signals every process of the
+    job (Ctrl-C the whole foreground group): torchrun passes it to the ranks, which save and stop,
+    and leaving first would orphan them. A signal to this process alone is noted: the current
+    launch finishes and the study stops before the next one."""
     def note(signum, _frame):
         stop_requested.append(signum)
 
@@ -149,7 +171,14 @@ def _synth(settings: dict, data_dir: Path, log) -> Path:
 
 def _train_stage1(grid: Grid, out: Path, data: tuple, launcher: Launcher) -> Path:
     spec = grid.stage1
+    made_with = {"bases": str(grid.resolve(spec.get("bases"))), "env": spec.get("env"), "flags": spec.get("flags"),
+                 "data": [str(d) for d in data], "launch": launcher.settings()}
+    marker = out.parent / "stage1.json"
     if (out / METRICS_FILE).is_file():
+        made = json.loads(marker.read_text()) if marker.is_file() else None
+        if made != made_with:
+            raise GridError(f"{out} was trained with other stage-1 settings ({made}) than the grid gives now "
+                            f"({made_with}); use another --out, or remove {out} and {marker}")
         return out
     bases = grid.resolve(spec.get("bases"))
     if bases is None or data[0] is None:
@@ -161,6 +190,7 @@ def _train_stage1(grid: Grid, out: Path, data: tuple, launcher: Launcher) -> Pat
     wall = launcher("pretrain.sh", [*flags, "--resume_from_checkpoint", "auto"], out.parent / "stage1.log",
                     MODEL=bases / "llm", VISION_TOWER=bases / "vision", DATA_PATH=data[0], IMAGE_FOLDER=data[1],
                     OUTPUT_DIR=out, **env)
+    _write(marker, made_with)
     launcher.log(f"  stage 1 done in {wall:.0f} s")
     return out
 
@@ -172,23 +202,41 @@ def run_record(folder: Path) -> Optional[dict]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def check_record(run: Run, out: Path, inputs: Inputs, launcher: Launcher) -> Optional[dict]:
+    """The run's run.json, if any, after checking it was made with what the study would use now."""
+    folder = run.folder(out)
+    record = run_record(folder)
+    if record is None:
+        return None
+    made = {"flags": record["flags"], **record.get("inputs", {})}
+    wanted = {"flags": list(run.flags), **inputs.record(launcher.settings())}
+    changed = sorted(key for key in wanted if made.get(key) != wanted[key])
+    if changed:
+        details = "; ".join(f"{key}: then {made.get(key)}, now {wanted[key]}" for key in changed)
+        raise GridError(f"{folder} was made with other {', '.join(changed)} than this study uses ({details}). "
+                        f"Use another --out, or remove {folder} to train it again.")
+    return record
+
+
 def train_run(run: Run, out: Path, inputs: Inputs, launcher: Launcher) -> dict:
     """Train one run (or skip it when done); returns its run.json record."""
     folder = run.folder(out)
-    record = run_record(folder)
-    if record is not None and record["flags"] != list(run.flags):
-        raise GridError(f"{folder} was trained with other flags than the grid gives now "
-                        f"({' '.join(record['flags'])}); use another --out, or remove {folder}")
+    record = check_record(run, out, inputs, launcher)
     if record is not None and record.get("done"):
         return record
     record = record or {"variant": run.variant, "lr": run.lr, "seed": run.seed, "flags": list(run.flags),
-                        "attempts": []}
+                        "inputs": inputs.record(launcher.settings()), "attempts": []}
     model = folder / "model"
     attempt = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "finished": False}
     record["attempts"].append(attempt)
     _write(folder / RUN_FILE, record)  # before the launch: even a SIGKILL leaves the attempt on record
-    wall = launcher("finetune.sh", list(run.flags), folder / "train.log", STAGE1_DIR=inputs.stage1,
-                    DATA_PATH=inputs.data_path, IMAGE_FOLDER=inputs.image_folder, OUTPUT_DIR=model)
+    try:
+        wall = launcher("finetune.sh", list(run.flags), folder / "train.log", STAGE1_DIR=inputs.stage1,
+                        DATA_PATH=inputs.data_path, IMAGE_FOLDER=inputs.image_folder, OUTPUT_DIR=model)
+    except StudyStopped as stop:
+        attempt["wall_s"] = round(stop.wall_s or 0.0, 1)
+        _write(folder / RUN_FILE, record)
+        raise
     attempt.update(finished=True, wall_s=round(wall, 1))
     record["wall_s"] = round(sum(a.get("wall_s", 0) for a in record["attempts"]), 1)
     record["done"] = True
@@ -200,10 +248,15 @@ def train_run(run: Run, out: Path, inputs: Inputs, launcher: Launcher) -> dict:
 
 def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Inputs, evaluation: dict, log) -> Path:
     """Score a trained run on the test or validation benchmarks (once); returns the work dir."""
+    from ..evaluation.abilities import read_result_dir
     from ..evaluation.runner import evaluate_checkpoint, resolve_benchmarks
 
     work_dir = run.folder(out) / f"eval-{split}"
     if (work_dir / DONE_FILE).is_file():
+        made = json.loads((work_dir / DONE_FILE).read_text()).get("benchmarks")
+        if made != benchmarks:
+            raise GridError(f"{work_dir} holds scores on {made}, the grid asks for {benchmarks}; remove {work_dir} "
+                            "to evaluate again")
         return work_dir
     name = f"{run.variant}_lr{run.lr:g}_seed{run.seed}"
     start = time.time()
@@ -216,8 +269,24 @@ def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Input
                         backend=evaluation["backend"], judge=evaluation.get("judge", "exact_matching"),
                         root=str(inputs.data_root) if inputs.data_root else None, model_name=name,
                         progress=progress)
+    _free_memory()  # the next launch's rank 0 shares this process's GPU
+    expected = set(resolve_benchmarks(benchmarks))
+    found = set(read_result_dir(work_dir, name).benchmarks)
+    if not expected <= found:
+        raise GridError(f"no readable result file for {sorted(expected - found)} in {work_dir} after evaluating "
+                        f"{run.key}; see the evaluation's messages above")
     _write(work_dir / DONE_FILE, {"benchmarks": benchmarks, "wall_s": round(time.time() - start, 1)})
     return work_dir
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _write(path: Path, data: dict) -> None:

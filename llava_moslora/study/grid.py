@@ -23,6 +23,10 @@ TOP_LEVEL = {"name", "data", "stage1", "evaluation", "seeds", "launch", "budget"
 # Set per run by the study itself; a grid that sets them would break the comparison's pairing.
 RESERVED_FLAGS = {"seed", "data_seed", "output_dir", "learning_rate", "resume_from_checkpoint",
                   "pretrain_mm_mlp_adapter", "data_path", "image_folder"}
+# What every run of the comparison must share: a variant may not set these (put them under `flags:`).
+SHARED_FLAGS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "model_max_length", "group_by_modality_length", "dataloader_drop_last", "lr_scheduler_type",
+                "warmup_steps"}
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -135,6 +139,10 @@ def _build(path: Path, raw: dict) -> Grid:
         spec = dict(spec or {})
         own_grid = spec.pop("lr_grid", None)
         _check_flags(spec, f"{where}: variants.{name}")
+        shared = sorted(set(spec) & SHARED_FLAGS)
+        if shared:
+            raise GridError(f"{where}: variants.{name} sets {shared}, which every run shares (same steps, batches "
+                            f"and schedule for a fair comparison); put them under `flags:`")
         if "adapter" not in spec and "adapter" not in flags:
             raise GridError(f"{where}: variants.{name} needs `adapter:` (lora | moslora | moelora)")
         variant_grid = _lr_grid(own_grid, f"{where}: variants.{name}.lr_grid") if own_grid is not None else lr_grid

@@ -93,6 +93,13 @@ def final_runs(grid: Grid, allocations: dict[str, Allocation], chosen: dict[str,
             for seed in grid.seeds for v in grid.variants]
 
 
+def candidate_runs(grid: Grid, allocations: dict[str, Allocation]) -> list[Run]:
+    """Every run the study could make (each variant, rate and seed): what is on disk is checked
+    against all of them before the first launch, not when the study reaches them."""
+    return [Run(v.name, lr, seed, run_flags(grid, v, allocations[v.name], lr, seed))
+            for v in grid.variants for lr in v.lr_grid for seed in grid.seeds]
+
+
 def check_flags(runs: list[Run]) -> None:
     """Parse every run's flags the way `llava-moslora train` will, before anything is launched:
     a typo in the grid fails here, not an hour in."""

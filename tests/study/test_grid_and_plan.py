@@ -135,3 +135,39 @@ def test_a_json_grid_reads_like_the_yaml_one(tmp_path):
     grid = load_grid(path)
     assert [v.name for v in grid.variants] == [v.name for v in load_grid().variants]
     assert grid.resolve("../bases") == (tmp_path / "../bases").resolve()  # relative to the grid file
+
+
+def test_a_variant_may_not_change_what_every_run_shares(tmp_path):
+    with pytest.raises(GridError, match="every run shares"):
+        load_grid(write_grid(tmp_path, variants={"moslora": {"adapter": "moslora", "max_steps": 500}}))
+
+
+def test_runs_get_the_launch_settings_but_not_the_shells_training_variables(monkeypatch):
+    from llava_moslora.study.execute import Launcher
+
+    monkeypatch.setenv("RIEMANNIAN", "1")  # finetune.sh would turn it into --riemannian True for every run
+    monkeypatch.setenv("LORA_R", "8")
+    monkeypatch.setenv("NUM_GPUS", "4")
+    monkeypatch.delenv("ZERO", raising=False)
+    launcher = Launcher({"NUM_GPUS": "2", "ZERO": "2"})
+    env = launcher.environment(OUTPUT_DIR="/tmp/x")
+    assert "RIEMANNIAN" not in env and "LORA_R" not in env and env["OUTPUT_DIR"] == "/tmp/x"
+    assert launcher.settings() == {"NUM_GPUS": "4", "ZERO": "2"}  # the environment wins over the grid
+
+
+def test_a_run_made_from_another_stage1_is_refused(tmp_path):
+    from llava_moslora.study.execute import Inputs, Launcher, check_record
+
+    grid = load_grid()
+    allocations = allocate(grid, LLM)
+    run = final_runs(grid, allocations, {v.name: v.lr_grid[0] for v in grid.variants})[0]
+    launcher = Launcher({"NUM_GPUS": "2"})
+    inputs = Inputs(tmp_path / "stage1", tmp_path / "data.json", tmp_path / "images", None, LLM)
+    folder = run.folder(tmp_path)
+    folder.mkdir(parents=True)
+    record = {"flags": list(run.flags), "inputs": inputs.record(launcher.settings()), "done": True}
+    (folder / "run.json").write_text(json.dumps(record))
+    assert check_record(run, tmp_path, inputs, launcher)["done"]
+    other = Inputs(tmp_path / "other-stage1", tmp_path / "data.json", tmp_path / "images", None, LLM)
+    with pytest.raises(GridError, match="other stage1"):
+        check_record(run, tmp_path, other, launcher)
