@@ -83,5 +83,11 @@ def write(path, data):
 
 
 if __name__ == "__main__":
+    from llava_moslora.train.main import exit_without_teardown, shut_down_process_group
+
     mode, kind, out = sys.argv[1:]
     {"zero2": zero2, "zero3": zero3}[mode](kind, out)
+    # As training ranks do: leave the group together, then skip the interpreter's teardown, where
+    # a native gloo / shared-memory thread can abort the process (SIGABRT) after a finished run.
+    shut_down_process_group()
+    exit_without_teardown(0)
