@@ -119,7 +119,7 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
 
 
@@ -140,7 +140,7 @@ def _average_section(comparison: Comparison) -> list[str]:
                 + [_cell(comparison.average, comparison.average_normalized, label) for label in comparison.labels])
     if comparison.left_out:
         lines.append("")
-    return lines + _table(["benchmark", "headline", *comparison.labels], rows) + [""]
+    return lines + markdown_table(["benchmark", "headline", *comparison.labels], rows) + [""]
 
 
 def _benchmark_section(bench: ComparedBenchmark, labels: list[str]) -> list[str]:
@@ -151,7 +151,7 @@ def _benchmark_section(bench: ComparedBenchmark, labels: list[str]) -> list[str]
         lines.append(f"- {label}: `{source['file']}`{split}{others}")
     rows = [[a.ability, a.level] + [_cell(a.score, a.normalized, label) for label in labels]
             for a in bench.abilities]
-    return lines + [""] + _table(["ability", "level", *labels], rows) + [""]
+    return lines + [""] + markdown_table(["ability", "level", *labels], rows) + [""]
 
 
 def render_markdown(comparison: Comparison) -> str:

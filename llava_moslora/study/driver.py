@@ -8,17 +8,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .execute import Launcher, StudyStopped, check_record, evaluate_run, prepare_inputs, run_record, train_run
+from .execute import Launcher, StudyStopped, check_record, evaluate_run, prepare_inputs, train_run
 from .grid import Grid, GridError, load_grid
 from .plan import allocate, candidate_runs, check_flags, final_runs, search_runs
 from .report import load_finished, write_study_report
-
-
-def headline_average(work_dir: Path, label: str) -> float:
-    from ..evaluation.abilities import read_result_dir
-
-    scores = read_result_dir(work_dir, label).benchmarks.values()
-    return sum(b.headline_score for b in scores) / len(scores)
 
 
 def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: bool = False,
@@ -56,12 +49,14 @@ def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: b
             raise StudyStopped(f"stopped by {name} before {what}; run the same command again to go on", 128 + launcher.stop_requested[0])
 
     search_scores: dict[str, dict[float, float]] = {}
+    searched = []
     for index, run in enumerate(search, 1):
         step(index, len(search), f"search {run.key}")
-        train_run(run, out, inputs, launcher)
-        work_dir = evaluate_run(run, out, "validation", grid.evaluation["validation"], inputs, grid.evaluation, log)
-        search_scores.setdefault(run.variant, {})[run.lr] = headline_average(work_dir, run.key)
-        log(f"  validation: {search_scores[run.variant][run.lr]:.1f}")
+        record = train_run(run, out, inputs, launcher)
+        scores = evaluate_run(run, out, "validation", grid.evaluation["validation"], inputs, grid.evaluation)
+        searched.append(load_finished(run, run.folder(out), record, scores))
+        search_scores.setdefault(run.variant, {})[run.lr] = searched[-1].average
+        log(f"  validation: {searched[-1].average:.1f}")
     # The best validation score; on a tie, the first rate in the grid.
     chosen = {v.name: (max(v.lr_grid, key=lambda lr: (search_scores[v.name][lr], -v.lr_grid.index(lr)))
                        if search else v.lr_grid[0]) for v in grid.variants}
@@ -70,11 +65,9 @@ def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: b
     for index, run in enumerate(finals, 1):
         step(index, len(finals), f"final {run.key}")
         record = train_run(run, out, inputs, launcher)
-        work_dir = evaluate_run(run, out, "test", grid.evaluation["test"], inputs, grid.evaluation, log)
-        finished.append(load_finished(run, run.folder(out), record, work_dir))
+        scores = evaluate_run(run, out, "test", grid.evaluation["test"], inputs, grid.evaluation)
+        finished.append(load_finished(run, run.folder(out), record, scores))
         log(f"  test: {finished[-1].average:.1f} (trained in {record['wall_s']:.0f} s)")
-    searched = [load_finished(r, r.folder(out), run_record(r.folder(out)), r.folder(out) / "eval-validation")
-                for r in search]
     path = write_study_report(out, grid, allocations, finished, searched, search_scores, chosen, plots=plots)
     log(f"study done in {time.time() - started:.0f} s; report: {path}")
     return path

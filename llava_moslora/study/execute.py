@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..train.metrics import METRICS_FILE
-from .grid import Grid, GridError, flag_value
+from .grid import Grid, GridError, flag_list
 from .plan import Run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,11 +113,7 @@ def _wait(process: subprocess.Popen, stop_requested: list) -> int:
 
     previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            try:
-                return process.wait()
-            except InterruptedError:  # pragma: no cover - Python retries wait() itself
-                continue
+        return process.wait()  # Python retries it after each handled signal (PEP 475)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -184,7 +180,7 @@ def _train_stage1(grid: Grid, out: Path, data: tuple, launcher: Launcher) -> Pat
     if bases is None or data[0] is None:
         raise GridError(f"{grid.path}: stage1: needs `checkpoint:` or `bases:` (with vision/ and llm/) and, "
                         "without synth data, `data_path:`/`image_folder:` for stage 1")
-    flags = [item for key, value in (spec.get("flags") or {}).items() for item in (f"--{key}", flag_value(value))]
+    flags = flag_list(spec.get("flags") or {})
     launcher.log(f"stage 1 (projector alignment) from {bases} -> {out}")
     env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
     wall = launcher("pretrain.sh", [*flags, "--resume_from_checkpoint", "auto"], out.parent / "stage1.log",
@@ -246,18 +242,20 @@ def train_run(run: Run, out: Path, inputs: Inputs, launcher: Launcher) -> dict:
     return record
 
 
-def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Inputs, evaluation: dict, log) -> Path:
-    """Score a trained run on the test or validation benchmarks (once); returns the work dir."""
+def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Inputs, evaluation: dict):
+    """Score a trained run on the test or validation benchmarks (once); returns its scores,
+    labelled variant/seedN, as `abilities` reads them from the work dir."""
     from ..evaluation.abilities import read_result_dir
     from ..evaluation.runner import evaluate_checkpoint, resolve_benchmarks
 
     work_dir = run.folder(out) / f"eval-{split}"
+    label = f"{run.variant}/seed{run.seed}"
     if (work_dir / DONE_FILE).is_file():
         made = json.loads((work_dir / DONE_FILE).read_text()).get("benchmarks")
         if made != benchmarks:
             raise GridError(f"{work_dir} holds scores on {made}, the grid asks for {benchmarks}; remove {work_dir} "
                             "to evaluate again")
-        return work_dir
+        return read_result_dir(work_dir, label)
     name = f"{run.variant}_lr{run.lr:g}_seed{run.seed}"
     start = time.time()
     progress = sys.stderr.isatty()
@@ -270,13 +268,13 @@ def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Input
                         root=str(inputs.data_root) if inputs.data_root else None, model_name=name,
                         progress=progress)
     _free_memory()  # the next launch's rank 0 shares this process's GPU
-    expected = set(resolve_benchmarks(benchmarks))
-    found = set(read_result_dir(work_dir, name).benchmarks)
-    if not expected <= found:
-        raise GridError(f"no readable result file for {sorted(expected - found)} in {work_dir} after evaluating "
+    scores = read_result_dir(work_dir, label)
+    missing = sorted(set(resolve_benchmarks(benchmarks)) - set(scores.benchmarks))
+    if missing:
+        raise GridError(f"no readable result file for {missing} in {work_dir} after evaluating "
                         f"{run.key}; see the evaluation's messages above")
     _write(work_dir / DONE_FILE, {"benchmarks": benchmarks, "wall_s": round(time.time() - start, 1)})
-    return work_dir
+    return scores
 
 
 def _free_memory() -> None:

@@ -189,6 +189,11 @@ def _check_flags(flags: dict, where: str) -> None:
             raise GridError(f"{where}.{key}: a trainer flag takes one value, got {value!r}")
 
 
+def flag_list(settings: dict[str, Any]) -> list[str]:
+    """{"max_steps": 80, "riemannian": True} -> ["--max_steps", "80", "--riemannian", "True"]."""
+    return [item for key, value in settings.items() for item in (f"--{key}", flag_value(value))]
+
+
 def flag_value(value: Any) -> str:
     """A grid value as the command line spells it (booleans as True/False, like HfArgumentParser)."""
     if isinstance(value, bool):

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..adapters import AdapterConfig
 from .budget import Allocation, adapter_parameters, match_rank
-from .grid import Grid, Variant, flag_value
+from .grid import Grid, Variant, flag_list
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,8 @@ def parse_model_arguments(settings: dict[str, Any]):
 
     from ..model import ModelArguments
 
-    argv = [item for key, value in settings.items() for item in (f"--{key}", flag_value(value))]
     (model_args, _rest) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
-        args=argv, return_remaining_strings=True)
+        args=flag_list(settings), return_remaining_strings=True)
     return model_args
 
 
@@ -75,7 +74,7 @@ def run_flags(grid: Grid, variant: Variant, allocation: Allocation, lr: float, s
     settings.update(variant_settings(grid, variant))
     settings.setdefault("mm_projector_lr", lr)  # the projector follows the searched rate unless pinned
     settings.update(learning_rate=lr, seed=seed, data_seed=seed, resume_from_checkpoint="auto")
-    return tuple(item for key, value in settings.items() for item in (f"--{key}", flag_value(value)))
+    return tuple(flag_list(settings))
 
 
 def search_runs(grid: Grid, allocations: dict[str, Allocation]) -> list[Run]:

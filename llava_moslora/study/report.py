@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..evaluation.abilities import AbilityScore, BenchmarkScores, CheckpointScores, read_result_dir
-from ..evaluation.report import normalize, write_report
+from ..evaluation.abilities import AbilityScore, BenchmarkScores, CheckpointScores
+from ..evaluation.report import markdown_table, normalize, write_report
 from ..train.metrics import METRICS_FILE
 from .budget import Allocation
 from .stats import PairedDifference, Summary, paired_difference, summarize
@@ -30,7 +30,7 @@ class FinishedRun:
     folder: Path
     record: dict  # run.json
     metrics: dict  # train_metrics.json
-    scores: CheckpointScores  # test split
+    scores: CheckpointScores  # test split (validation for a search run)
 
     @property
     def average(self) -> float:
@@ -43,9 +43,8 @@ class FinishedRun:
         return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
 
 
-def load_finished(run, folder: Path, record: dict, eval_dir: Path) -> FinishedRun:
+def load_finished(run, folder: Path, record: dict, scores: CheckpointScores) -> FinishedRun:
     metrics = json.loads((folder / "model" / METRICS_FILE).read_text())
-    scores = read_result_dir(eval_dir, f"{run.variant}/seed{run.seed}")
     return FinishedRun(run.variant, run.seed, run.lr, folder, record, metrics, scores)
 
 
@@ -141,7 +140,7 @@ def build_tables(runs_by_variant: dict[str, list[FinishedRun]], allocations: dic
                             "overall_vs_reference": _plain(difference),
                             "abilities": {c: _plain(s) for c, s in cells.items()},
                             "per_seed_overall": {r.seed: r.average for r in runs}}
-    lines = _markdown(header, rows)
+    lines = markdown_table(header, rows)
     lines += ["", f"Paired differences to {reference} per ability (same seed; mean over seeds, 95% t interval; "
                   "'includes 0' means no difference shown at that level):", ""]
     others = [v for v in runs_by_variant if v != reference]
@@ -155,7 +154,7 @@ def build_tables(runs_by_variant: dict[str, list[FinishedRun]], allocations: dic
             numbers[variant].setdefault("abilities_vs_reference", {})[f"{b}: {a}"] = _plain(difference)
             row.append(difference.text())
         diff_rows.append(row)
-    lines += _markdown(["ability"] + others, diff_rows) if others else ["(no variant besides the reference)"]
+    lines += markdown_table(["ability"] + others, diff_rows) if others else ["(no variant besides the reference)"]
     return lines, numbers
 
 
@@ -168,11 +167,6 @@ def _plain(value) -> Optional[dict]:
         return {"mean": value.mean, "low": value.low, "high": value.high, "n": value.n,
                 "includes_zero": value.includes_zero}
     return value
-
-
-def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + \
-           ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def trailing_mean(losses: dict[int, float], window: int) -> dict[int, float]:
@@ -248,7 +242,7 @@ def write_study_report(out: Path, grid, allocations: dict[str, Allocation], fini
         lines += [f"Each variant trained once per rate on seed {seeds[0]}, scored on the validation split "
                   f"({grid.evaluation.get('validation')}, mean headline score); the best rate is used for every seed.", ""]
         rates = sorted({lr for scores in search_scores.values() for lr in scores})
-        lines += _markdown(["variant"] + [f"lr {lr:g}" for lr in rates] + ["chosen"],
+        lines += markdown_table(["variant"] + [f"lr {lr:g}" for lr in rates] + ["chosen"],
                            [[v] + [f"{search_scores[v][lr]:.1f}" if lr in search_scores[v] else "" for lr in rates]
                             + [f"{chosen[v]:g}"] for v in search_scores])
     else:

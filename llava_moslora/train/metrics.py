@@ -27,7 +27,6 @@ class RunRecord:
         self.order = ""
         self.tokens_before = 0  # restored from a checkpoint
         self._tokens: Optional[torch.Tensor] = None  # this process's, summed on the device (no sync per step)
-        self.resumed = False
 
     def update(self, sample_ids: list, attention_mask: torch.Tensor) -> None:
         text = self.order + "|" + "\x1f".join(str(i) for i in sample_ids)
@@ -45,7 +44,6 @@ class RunRecord:
 
     def load(self, checkpoint_dir: Path, rank: int) -> None:
         path = Path(checkpoint_dir) / RECORD_FILE.format(rank=rank)
-        self.resumed = True
         if path.is_file():
             state = json.loads(path.read_text())
             self.order, self.tokens_before = state["order"], int(state["tokens"])
@@ -60,23 +58,14 @@ def peak_memory() -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu max rss"  # Linux: KiB
 
 
-def gather_objects(value) -> list:
-    """Every rank's value, in rank order (collective: all ranks call it)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, value)
-    return everyone
-
-
 def run_metrics(record: RunRecord, args, state, train_runtime: float, trainable: dict[str, int],
                 resumed_from: Optional[str]) -> dict:
     """The metrics of this run, gathered over ranks (collective)."""
+    from .screen import gather_lists
+
     memory, measure = peak_memory()
-    ranks = gather_objects({"order": record.order, "tokens": record.tokens_this_process,
-                            "tokens_before": record.tokens_before, "memory": memory})
+    ranks = gather_lists([{"order": record.order, "tokens": record.tokens_this_process,
+                            "tokens_before": record.tokens_before, "memory": memory}])
     tokens = sum(r["tokens"] for r in ranks)
     return {
         "global_step": state.global_step,
