@@ -29,6 +29,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                     "write lora/moslora adapters as a PEFT LoRA adapter plus the tuned projector"),
     "eval": ("llava_moslora.evaluation.runner",
              "run VLMEvalKit benchmarks (or local MCQ / yes-no TSVs offline) on a checkpoint"),
+    "vlmeval": ("llava_moslora.evaluation.vlmeval_run",
+                "run VLMEvalKit's own run.py with checkpoints as --model llava_moslora:CKPT (judges, --reuse, torchrun)"),
     "study": ("llava_moslora.study.driver",
               "compare adapters: a grid of stage-2 runs (equal budgets, same data, LR search, seeds), scored and reported"),
     "abilities": ("llava_moslora.evaluation.abilities",

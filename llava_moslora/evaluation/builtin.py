@@ -2,7 +2,7 @@
 
 It drives the same model class as the vlmeval backend (build_prompt, then generate) and writes
 VLMEvalKit's files with its exact-matching rules, so both backends give the same scores:
-  {model}_{dataset}.xlsx      the rows without images, plus `prediction`
+  {model}_{dataset}.xlsx      the rows without images, plus `prediction` (answered rows are reused)
   {model}_{dataset}_acc.csv   MCQ: one row per split; split, Overall, l2-categories, categories (0-1)
   {model}_{dataset}_score.csv yes/no: one row; Overall, categories, l2-categories (0-100)
 """
@@ -13,13 +13,14 @@ import csv
 import io
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .vlm import LOCAL_TYPES, options_of
+from .benchmarks import SCORABLE_LOCALLY, remember_type, table_type, tsv_type
+from .vlm import options_of
 
 # VLMEvalKit's exact matching reads an option letter only among the last few words of an answer.
 LETTER_WINDOW = 5
@@ -54,16 +55,6 @@ def parse_yes_no(prediction: str) -> Optional[str]:
     return "Yes" if has_yes and not has_no else "No" if has_no and not has_yes else None
 
 
-def benchmark_kind(table: pd.DataFrame) -> str:
-    """"MCQ" for option columns A and B, "Y/N" for Yes/No answers; anything else is not scorable here."""
-    if {"A", "B"} <= set(table.columns):
-        return "MCQ"
-    if "answer" in table and set(table["answer"].astype(str)) <= {"Yes", "No"}:
-        return "Y/N"
-    raise ValueError("the builtin backend scores multiple-choice (A, B columns) and yes/no (Yes/No answers) "
-                     f"TSVs; this one has columns {list(table.columns)}")
-
-
 def accuracy_table(scored: pd.DataFrame) -> pd.DataFrame:
     """VLMEvalKit's MCQ _acc.csv: a row per split; split, Overall, l2-categories, categories (0-1)."""
     scored = scored.assign(split=scored["split"] if "split" in scored else "none")
@@ -89,14 +80,20 @@ def score_table(scored: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bool = True) -> dict[str, Path]:
-    """Answer every row of a local benchmark with `model` (VLMEvalKit contract) and write the result files."""
+def prediction_file(work_dir: Path, model_name: str, dataset: str) -> Path:
+    return Path(work_dir) / f"{model_name}_{dataset}.xlsx"
+
+
+def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str, progress: bool = True) -> Path:
+    """Answer every row of a local benchmark with `get_model()` (VLMEvalKit contract; asked for
+    only when a row needs answering) and write the rows without images plus `prediction`. Rows an
+    earlier run already answered are kept (as VLMEvalKit's inference does), so an interrupted or
+    --mode infer run continues."""
     dataset = tsv.stem
     table = pd.read_csv(tsv, sep="\t")
-    kind = LOCAL_TYPES[dataset] = benchmark_kind(table)
+    remember_type(dataset, table_type(table))
     image_dir = work_dir / "images" / dataset
     image_dir.mkdir(parents=True, exist_ok=True)
-
     images = dict(zip(table["index"], table["image"]))
 
     def dump_image(line) -> list[str]:
@@ -108,20 +105,60 @@ def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bo
             decode_image(data).save(path)
         return [str(path)]
 
-    model.set_dump_image(dump_image)
-    predictions = []
-    for _, line in tqdm(table.iterrows(), total=len(table), desc=dataset, unit="row", disable=not progress):
-        predictions.append(str(model.generate(model.build_prompt(line, dataset), dataset)))
-    scored = table.drop(columns=["image"]).assign(prediction=predictions)
-    stem = work_dir / f"{model_name}_{dataset}"
-    files = {"predictions": stem.with_suffix(".xlsx")}
-    scored.to_excel(files["predictions"], index=False)
+    out = prediction_file(work_dir, model_name, dataset)
+    done = earlier_predictions(out)
+    todo = table[~table["index"].isin(list(done))]
+    if done and len(todo) < len(table):
+        print(f"[llava-moslora] {dataset}: reusing {len(table) - len(todo)} predictions from {out}")
+    model = get_model() if len(todo) else None
+    if model is not None:
+        model.set_dump_image(dump_image)
+    for _, line in tqdm(todo.iterrows(), total=len(todo), desc=dataset, unit="row", disable=not progress or todo.empty):
+        done[line["index"]] = str(model.generate(model.build_prompt(line, dataset), dataset))
+    scored = table.drop(columns=["image"]).assign(prediction=[done[i] for i in table["index"]])
+    scored.to_excel(out, index=False)
+    return out
+
+
+def earlier_predictions(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    table = pd.read_excel(path)
+    if not {"index", "prediction"} <= set(table.columns):
+        return {}
+    return {index: ("" if pd.isna(p) else str(p)) for index, p in zip(table["index"], table["prediction"])}
+
+
+def score_predictions(tsv: Path, predictions: Path) -> dict[str, Path]:
+    """VLMEvalKit's exact-matching result file beside the predictions: _acc.csv (MCQ) or
+    _score.csv (yes/no). Rows come from the TSV, so option cells keep the types they are read with."""
+    kind = tsv_type(tsv)
+    answers = earlier_predictions(predictions)
+    columns = pd.read_csv(tsv, sep="\t", nrows=0).columns
+    scored = pd.read_csv(tsv, sep="\t", usecols=[c for c in columns if c != "image"])
+    missing = [i for i in scored["index"] if i not in answers]
+    if missing:
+        raise ValueError(f"{predictions} has no prediction for {len(missing)} of {len(scored)} rows "
+                         f"(e.g. index {missing[0]}); run with --mode infer or all first")
+    scored["prediction"] = [answers[i] for i in scored["index"]]
+    stem = str(predictions.with_suffix(""))
     if kind == "MCQ":
-        scored["hit"] = [parse_choice(p, row) == row["answer"] for p, (_, row) in zip(predictions, scored.iterrows())]
-        files["acc"] = Path(f"{stem}_acc.csv")
-        accuracy_table(scored).to_csv(files["acc"], index=False, quoting=csv.QUOTE_ALL)
-    else:
-        scored["hit"] = [parse_yes_no(p) == a for p, a in zip(predictions, scored["answer"])]
-        files["score"] = Path(f"{stem}_score.csv")
-        score_table(scored).to_csv(files["score"], index=False, quoting=csv.QUOTE_ALL)
-    return files
+        scored["hit"] = [parse_choice(row["prediction"], row) == row["answer"] for _, row in scored.iterrows()]
+        path = Path(f"{stem}_acc.csv")
+        accuracy_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
+        return {"predictions": predictions, "acc": path}
+    if kind == "Y/N":
+        scored["hit"] = [parse_yes_no(p) == a for p, a in zip(scored["prediction"], scored["answer"])]
+        path = Path(f"{stem}_score.csv")
+        score_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
+        return {"predictions": predictions, "score": path}
+    raise ValueError(f"the builtin backend scores multiple-choice (A, B columns) and yes/no (Yes/No answers) "
+                     f"TSVs; {tsv} is neither")
+
+
+def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bool = True) -> dict[str, Path]:
+    """Predict (reusing earlier answers) and score one local benchmark; returns its files."""
+    if tsv_type(tsv) not in SCORABLE_LOCALLY:
+        raise ValueError(f"the builtin backend scores multiple-choice (A, B columns) and yes/no (Yes/No answers) "
+                         f"TSVs; {tsv} is neither")
+    return score_predictions(tsv, predict_tsv(lambda: model, tsv, work_dir, model_name, progress))

@@ -1,46 +1,43 @@
 """`llava-moslora eval`: run benchmarks on one checkpoint and collect VLMEvalKit result files.
 
 Backends: "vlmeval" (VLMEvalKit's build_dataset, infer_data_job and evaluate; official benchmarks,
-torchrun data-parallel inference) and "builtin" (local VLMEvalKit-format MCQ / yes-no TSVs,
-offline, same files and scores). "auto" picks vlmeval when it is importable.
-Benchmarks are names or suites (eval/suites/NAME.txt, one benchmark per line).
+torchrun data-parallel inference, LLM judges) and "builtin" (local VLMEvalKit-format MCQ / yes-no
+TSVs, offline, same files and scores). "auto" picks vlmeval when it is importable.
+
+Order: resolve names and suites -> plan each benchmark's scoring (plan.py) and print it ->
+(--strict: stop if any is skipped) -> load the model once, only if something needs inference ->
+each benchmark on its own, a failure recorded and the rest carried on -> summary.
+Modes as VLMEvalKit's: infer (predictions only), eval (score existing predictions), all.
 """
 from __future__ import annotations
 
 import json
 import os
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
-from .vlm import model_class, vlmeval_available
+from .benchmarks import data_root, remember_type, resolve_benchmarks, suites
+from .plan import BenchmarkPlan, locate_local, make_plan, render_plan
+from .toolkit import load_vlmeval_env, vlmeval_available
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "eval" / "suites"
 MARKER = "checkpoint.json"  # records which checkpoint a work directory belongs to
+MODES = ("all", "infer", "eval")
 
 
-def suites() -> dict[str, list[str]]:
-    found = {}
-    for path in sorted(SUITES_DIR.glob("*.txt")):
-        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
-        found[path.stem] = [line for line in lines if line]
-    return found
+class PlanRefused(ValueError):
+    """--strict and a benchmark that would be skipped: nothing has run."""
 
 
-def resolve_benchmarks(spec: str) -> list[str]:
-    """"paper", "MME,POPE" or "shapes,MMStar" -> benchmark names, suites expanded, order kept."""
-    known, names = suites(), []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        for name in known.get(part, [part]):
-            if name not in names:
-                names.append(name)
-    if not names:
-        raise ValueError(f"no benchmarks in {spec!r}; suites: {', '.join(known) or 'none found'}")
-    return names
+@dataclass
+class Outcome:
+    """What happened to one benchmark: scored, predicted (--mode infer), skipped or failed."""
 
-
-def data_root(explicit: Optional[str]) -> Path:
-    """Where local TSVs live: --data-root, else $LMUData, else ~/LMUData (VLMEvalKit's default)."""
-    return Path(explicit or os.environ.get("LMUData") or Path.home() / "LMUData").resolve()
+    name: str
+    status: str
+    detail: str = ""
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def claim_work_dir(work_dir: Path, model_path: Path) -> None:
@@ -63,53 +60,144 @@ def choose_backend(backend: str) -> str:
         return "builtin"
     if backend == "vlmeval" and not vlmeval_available():
         raise ValueError("--backend vlmeval needs VLMEvalKit: git clone https://github.com/open-compass/VLMEvalKit "
-                           "&& pip install -e VLMEvalKit (see README, Evaluation)")
+                         "&& pip install -e VLMEvalKit (see README, Evaluation)")
     return backend
 
 
+def describe_error(error: BaseException) -> str:
+    """The first line of an error, or where it was raised when it says nothing (VLMEvalKit's
+    custom free-form sets raise a bare NotImplementedError from their evaluate)."""
+    text = str(error).strip().splitlines()
+    if text:
+        return f"{type(error).__name__}: {text[0]}"
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" in {frames[-1].name} ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}{where}"
+
+
+class ModelLoadError(RuntimeError):
+    """The checkpoint could not be loaded: every benchmark would fail the same way."""
+
+
+class LazyModel:
+    """The model, loaded on first use: --mode eval and fully reused predictions load nothing."""
+
+    def __init__(self, load: Callable[[], object], what: Path) -> None:
+        self._load, self._model, self._what = load, None, what
+
+    def __call__(self):
+        if self._model is None:
+            try:
+                self._model = self._load()
+            except Exception as error:
+                raise ModelLoadError(f"cannot load {self._what}: {describe_error(error)}") from error
+        return self._model
+
+
+def plan_checkpoint(benchmarks: list[str], backend: str, root: Path, judge: Optional[str]) -> list[BenchmarkPlan]:
+    """Each benchmark's plan from what this machine has: its data, and the judge variables in
+    the environment (for vlmeval, after reading VLMEvalKit's .env as its run.py does)."""
+    if backend == "vlmeval":
+        from . import vlmeval_backend
+
+        vlmeval_backend.prepare(root)
+        load_vlmeval_env()
+        return make_plan(benchmarks, lambda name: vlmeval_backend.locate(name, root), judge, os.environ)
+    return make_plan(benchmarks, lambda name: locate_local(name, root), judge, os.environ, llm_judges=False)
+
+
 def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend: str = "auto",
-                        judge: str = "exact_matching", root: Optional[str] = None, model_name: Optional[str] = None,
-                        device: Optional[str] = None, progress: bool = True) -> dict[str, dict[str, Path]]:
-    """Evaluate one checkpoint on each benchmark; returns benchmark -> result files."""
+                        judge: Optional[str] = None, root: Optional[str] = None, model_name: Optional[str] = None,
+                        device: Optional[str] = None, dtype: str = "auto", mode: str = "all", strict: bool = False,
+                        progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Outcome]:
+    """Evaluate one checkpoint on each benchmark; returns benchmark -> Outcome. Raises PlanRefused
+    (strict) or ValueError / FileNotFoundError for bad input before anything runs."""
     model_path, work_dir = Path(model_path).resolve(), Path(work_dir).resolve()
     if not model_path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {model_path}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     backend, root = choose_backend(backend), data_root(root)
     model_name = model_name or model_path.name
+    plans = plan_checkpoint(benchmarks, backend, root, judge)
+    if os.environ.get("RANK", "0") == "0":
+        log(f"[llava-moslora] evaluation plan ({backend} backend, mode {mode}, judge: {judge or 'per benchmark'}):\n"
+            + render_plan(plans))
+    skipped = [plan.name for plan in plans if not plan.runs]
+    if skipped and strict:
+        raise PlanRefused(f"--strict: {', '.join(skipped)} would be skipped (reasons above); nothing was run")
     claim_work_dir(work_dir, model_path)
-    if backend == "builtin":
-        from .builtin import evaluate_tsv
+    for plan in plans:
+        if plan.kind:
+            remember_type(plan.name, plan.kind)  # the model phrases rows for the scorer's type
 
-        tsvs = {name: local_tsv(name, root, required=True) for name in benchmarks}
-        model = model_class(False)(model_path, device=device)
-        return {name: evaluate_tsv(model, tsv, work_dir, model_name, progress) for name, tsv in tsvs.items()}
-    from .vlmeval_backend import run_vlmeval
+    use_vlmeval = backend == "vlmeval"
+    from .vlm import model_class
 
-    return run_vlmeval(model_path, benchmarks, work_dir, model_name, root, judge, device)
+    model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype), model_path)
+    outcomes = {}
+    for plan in plans:
+        if not plan.runs:
+            outcomes[plan.name] = Outcome(plan.name, "skipped", plan.skip)
+            continue
+        try:
+            if use_vlmeval:
+                from .vlmeval_backend import run_benchmark
+
+                files = run_benchmark(model, plan, work_dir, model_name, mode)
+            else:
+                files = run_builtin(model, plan, work_dir, model_name, mode, progress)
+        except ModelLoadError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one benchmark's failure must not stop the others
+            outcomes[plan.name] = Outcome(plan.name, "failed", describe_error(error))
+            log(f"[llava-moslora] {plan.name} failed: {describe_error(error)}")
+            continue
+        status = "predicted" if mode == "infer" else "scored"
+        outcomes[plan.name] = Outcome(plan.name, status, str(files.get("acc") or files.get("score")
+                                                          or files.get("predictions", "")), files)
+    return outcomes
 
 
-def local_tsv(name: str, root: Path, required: bool = False) -> Optional[Path]:
-    path = root / f"{name}.tsv"
-    if path.is_file():
-        return path
-    if required:
-        raise FileNotFoundError(f"{path} not found: the builtin backend scores local VLMEvalKit-format TSVs only "
-                                f"(set --data-root or $LMUData; official benchmarks need --backend vlmeval)")
-    return None
+def run_builtin(model: LazyModel, plan: BenchmarkPlan, work_dir: Path, model_name: str, mode: str,
+                progress: bool) -> dict[str, Path]:
+    from .builtin import predict_tsv, prediction_file, score_predictions
+
+    tsv = Path(plan.source)
+    predictions = prediction_file(work_dir, model_name, plan.name)
+    if mode != "eval":
+        predictions = predict_tsv(model, tsv, work_dir, model_name, progress)
+    if mode == "infer":
+        return {"predictions": predictions}
+    if not predictions.is_file():
+        raise FileNotFoundError(f"no predictions at {predictions}; run with --mode infer or all first")
+    return score_predictions(tsv, predictions)
 
 
-def summary(results: dict[str, dict[str, Path]]) -> str:
-    """Each benchmark's headline score on 0-100, read back the way `abilities` reads it."""
+def summary(outcomes: Mapping[str, Outcome]) -> str:
+    """Each benchmark's status; headline score on 0-100 (read back the way `abilities` reads it)."""
     from .abilities import read_result_file
 
-    lines = [f"{'benchmark':<28}{'Overall':>10}  file"]
-    for name, files in results.items():
-        path = files.get("acc") or files.get("score")
-        if path is None or not Path(path).is_file():
-            lines.append(f"{name:<28}{'-':>10}  (no score file)")
-            continue
-        lines.append(f"{name:<28}{read_result_file(path, name).headline_score:>9.1f}%  {path}")
+    width = max([len(name) for name in outcomes] + [9]) + 2
+    lines = [f"{'benchmark':<{width}}{'status':<11}{'Overall':>8}  file / reason"]
+    for name, outcome in outcomes.items():
+        score = "-"
+        path = outcome.files.get("acc") or outcome.files.get("score")
+        if outcome.status == "scored" and path is not None and Path(path).is_file():
+            score = f"{read_result_file(path, name).headline_score:.1f}%"
+        lines.append(f"{name:<{width}}{outcome.status:<11}{score:>8}  {outcome.detail}")
+    counts = {status: sum(o.status == status for o in outcomes.values())
+              for status in ("scored", "predicted", "skipped", "failed")}
+    lines.append(", ".join(f"{count} {status}" for status, count in counts.items() if count))
     return "\n".join(lines)
+
+
+def exit_code(outcomes: Mapping[str, Outcome], strict: bool) -> int:
+    """0 when something was scored or predicted and (with --strict) nothing failed; else 1."""
+    statuses = [outcome.status for outcome in outcomes.values()]
+    if strict and any(status != "scored" and status != "predicted" for status in statuses):
+        return 1
+    return 0 if any(status in ("scored", "predicted") for status in statuses) else 1
 
 
 def add_arguments(parser, name: str = "eval") -> None:
@@ -118,7 +206,15 @@ def add_arguments(parser, name: str = "eval") -> None:
                         help=f"comma-separated benchmark names and/or suites ({', '.join(suites())})")
     parser.add_argument("--work-dir", "--work_dir", dest="work_dir", required=True,
                         help="result directory of THIS checkpoint (VLMEvalKit reuses predictions it finds)")
-    parser.add_argument("--judge", default="exact_matching", help="VLMEvalKit judge (default needs no API key)")
+    parser.add_argument("--judge", default=None,
+                        help="judge for every benchmark (default: VLMEvalKit run.py's choice per benchmark: exact "
+                             "matching for MCQ / yes-no, an LLM judge where required, which needs OPENAI_API_KEY)")
+    parser.add_argument("--mode", choices=MODES, default="all",
+                        help="as VLMEvalKit's: infer = predictions only, eval = score existing predictions, all")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at start if any benchmark would be skipped; exit 1 if any fails")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="weights dtype (auto: bf16 on GPUs that support it, fp32 on CPU)")
     parser.add_argument("--backend", choices=["auto", "vlmeval", "builtin"], default="auto",
                         help="auto: vlmeval when installed, else builtin (local MCQ / yes-no TSVs)")
     parser.add_argument("--data-root", "--data_root", dest="data_root", default=None,
@@ -130,13 +226,13 @@ def add_arguments(parser, name: str = "eval") -> None:
 
 def run(args, name: str = "eval") -> int:
     try:
-        results = evaluate_checkpoint(args.model, resolve_benchmarks(args.benchmarks), args.work_dir,
-                                      backend=args.backend, judge=args.judge, root=args.data_root,
-                                      model_name=args.model_name, device=args.device)
-    except (FileNotFoundError, ValueError) as error:
+        outcomes = evaluate_checkpoint(args.model, resolve_benchmarks(args.benchmarks), args.work_dir,
+                                       backend=args.backend, judge=args.judge, root=args.data_root,
+                                       model_name=args.model_name, device=args.device, dtype=args.dtype,
+                                       mode=args.mode, strict=args.strict)
+    except (FileNotFoundError, ValueError, ModelLoadError) as error:
         print(f"llava-moslora eval: {error}")
         return 2
-    if results and os.environ.get("RANK", "0") == "0":
-        print(summary(results))
-    return 0
-
+    if os.environ.get("RANK", "0") == "0":
+        print(summary(outcomes))
+    return exit_code(outcomes, args.strict)

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import pandas as pd
+import torch
 from PIL import Image
 
 from ..data.prompts import LETTERS, mcq_prompt, short_prompt
-from ..model import load_checkpoint
+from ..model import inference_dtype, load_checkpoint
 from .answer import Answerer
+from .benchmarks import benchmark_type
+from .toolkit import import_vlmeval_quietly, vlmeval_available
 
 # Answers to MCQ / yes-no rows are a letter or a word; VQA rows get room for a phrase.
 SHORT_ANSWER_TOKENS = 8
@@ -72,13 +75,16 @@ def is_multiple_choice(line) -> bool:
 class LlavaMoSLoRAMixin:
     """Loads a stage checkpoint or merged directory and answers benchmark messages with it."""
 
-    def __init__(self, model_path: Union[str, Path], device: Optional[str] = None, **answer_kwargs) -> None:
+    def __init__(self, model_path: Union[str, Path], device: Optional[str] = None, dtype: str = "auto",
+                 **answer_kwargs) -> None:
         super().__init__()
         self.model_path = str(model_path)
-        self.answerer = Answerer(load_checkpoint(model_path), device=device, **answer_kwargs)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        bundle = load_checkpoint(model_path, dtype=inference_dtype(dtype, device))
+        self.answerer = Answerer(bundle, device=device, **answer_kwargs)
 
     def use_custom_prompt(self, dataset: Optional[str]) -> bool:
-        return dataset_type(dataset) in ("MCQ", "Y/N")
+        return benchmark_type(dataset) in ("MCQ", "Y/N")
 
     def build_prompt(self, line, dataset: Optional[str] = None) -> list[dict]:
         images = self.dump_image(line, dataset)
@@ -94,33 +100,8 @@ class LlavaMoSLoRAMixin:
         text = "\n".join(item["value"] for item in message if item["type"] == "text")
         # The LLaVA-1.5 layout this project trains on has one image per conversation: the first one.
         image = Image.open(images[0]).convert("RGB") if images else None
-        short = dataset_type(dataset) in ("MCQ", "Y/N")
+        short = benchmark_type(dataset) in ("MCQ", "Y/N")
         return self.answerer(text, image, max_new_tokens=SHORT_ANSWER_TOKENS if short else FREE_ANSWER_TOKENS)
-
-
-def dataset_type(dataset: Optional[str]) -> str:
-    """VLMEvalKit's type of a benchmark name ("MCQ", "Y/N", "VQA", ...), from vlmeval if present."""
-    if dataset is None:
-        return "VQA"
-    if dataset in LOCAL_TYPES:
-        return LOCAL_TYPES[dataset]
-    if vlmeval_available():
-        from vlmeval.dataset import DATASET_TYPE
-
-        return DATASET_TYPE(dataset)
-    return "MCQ"
-
-
-# Types of local TSV benchmarks, registered by the runner after it reads them (VLMEvalKit calls
-# every unknown name "MCQ", yes/no sets included).
-LOCAL_TYPES: dict[str, str] = {}
-
-
-@functools.lru_cache(maxsize=None)
-def vlmeval_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vlmeval") is not None
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,11 +115,3 @@ def model_class(use_vlmeval: Optional[bool] = None) -> type:
 
         return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, BaseModel), {"INTERLEAVE": False})
     return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, ContractBase), {})
-
-
-def import_vlmeval_quietly():
-    """Import vlmeval offline: its litellm dependency fetches a price list at import otherwise."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import vlmeval
-
-    return vlmeval

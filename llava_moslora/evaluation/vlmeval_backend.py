@@ -8,14 +8,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
-import pandas as pd
 import torch
 
-from .builtin import benchmark_kind
-from .runner import local_tsv
-from .vlm import LOCAL_TYPES, import_vlmeval_quietly, model_class
+from .benchmarks import local_tsv, tsv_type
+from .plan import BenchmarkPlan, Located
+from .toolkit import import_vlmeval_quietly, vlmeval_knows, vlmeval_type
+
+
+def prepare(root: Path) -> None:
+    """Point VLMEvalKit at the data root (it reads $LMUData when it looks for and unpacks TSVs)."""
+    os.environ["LMUData"] = str(root)
+    root.mkdir(parents=True, exist_ok=True)
+    import_vlmeval_quietly()
+
+
+def locate(name: str, root: Path) -> Located | str:
+    """One of VLMEvalKit's datasets (it downloads it), else a local TSV, else why neither."""
+    if vlmeval_knows(name):
+        return Located(vlmeval_type(name), "VLMEvalKit", official=True)
+    tsv = local_tsv(name, root)
+    if tsv is not None:
+        return Located(tsv_type(tsv), str(tsv), official=False)
+    return f"VLMEvalKit does not know {name!r} and there is no {root / (name + '.tsv')}"
 
 
 def init_distributed() -> tuple[int, int]:
@@ -29,52 +45,49 @@ def init_distributed() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), world
 
 
-def build_benchmark(name: str, root: Path):
+def build_benchmark(plan: BenchmarkPlan):
     from vlmeval.dataset import build_dataset
 
-    tsv = local_tsv(name, root)
-    if tsv is not None:
-        kind = benchmark_kind(pd.read_csv(tsv, sep="\t", nrows=50))
-        LOCAL_TYPES[name] = kind
-        if kind == "Y/N":
-            from vlmeval.dataset.image_yorn import ImageYORNDataset
+    if plan.kind == "Y/N" and plan.source != "VLMEvalKit":
+        from vlmeval.dataset.image_yorn import ImageYORNDataset
 
-            return ImageYORNDataset(dataset=name)
-    dataset = build_dataset(name)
+        return ImageYORNDataset(dataset=plan.name)
+    dataset = build_dataset(plan.name)
     if dataset is None:
-        raise FileNotFoundError(f"VLMEvalKit does not know {name!r} and {root / (name + '.tsv')} does not exist")
+        raise FileNotFoundError(f"VLMEvalKit could not build {plan.name!r} (see its warnings above)")
     return dataset
 
 
-def run_vlmeval(model_path: Path, benchmarks: list[str], work_dir: Path, model_name: str, root: Path,
-                judge: str, device: Optional[str]) -> dict[str, dict[str, Path]]:
-    os.environ["LMUData"] = str(root)  # read by vlmeval when it looks for (and unpacks) TSVs
-    root.mkdir(parents=True, exist_ok=True)
-    import_vlmeval_quietly()
+def run_benchmark(get_model: Callable, plan: BenchmarkPlan, work_dir: Path, model_name: str,
+                  mode: str) -> dict[str, Path]:
+    """Predict (mode infer / all; VLMEvalKit keeps answered rows) and score on rank 0 (eval / all)."""
     from vlmeval.inference import infer_data_job
     from vlmeval.smp import get_pred_file_path
 
     rank, world = init_distributed()
-    if device is None and torch.cuda.is_available():
-        device = f"cuda:{torch.cuda.current_device()}"
-    model = model_class(True)(model_path, device=device)
-    results = {}
-    for name in benchmarks:
-        dataset = build_benchmark(name, root)
-        infer_data_job(model, work_dir=str(work_dir), model_name=model_name, dataset=dataset)
-        predictions = Path(get_pred_file_path(str(work_dir), model_name, dataset.dataset_name))
-        if rank == 0:
-            dataset.evaluate(str(predictions), model=judge, nproc=1)
+    dataset = build_benchmark(plan)
+    predictions = Path(get_pred_file_path(str(work_dir), model_name, dataset.dataset_name))
+    if mode != "eval":
+        infer_data_job(get_model(), work_dir=str(work_dir), model_name=model_name, dataset=dataset)
+    try:
+        if rank == 0 and mode != "infer":
+            if not predictions.is_file():
+                raise FileNotFoundError(f"no predictions at {predictions}; run with --mode infer or all first")
+            dataset.evaluate(str(predictions), model=plan.judge, nproc=1)
+    finally:
         if world > 1:
-            torch.distributed.barrier()
-        results[name] = collect_files(work_dir, model_name, dataset.dataset_name, predictions)
-    return results
+            torch.distributed.barrier()  # every rank waits for rank 0's scores, failed or not
+    return collect_files(work_dir, model_name, dataset.dataset_name, predictions, plan.judge)
 
 
-def collect_files(work_dir: Path, model_name: str, dataset_name: str, predictions: Path) -> dict[str, Path]:
+def collect_files(work_dir: Path, model_name: str, dataset_name: str, predictions: Path,
+                  judge: str) -> dict[str, Path]:
+    """The prediction file and the result files VLMEvalKit wrote: {model}_{dataset}_acc.csv or
+    _score.csv, or with the judge's name in between for LLM-judged sets (MMVet, MathVista)."""
     files = {"predictions": predictions}
     for suffix in ("acc", "score"):
-        path = work_dir / f"{model_name}_{dataset_name}_{suffix}.csv"
-        if path.is_file():
-            files[suffix] = path
+        for stem in (f"{model_name}_{dataset_name}", f"{model_name}_{dataset_name}_{judge}"):
+            path = work_dir / f"{stem}_{suffix}.csv"
+            if path.is_file() and suffix not in files:
+                files[suffix] = path
     return files

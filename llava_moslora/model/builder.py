@@ -16,6 +16,7 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, 
                           SiglipVisionModel)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from ..data.chat_templates import chat_template
 from ..data.templates import IMAGE_TOKEN
 from .recipe import Recipe
 
@@ -40,12 +41,20 @@ class LlavaBundle:
         return make_processor(self.model.config, self.tokenizer, self.image_processor)
 
 
+def set_chat_template(tokenizer, template: str) -> None:
+    """Give the tokenizer the chat template of the conversation template the model is trained
+    with (the processor made from it carries the same), replacing the base LM's own."""
+    tokenizer.chat_template = chat_template(template)
+
+
 def make_processor(config: LlavaConfig, tokenizer, image_processor) -> LlavaProcessor:
+    """llava-hf's processor for the model: image-token expansion, and the tokenizer's chat template."""
     has_cls = config.vision_config.model_type.startswith("clip")
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                           patch_size=config.vision_config.patch_size,
                           vision_feature_select_strategy=config.vision_feature_select_strategy,
-                          num_additional_image_tokens=1 if has_cls else 0, image_token=IMAGE_TOKEN)
+                          num_additional_image_tokens=1 if has_cls else 0, image_token=IMAGE_TOKEN,
+                          chat_template=tokenizer.chat_template)
 
 
 def vision_tower_class(path: str, trust_remote_code: bool = False):
@@ -125,6 +134,7 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     tower_class = vision_tower_class(vision_tower, trust_remote_code)
     strategy = vision_feature_select_strategy or DEFAULT_SELECT_STRATEGY[tower_class]
     tokenizer = prepare_tokenizer(language_model, trust_remote_code)
+    set_chat_template(tokenizer, template)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)

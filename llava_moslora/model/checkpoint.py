@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-from .builder import LlavaBundle, build_llava, make_processor
+from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
 from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
 from .tuning import apply_tuning
 
@@ -56,6 +56,7 @@ def save_checkpoint(bundle: LlavaBundle, out_dir: Union[str, Path],
     tensors = {name: source[name].detach().to("cpu").contiguous() for name in names}
     save_file(tensors, str(out / TRAINABLE_FILE), metadata={"format": "pt"})
     replace(bundle.recipe, trained_tensors=names).save(out)
+    set_chat_template(bundle.tokenizer, bundle.recipe.template)  # stage 2 may have changed it
     bundle.tokenizer.save_pretrained(out)
     make_processor(bundle.model.config, bundle.tokenizer, bundle.image_processor).save_pretrained(out)
     bundle.image_processor.save_pretrained(out)
@@ -103,6 +104,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> L
     if len(saved_tokenizer) != len(bundle.tokenizer):
         raise ValueError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "
                          f"model {recipe.language_model} gives {len(bundle.tokenizer)}; is it the same base model?")
+    set_chat_template(saved_tokenizer, recipe.template)  # checkpoints written before templates were saved
     bundle = LlavaBundle(bundle.model, saved_tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
     apply_tuning(bundle.model, recipe)
     load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
@@ -176,7 +178,10 @@ def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[
 
 def _load_merged(path: Path, dtype) -> LlavaBundle:
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    recipe = (Recipe.load(path) if (path / RECIPE_FILE).is_file()
-              else Recipe(vision_tower=str(path), language_model=str(path),
-                          num_image_tokens=model.config.image_seq_length))
-    return LlavaBundle(model, AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path), recipe)
+    ours = (path / RECIPE_FILE).is_file()
+    recipe = (Recipe.load(path) if ours else Recipe(vision_tower=str(path), language_model=str(path),
+                                                    num_image_tokens=model.config.image_seq_length))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if ours:
+        set_chat_template(tokenizer, recipe.template)
+    return LlavaBundle(model, tokenizer, AutoImageProcessor.from_pretrained(path), recipe)

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from ..adapters import MoELoraLinear, export_peft, merge_adapters
-from .builder import make_processor
+from .builder import make_processor, set_chat_template
 from .checkpoint import load_checkpoint
+from .tuning import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _refuse_moe(bundle, what: str) -> None:
@@ -35,6 +35,7 @@ def merge_checkpoint(checkpoint, out_dir, dtype: str = "auto") -> Path:
         dtype = str(getattr(bundle.model.config.text_config, "dtype", None) or "float32").replace("torch.", "")
     bundle.model.to(DTYPES.get(dtype, torch.float32))
     out = Path(out_dir)
+    set_chat_template(bundle.tokenizer, bundle.recipe.template)
     bundle.model.save_pretrained(out)
     bundle.tokenizer.save_pretrained(out)
     bundle.image_processor.save_pretrained(out)

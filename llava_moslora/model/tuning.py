@@ -89,6 +89,23 @@ def select_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
 
 
+# Names a user may give a dtype by (--dtype of chat, eval, merge, vlmeval).
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def inference_dtype(name: str, device: str) -> torch.dtype:
+    """The dtype to load a checkpoint in for answering: `name` from DTYPES, or "auto": bf16 on a
+    GPU that supports it, else fp32 (a 7B model is ~14 GB in bf16, ~28 GB in fp32)."""
+    if name != "auto":
+        try:
+            return DTYPES[name]
+        except KeyError:
+            raise ValueError(f"unknown dtype {name!r}; choose auto or one of {', '.join(DTYPES)}") from None
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
 def enable_activation_checkpointing(model: LlavaForConditionalGeneration) -> None:
     """Activation checkpointing for the vision tower and the LM. Non-reentrant, so frozen
     embeddings (adapter-only training) need no input-requires-grad workaround."""

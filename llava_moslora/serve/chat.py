@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..evaluation.answer import Answerer
-from ..model import load_checkpoint
+from ..model import DTYPES, inference_dtype, load_checkpoint
 
 HELP = "commands: /image PATH (switch image, new conversation), /reset, /exit"
 
@@ -71,13 +71,6 @@ class ChatSession:
         return result["reply"]
 
 
-def pick_dtype(name: str, device: str) -> torch.dtype:
-    if name != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    cuda = device.startswith("cuda")
-    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-
-
 def timed_answer(session: ChatSession, question: str, stats: bool, on_text=None) -> str:
     start = time.perf_counter()
     reply = session.ask(question, on_text)
@@ -127,7 +120,7 @@ def add_arguments(parser, name: str = "chat") -> None:
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass when temperature > 0")
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: bfloat16 on a GPU that has it, else float32")
     parser.add_argument("--stats", action="store_true", help="report tokens per second after each answer")
 
@@ -136,7 +129,7 @@ def run(args, name: str = "chat") -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     start = time.perf_counter()
     try:
-        bundle = load_checkpoint(args.model, dtype=pick_dtype(args.dtype, device))
+        bundle = load_checkpoint(args.model, dtype=inference_dtype(args.dtype, device))
     except (FileNotFoundError, ValueError) as error:
         print(f"llava-moslora chat: {error}", file=sys.stderr)
         return 2

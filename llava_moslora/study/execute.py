@@ -263,10 +263,13 @@ def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Input
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    evaluate_checkpoint(run.folder(out) / "model", resolve_benchmarks(benchmarks), work_dir,
-                        backend=evaluation["backend"], judge=evaluation.get("judge", "exact_matching"),
-                        root=str(inputs.data_root) if inputs.data_root else None, model_name=name,
-                        progress=progress)
+    outcomes = evaluate_checkpoint(run.folder(out) / "model", resolve_benchmarks(benchmarks), work_dir,
+                                   backend=evaluation["backend"], judge=evaluation.get("judge"),
+                                   root=str(inputs.data_root) if inputs.data_root else None, model_name=name,
+                                   progress=progress, strict=True)
+    failed = {name: o.detail for name, o in outcomes.items() if o.status != "scored"}
+    if failed:
+        raise GridError(f"evaluating {run.key} failed: {failed}")
     _free_memory()  # the next launch's rank 0 shares this process's GPU
     scores = read_result_dir(work_dir, label)
     missing = sorted(set(resolve_benchmarks(benchmarks)) - set(scores.benchmarks))

@@ -5,7 +5,8 @@ import pytest
 from llava_moslora.data.prompts import MCQ_SUFFIX, SHORT_SUFFIX
 from llava_moslora.evaluation.answer import Answerer
 from llava_moslora.evaluation.builtin import decode_image
-from llava_moslora.evaluation.vlm import LOCAL_TYPES, model_class
+from llava_moslora.evaluation.benchmarks import remember_type
+from llava_moslora.evaluation.vlm import model_class
 from llava_moslora.model import load_checkpoint
 
 
@@ -20,7 +21,8 @@ def model(tiny_checkpoint, shapes_root, tmp_path_factory):
         return [str(path)]
 
     instance.set_dump_image(dump)
-    LOCAL_TYPES.update(ShapesVQA_MCQ="MCQ", ShapesVQA_YN="Y/N")
+    remember_type("ShapesVQA_MCQ", "MCQ")
+    remember_type("ShapesVQA_YN", "Y/N")
     return instance
 
 

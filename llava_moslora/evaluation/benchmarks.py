@@ -1,0 +1,88 @@
+"""Benchmarks before any model: suite names, where local TSVs live, and each benchmark's type.
+
+A type is VLMEvalKit's: "MCQ" (option columns A, B, ...), "Y/N" (answers Yes / No) or "VQA"
+(free-form answers). Official names get theirs from vlmeval (`vlmeval_type`); a local TSV gets
+it from its columns (`tsv_type`). Types decided once are remembered (`remember_type`) so the
+model class phrases rows the way the scorer expects, whichever entry point loaded it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from .toolkit import vlmeval_available, vlmeval_knows, vlmeval_type
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "eval" / "suites"
+SCORABLE_LOCALLY = ("MCQ", "Y/N")  # what exact matching scores in a custom TSV
+
+_known_types: dict[str, str] = {}
+
+
+def suites() -> dict[str, list[str]]:
+    found = {}
+    for path in sorted(SUITES_DIR.glob("*.txt")):
+        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        found[path.stem] = [line for line in lines if line]
+    return found
+
+
+def resolve_benchmarks(spec: str) -> list[str]:
+    """"paper", "MME,POPE" or "shapes,MMStar" -> benchmark names, suites expanded, order kept."""
+    known, names = suites(), []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        for name in known.get(part, [part]):
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise ValueError(f"no benchmarks in {spec!r}; suites: {', '.join(known) or 'none found'}")
+    return names
+
+
+def data_root(explicit: Optional[str]) -> Path:
+    """Where local TSVs live: --data-root, else $LMUData, else ~/LMUData (VLMEvalKit's default)."""
+    return Path(explicit or os.environ.get("LMUData") or Path.home() / "LMUData").resolve()
+
+
+def local_tsv(name: str, root: Path) -> Optional[Path]:
+    path = Path(root) / f"{name}.tsv"
+    return path if path.is_file() else None
+
+
+def table_type(table: pd.DataFrame) -> str:
+    """"MCQ" for option columns A and B, "Y/N" when every answer is Yes or No, else "VQA"."""
+    if {"A", "B"} <= set(table.columns):
+        return "MCQ"
+    if "answer" in table and set(table["answer"].astype(str)) <= {"Yes", "No"}:
+        return "Y/N"
+    return "VQA"
+
+
+def tsv_type(path: Path) -> str:
+    # Every answer is read (a yes/no set has to be yes/no throughout), the images are not.
+    columns = pd.read_csv(path, sep="\t", nrows=0).columns
+    table = pd.read_csv(path, sep="\t", usecols=[c for c in columns if c != "image"])
+    return table_type(table)
+
+
+def remember_type(name: str, kind: str) -> None:
+    _known_types[name] = kind
+
+
+def benchmark_type(name: Optional[str]) -> str:
+    """The type of a benchmark the model is asked about: as decided by the runner, else
+    vlmeval's for official names, else from its TSV in $LMUData (VLMEvalKit's run.py calls
+    every unknown name "MCQ", yes/no and free-form sets included), else "VQA"."""
+    if name is None:
+        return "VQA"
+    if name in _known_types:
+        return _known_types[name]
+    if vlmeval_available() and vlmeval_knows(name):
+        kind = vlmeval_type(name)
+    else:
+        tsv = local_tsv(name, data_root(None))
+        kind = tsv_type(tsv) if tsv else "VQA"
+    remember_type(name, kind)
+    return kind
