@@ -70,9 +70,13 @@ def describe_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     if text:
         return f"{type(error).__name__}: {text[0]}"
-    frames = traceback.extract_tb(error.__traceback__)
-    where = f" in {frames[-1].name} ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    return f"{type(error).__name__}{where}"
+    frames = list(traceback.walk_tb(error.__traceback__))
+    if not frames:
+        return type(error).__name__
+    frame, line = frames[-1]
+    owner = frame.f_locals.get("self")
+    function = f"{type(owner).__name__}.{frame.f_code.co_name}" if owner is not None else frame.f_code.co_name
+    return f"{type(error).__name__} in {function} ({Path(frame.f_code.co_filename).name}:{line})"
 
 
 class ModelLoadError(RuntimeError):

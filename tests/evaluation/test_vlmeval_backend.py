@@ -1,26 +1,138 @@
-"""Against the real VLMEvalKit: its infer_data_job and evaluate drive our model class, and the
-builtin backend writes identical scores. Needs vlmeval, which CI does not install (it imports
-torchvision); run it in a venv that has it (README, Evaluation):
+"""Against the real VLMEvalKit: its infer_data_job and evaluate drive our model class, the builtin
+backend writes identical scores, the judge plan follows its run.py, a set it cannot score fails
+alone, and its own run.py evaluates our checkpoints through `llava-moslora vlmeval`. Needs vlmeval,
+which CI does not install (it imports torchvision); run it in a venv that has it (README, Evaluation):
     /path/to/vlmeval-venv/bin/python -m pytest tests/evaluation/test_vlmeval_backend.py
 """
+import argparse
+import importlib.util
+import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("vlmeval")
 
+from llava_moslora.evaluation.abilities import read_result_dir  # noqa: E402
+from llava_moslora.evaluation.runner import evaluate_checkpoint  # noqa: E402
 
-def test_vlmeval_and_builtin_backends_agree(tiny_checkpoint, shapes_root, tmp_path):
-    from llava_moslora.evaluation.runner import evaluate_checkpoint
+SHAPES = ("ShapesVQA_MCQ", "ShapesVQA_YN")
+QUIET = dict(log=lambda text: None, progress=False)
 
-    root = tmp_path / "lmu"  # vlmeval unpacks images next to the TSVs: work on a copy
+
+def vlmevalkit_run_py() -> Path:
+    import vlmeval
+
+    run_py = Path(vlmeval.__file__).resolve().parents[1] / "run.py"
+    if not run_py.is_file():
+        pytest.skip(f"vlmeval is installed without its checkout's run.py ({run_py})")
+    return run_py
+
+
+@pytest.fixture
+def root(shapes_root, tmp_path):
+    """The shapes sets plus a free-form copy (answers are words, no options) VLMEvalKit cannot score;
+    a copy of the folder, since vlmeval unpacks images next to the TSVs."""
+    root = tmp_path / "lmu"
     root.mkdir()
-    for name in ("ShapesVQA_MCQ", "ShapesVQA_YN"):
+    for name in SHAPES:
         shutil.copy(shapes_root / f"{name}.tsv", root)
-    benchmarks = ["ShapesVQA_MCQ", "ShapesVQA_YN"]
-    real = evaluate_checkpoint(tiny_checkpoint, benchmarks, tmp_path / "vlmeval", backend="vlmeval", root=str(root))
-    ours = evaluate_checkpoint(tiny_checkpoint, benchmarks, tmp_path / "builtin", backend="builtin", root=str(root))
+    table = pd.read_csv(shapes_root / "ShapesVQA_MCQ.tsv", sep="\t")
+    free = table.drop(columns=[c for c in "ABCD" if c in table]).assign(answer="circle")
+    free.to_csv(root / "ShapesVQA_Free.tsv", sep="\t", index=False)
+    return root
+
+
+def test_vlmeval_and_builtin_backends_agree(tiny_checkpoint, root, tmp_path):
+    real = evaluate_checkpoint(tiny_checkpoint, list(SHAPES), tmp_path / "vlmeval", backend="vlmeval", root=str(root),
+                               **QUIET)
+    ours = evaluate_checkpoint(tiny_checkpoint, list(SHAPES), tmp_path / "builtin", backend="builtin", root=str(root),
+                               **QUIET)
     for name, kind in (("ShapesVQA_MCQ", "acc"), ("ShapesVQA_YN", "score")):
-        assert real[name][kind].read_text() == ours[name][kind].read_text(), name
+        assert real[name].files[kind].read_text() == ours[name].files[kind].read_text(), name
     # vlmeval's own exact-matching record exists: its evaluate really ran
     assert (tmp_path / "vlmeval" / f"{tiny_checkpoint.name}_ShapesVQA_MCQ_exact_matching_result.xlsx").is_file()
+
+
+def test_plan_types_and_judges_are_vlmevalkits():
+    """The hand table of test_plan.py is DATASET_TYPE's, and llm_judge_of agrees with run.py's
+    get_judge_kwargs on every dataset VLMEvalKit supports that is not MCQ / yes-no."""
+    from test_plan import PAPER_TYPES
+    from vlmeval.dataset import DATASET_TYPE, SUPPORTED_DATASETS
+
+    from llava_moslora.evaluation.plan import EXACT_MATCHING_TYPES, llm_judge_of
+
+    assert {name: DATASET_TYPE(name) for name in PAPER_TYPES} == PAPER_TYPES
+    spec = importlib.util.spec_from_file_location("vlmevalkit_run", vlmevalkit_run_py())
+    run_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_module)
+    args = argparse.Namespace(judge_api_nproc=None, api_nproc=4, judge_retry=None, retry=1, verbose=False,
+                              judge_timeout=1, judge_args=None, judge_base_url=None, judge_key=None, judge=None,
+                              use_verifier=False, use_vllm=False)
+    differences = []
+    for name in sorted(set(SUPPORTED_DATASETS)):
+        kind = DATASET_TYPE(name)
+        if kind not in EXACT_MATCHING_TYPES:
+            theirs = run_module.get_judge_kwargs(name, kind, args).get("model")
+            if theirs != llm_judge_of(name, kind):
+                differences.append((name, kind, theirs, llm_judge_of(name, kind)))
+    assert not differences
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "llava_moslora", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_an_unscorable_set_fails_alone(tiny_checkpoint, root, tmp_path):
+    args = ["eval", "--model", str(tiny_checkpoint), "--benchmarks", "ShapesVQA_MCQ,ShapesVQA_YN,ShapesVQA_Free",
+            "--data-root", str(root), "--backend", "vlmeval"]
+    result = cli(*args, "--work-dir", str(tmp_path / "w"))
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("ShapesVQA_")}
+    assert " scored " in lines["ShapesVQA_MCQ"] and " scored " in lines["ShapesVQA_YN"]
+    assert " failed " in lines["ShapesVQA_Free"] and "NotImplementedError" in lines["ShapesVQA_Free"]
+    assert "2 scored, 1 failed" in result.stdout
+    strict = cli(*args, "--work-dir", str(tmp_path / "w"), "--strict")
+    assert strict.returncode == 1 and "2 scored, 1 failed" in strict.stdout
+
+
+def test_paper_suite_plan_without_a_judge(tiny_checkpoint, tmp_path):
+    env = {k: "" for k in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "LOCAL_LLM")}
+    result = cli("eval", "--model", str(tiny_checkpoint), "--benchmarks", "paper", "--work-dir", str(tmp_path / "w"),
+                 "--data-root", str(tmp_path / "lmu"), "--backend", "vlmeval", "--strict", env=env)
+    print(result.stdout)
+    assert result.returncode == 2 and "MathVista_MINI, MMVet would be skipped" in result.stdout
+    plan = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("Math", "MMVet", "MME "))}
+    assert "SKIPPED: needs an LLM judge (run.py uses gpt-4o-mini)" in plan["MathVista_MINI"]
+    assert "SKIPPED: needs an LLM judge (run.py uses gpt-4-turbo)" in plan["MMVet"]
+    assert "exact matching" in plan["MME"]
+
+
+def test_vlmevalkits_run_py_scores_as_eval_does(tiny_checkpoint, root, tmp_path):
+    """The documented command, on a stage checkpoint and its merged directory: the same _acc.csv /
+    _score.csv as `llava-moslora eval`; yes/no through --data-config's ImageYORNDataset."""
+    merged = tmp_path / "merged"
+    assert cli("merge", "--checkpoint", str(tiny_checkpoint), "--out", str(merged)).returncode == 0
+    ours = evaluate_checkpoint(tiny_checkpoint, list(SHAPES), tmp_path / "eval", backend="vlmeval", root=str(root),
+                               **QUIET)
+    data_config = json.dumps({"ShapesVQA_YN": {"class": "ImageYORNDataset", "dataset": "ShapesVQA_YN"}})
+    work = tmp_path / "outputs"
+    result = cli("vlmeval", "--run-py", str(vlmevalkit_run_py()), "--", "--data", *SHAPES, "--data-config", data_config,
+                 "--model", f"llava_moslora:{tiny_checkpoint}", f"llava_moslora:{merged}", "--work-dir", str(work),
+                 env={"LMUData": str(root)})
+    print(result.stdout[-3000:], result.stderr[-3000:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for model in (tiny_checkpoint.name, "merged"):
+        for name, kind in (("ShapesVQA_MCQ", "acc"), ("ShapesVQA_YN", "score")):
+            found = sorted((work / model).glob(f"T*/{model}_{name}_{kind}.csv"))
+            assert found, (model, name)
+            assert found[-1].read_text() == ours[name].files[kind].read_text(), (model, name)
+        scores = read_result_dir(work / model, model)  # `abilities` reads run.py's layout
+        assert set(SHAPES) <= set(scores.benchmarks)
