@@ -4,19 +4,41 @@ Schedulers (SLURM, Kubernetes, torchrun's own shutdown) send SIGTERM and wait a 
 before SIGKILL; Ctrl-C sends SIGINT. The first signal only raises a flag; at the end of the
 current optimizer step the ranks agree (any rank signalled = stop), the Trainer saves
 checkpoint-N as it does every --save_steps, and training returns. A second signal gets the
-default behaviour (terminate now).
+default behaviour (terminate now), unless it comes within DUPLICATE_WINDOW_S of the first: a
+cluster signals every process of the job (SLURM's scancel, Kubernetes, `timeout`) and torchrun then
+forwards the same signal again, so each rank sees one request twice.
+
+Data-loader workers ignore both signals (`ShieldedWorkerInit`): torch's own worker handler exits on
+a SIGTERM from anyone but its parent, so a signal to the process group killed the workers, and with
+them the step the ranks were about to save at. The main process shuts its workers down.
 """
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import time
 from typing import Optional
 
 import torch
 from transformers import TrainerCallback
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DUPLICATE_WINDOW_S = 10.0
+
+
+class ShieldedWorkerInit:
+    """A DataLoader worker_init_fn: ignore SIGTERM / SIGINT in the worker, then run `inner`.
+    A class, not a closure, so it pickles for spawned workers too."""
+
+    def __init__(self, inner=None) -> None:
+        self.inner = inner
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.inner is not None:
+            self.inner(worker_id)
 
 
 class StopOnSignal(TrainerCallback):
@@ -25,15 +47,18 @@ class StopOnSignal(TrainerCallback):
         self.stopped_by: Optional[int] = None  # the signal the run stopped for (any rank's)
         self._previous: dict = {}
         self._pid = os.getpid()
+        self._received_at = 0.0
 
     def _handle(self, signum, frame) -> None:
         if os.getpid() != self._pid:  # a forked data-loader worker: the main process decides
             return
-        if self.received is not None:  # second signal: the user means it
+        if self.received is not None and time.monotonic() - self._received_at < DUPLICATE_WINDOW_S:
+            return  # the same request again (group delivery, then torchrun forwarding it)
+        if self.received is not None:  # a later second signal: the user means it
             self._restore()
             signal.raise_signal(signum)
             return
-        self.received = signum
+        self.received, self._received_at = signum, time.monotonic()
         print(f"[llava-moslora] {signal.Signals(signum).name} received: saving a checkpoint at the end of this "
               "step, then stopping (send it again to stop at once)", file=sys.stderr, flush=True)
 

@@ -26,6 +26,7 @@ from ..adapters import MoELoraLinear, moe_aux_loss
 from ..data import ModalityLengthGroupedSampler
 from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
 from ..model.checkpoint import load_trained_tensors, parameters_by_name
+from .interrupt import ShieldedWorkerInit
 from .metrics import RunRecord
 
 STAGING_DIR = ".staging"
@@ -137,6 +138,12 @@ class LlavaTrainer(Trainer):
             logs["expert_load_min"] = round(float(load.min()), 4)
             self._expert_load_sum, self._expert_load_steps = None, 0
         super().log(logs, start_time)
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the DataLoader
+        torch_loader.worker_init_fn = ShieldedWorkerInit(torch_loader.worker_init_fn)  # see train/interrupt.py
+        return loader
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset

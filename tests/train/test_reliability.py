@@ -99,6 +99,26 @@ def test_sigterm_saves_a_checkpoint_and_auto_resume_matches(shapes_data, stage1,
     resume_and_compare(shapes_data, stage1, out, uninterrupted, step)
 
 
+def test_sigterm_to_the_whole_process_group_with_workers_saves_and_resumes(shapes_data, stage1, uninterrupted,
+                                                                          tmp_path):
+    """As SLURM's scancel, Kubernetes and `timeout` deliver it: every process of the run (script,
+    torchrun, ranks, data-loader workers) gets SIGTERM, then torchrun forwards it again."""
+    out = tmp_path / "group"
+    run = start(shapes_data, stage1, out, "--save_steps", "1000", "--dataloader_num_workers", "2")
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if len([x for x in seen if "'loss'" in x]) >= 3:
+            os.killpg(run.pid, signal.SIGTERM)
+            break
+    output = "".join(seen) + run.communicate(timeout=300)[0]
+    assert "is killed by signal" not in output, output[-3000:]
+    assert "stopped by SIGTERM at step" in output, output[-3000:]
+    step = int(output.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert 3 <= step < 10 and (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    resume_and_compare(shapes_data, stage1, out, uninterrupted, step)
+
+
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_to_resume_from(shapes_data, stage1, uninterrupted,
                                                                              tmp_path):
     out, marker = tmp_path / "sigkill", tmp_path / "saving-step-6"
