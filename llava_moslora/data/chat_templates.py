@@ -28,35 +28,36 @@ _PREAMBLE = """\
 {%- endif -%}
 """
 
+def _quote(text: str) -> str:
+    """`text` as a single-quoted Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _turns(system: tuple[str, str], user: tuple[str, str], assistant: tuple[str, str]) -> str:
+    """A turn-based format: the system text, each user message and each assistant reply between
+    its (before, after) strings; the user's `after` opens the assistant's turn, so a prompt ends
+    where the reply starts, as in templates.py."""
+    def emit(value: str, pieces: tuple[str, str]) -> str:
+        return "{{ " + _quote(pieces[0]) + " + " + value + " + " + _quote(pieces[1]) + " }}"
+    content = "render(message['content'])"
+    return ("{%- if system -%}" + emit("system", system) + "{%- endif -%}\n"
+            "{%- for message in loop_messages -%}\n"
+            "{%- if message['role'] == 'user' -%}" + emit(content, user) + "\n"
+            "{%- elif message['role'] == 'assistant' -%}" + emit(content, assistant) + "\n"
+            "{%- endif -%}\n{%- endfor -%}\n")
+
+
+def _header(role: str) -> str:
+    return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+
+
 _BODIES = {
-    # "{system} USER: {q} ASSISTANT: {a}</s>USER: ..."; the prompt ends with "ASSISTANT:".
-    "vicuna_v1": """\
-{%- if system -%}{{ system + ' ' }}{%- endif -%}
-{%- for message in loop_messages -%}
-{%- if message['role'] == 'user' -%}{{ 'USER: ' + render(message['content']) + ' ASSISTANT:' }}
-{%- elif message['role'] == 'assistant' -%}{{ ' ' + render(message['content']) + '</s>' }}
-{%- endif -%}
-{%- endfor -%}
-""",
-    "llama3": """\
-{%- if system -%}{{ '<|start_header_id|>system<|end_header_id|>\\n\\n' + system + '<|eot_id|>' }}{%- endif -%}
-{%- for message in loop_messages -%}
-{%- if message['role'] == 'user' -%}
-{{ '<|start_header_id|>user<|end_header_id|>\\n\\n' + render(message['content']) + '<|eot_id|>' }}
-{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
-{%- elif message['role'] == 'assistant' -%}{{ render(message['content']) + '<|eot_id|>' }}
-{%- endif -%}
-{%- endfor -%}
-""",
-    "chatml": """\
-{%- if system -%}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif -%}
-{%- for message in loop_messages -%}
-{%- if message['role'] == 'user' -%}
-{{ '<|im_start|>user\\n' + render(message['content']) + '<|im_end|>\\n<|im_start|>assistant\\n' }}
-{%- elif message['role'] == 'assistant' -%}{{ render(message['content']) + '<|im_end|>\\n' }}
-{%- endif -%}
-{%- endfor -%}
-""",
+    # "{system} USER: {q} ASSISTANT: {a}</s>USER: ..."
+    "vicuna_v1": _turns(("", " "), ("USER: ", " ASSISTANT:"), (" ", "</s>")),
+    "llama3": _turns((_header("system"), "<|eot_id|>"), (_header("user"), "<|eot_id|>" + _header("assistant")),
+                     ("", "<|eot_id|>")),
+    "chatml": _turns(("<|im_start|>system\n", "<|im_end|>\n"),
+                     ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"), ("", "<|im_end|>\n")),
     # Stage 1: the prompt is the image alone; the caption and a newline follow.
     "plain": """\
 {%- for message in loop_messages[:2] -%}
@@ -68,10 +69,10 @@ _BODIES = {
 """,
 }
 
+
 def chat_template(name: str) -> str:
     """The Jinja chat template of the conversation template `name`."""
     template = get_template(name)
     if template.name not in _BODIES:
         raise ValueError(f"template {name!r} has no chat template")
-    system = template.default_system.replace("\\", "\\\\").replace("'", "\\'")
-    return "{%- set DEFAULT_SYSTEM = '" + system + "' -%}\n" + _PREAMBLE + _BODIES[template.name]
+    return "{%- set DEFAULT_SYSTEM = " + _quote(template.default_system) + " -%}\n" + _PREAMBLE + _BODIES[template.name]

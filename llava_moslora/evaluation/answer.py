@@ -12,13 +12,13 @@ from PIL import Image
 
 from ..data import IMAGE_TOKEN, encode_conversation, get_template, preprocess_image
 from ..data.tokenize import token_id
-from ..model import LlavaBundle
+from ..model import LlavaBundle, inference_device
 
 
 class Answerer:
     def __init__(self, bundle: LlavaBundle, device: Optional[str] = None, max_new_tokens: int = 16) -> None:
         self.bundle = bundle
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = inference_device(device)
         self.model = bundle.model.to(self.device).eval()
         self.template = get_template(bundle.recipe.template)
         self.max_new_tokens = max_new_tokens

@@ -60,11 +60,15 @@ def table_type(table: pd.DataFrame) -> str:
     return "VQA"
 
 
-def tsv_type(path: Path) -> str:
-    # Every answer is read (a yes/no set has to be yes/no throughout), the images are not.
+def read_rows(path: Path) -> pd.DataFrame:
+    """A benchmark TSV without its image column (the bulk of the file)."""
     columns = pd.read_csv(path, sep="\t", nrows=0).columns
-    table = pd.read_csv(path, sep="\t", usecols=[c for c in columns if c != "image"])
-    return table_type(table)
+    return pd.read_csv(path, sep="\t", usecols=[c for c in columns if c != "image"])
+
+
+def tsv_type(path: Path) -> str:
+    # Every answer is read: a yes/no set has to be yes/no throughout.
+    return table_type(read_rows(path))
 
 
 def remember_type(name: str, kind: str) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .benchmarks import SCORABLE_LOCALLY, remember_type, table_type, tsv_type
+from .benchmarks import SCORABLE_LOCALLY, read_rows, remember_type, tsv_type
 from .vlm import options_of
 
 # VLMEvalKit's exact matching reads an option letter only among the last few words of an answer.
@@ -91,7 +91,6 @@ def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str,
     --mode infer run continues."""
     dataset = tsv.stem
     table = pd.read_csv(tsv, sep="\t")
-    remember_type(dataset, table_type(table))
     image_dir = work_dir / "images" / dataset
     image_dir.mkdir(parents=True, exist_ok=True)
     images = dict(zip(table["index"], table["image"]))
@@ -129,13 +128,18 @@ def earlier_predictions(path: Path) -> dict:
     return {index: ("" if pd.isna(p) else str(p)) for index, p in zip(table["index"], table["prediction"])}
 
 
-def score_predictions(tsv: Path, predictions: Path) -> dict[str, Path]:
-    """VLMEvalKit's exact-matching result file beside the predictions: _acc.csv (MCQ) or
-    _score.csv (yes/no). Rows come from the TSV, so option cells keep the types they are read with."""
-    kind = tsv_type(tsv)
+def not_scorable(tsv: Path) -> ValueError:
+    return ValueError(f"the builtin backend scores multiple-choice (A, B columns) and yes/no (Yes/No answers) "
+                      f"TSVs; {tsv} is neither")
+
+
+def score_predictions(tsv: Path, predictions: Path, kind: str) -> dict[str, Path]:
+    """VLMEvalKit's exact-matching result file beside the predictions: _acc.csv (kind "MCQ") or
+    _score.csv ("Y/N"). Rows come from the TSV, so option cells keep the types they are read with."""
+    if kind not in SCORABLE_LOCALLY:
+        raise not_scorable(tsv)
     answers = earlier_predictions(predictions)
-    columns = pd.read_csv(tsv, sep="\t", nrows=0).columns
-    scored = pd.read_csv(tsv, sep="\t", usecols=[c for c in columns if c != "image"])
+    scored = read_rows(tsv)
     missing = [i for i in scored["index"] if i not in answers]
     if missing:
         raise ValueError(f"{predictions} has no prediction for {len(missing)} of {len(scored)} rows "
@@ -147,18 +151,16 @@ def score_predictions(tsv: Path, predictions: Path) -> dict[str, Path]:
         path = Path(f"{stem}_acc.csv")
         accuracy_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
         return {"predictions": predictions, "acc": path}
-    if kind == "Y/N":
-        scored["hit"] = [parse_yes_no(p) == a for p, a in zip(scored["prediction"], scored["answer"])]
-        path = Path(f"{stem}_score.csv")
-        score_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
-        return {"predictions": predictions, "score": path}
-    raise ValueError(f"the builtin backend scores multiple-choice (A, B columns) and yes/no (Yes/No answers) "
-                     f"TSVs; {tsv} is neither")
+    scored["hit"] = [parse_yes_no(p) == a for p, a in zip(scored["prediction"], scored["answer"])]
+    path = Path(f"{stem}_score.csv")
+    score_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
+    return {"predictions": predictions, "score": path}
 
 
 def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bool = True) -> dict[str, Path]:
     """Predict (reusing earlier answers) and score one local benchmark; returns its files."""
-    if tsv_type(tsv) not in SCORABLE_LOCALLY:
-        raise ValueError(f"the builtin backend scores multiple-choice (A, B columns) and yes/no (Yes/No answers) "
-                         f"TSVs; {tsv} is neither")
-    return score_predictions(tsv, predict_tsv(lambda: model, tsv, work_dir, model_name, progress))
+    kind = tsv_type(tsv)
+    if kind not in SCORABLE_LOCALLY:
+        raise not_scorable(tsv)
+    remember_type(tsv.stem, kind)  # the model phrases rows for it
+    return score_predictions(tsv, predict_tsv(lambda: model, tsv, work_dir, model_name, progress), kind)

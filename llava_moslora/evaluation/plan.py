@@ -99,17 +99,16 @@ def plan_benchmark(name: str, located: Located | str, judge: Optional[str], env:
     needed, chosen, scoring = llm_judge_of(name, kind), judge or EXACT, ""
     if needed:
         chosen = judge or needed
-        problem = (judge_problem(chosen, env) if llm_judges
-                   else "only the vlmeval backend runs LLM judges")
-        reasons.insert(0, f"needs an LLM judge (run.py uses {needed}): {problem}" if problem else "")
+        problem = judge_problem(chosen, env) if llm_judges else "only the vlmeval backend runs LLM judges"
+        if problem:
+            reasons.insert(0, f"needs an LLM judge (run.py uses {needed}): {problem}")
         scoring = f"LLM judge {chosen}"
     elif kind in EXACT_MATCHING_TYPES:
         scoring = "exact matching" if chosen == EXACT else f"{chosen} (exact matching if it does not answer)"
-    elif kind is not None and isinstance(located, Located) and not located.official:
+    elif kind is not None and not located.official:  # a kind means `located` is a Located
         scoring = "VLMEvalKit has no scorer for custom free-form TSVs: predictions, then likely a failure"
     elif kind is not None:
         scoring = "VLMEvalKit's metric for the benchmark"
-    reasons = [reason for reason in reasons if reason]
     return BenchmarkPlan(name, kind, source, chosen, scoring, "; ".join(reasons) or None)
 
 

@@ -175,7 +175,7 @@ def run_builtin(model: LazyModel, plan: BenchmarkPlan, work_dir: Path, model_nam
         return {"predictions": predictions}
     if not predictions.is_file():
         raise FileNotFoundError(f"no predictions at {predictions}; run with --mode infer or all first")
-    return score_predictions(tsv, predictions)
+    return score_predictions(tsv, predictions, plan.kind)
 
 
 def summary(outcomes: Mapping[str, Outcome]) -> str:
@@ -199,7 +199,7 @@ def summary(outcomes: Mapping[str, Outcome]) -> str:
 def exit_code(outcomes: Mapping[str, Outcome], strict: bool) -> int:
     """0 when something was scored or predicted and (with --strict) nothing failed; else 1."""
     statuses = [outcome.status for outcome in outcomes.values()]
-    if strict and any(status != "scored" and status != "predicted" for status in statuses):
+    if strict and any(status not in ("scored", "predicted") for status in statuses):
         return 1
     return 0 if any(status in ("scored", "predicted") for status in statuses) else 1
 

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import pandas as pd
-import torch
 from PIL import Image
 
 from ..data.prompts import LETTERS, mcq_prompt, short_prompt
-from ..model import inference_dtype, load_checkpoint
+from ..model import inference_device, inference_dtype, load_checkpoint
 from .answer import Answerer
 from .benchmarks import benchmark_type
 from .toolkit import import_vlmeval_quietly, vlmeval_available
@@ -79,7 +78,7 @@ class LlavaMoSLoRAMixin:
                  **answer_kwargs) -> None:
         super().__init__()
         self.model_path = str(model_path)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = inference_device(device)
         bundle = load_checkpoint(model_path, dtype=inference_dtype(dtype, device))
         self.answerer = Answerer(bundle, device=device, **answer_kwargs)
 

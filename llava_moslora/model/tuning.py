@@ -7,6 +7,8 @@ Default adapter targets are every nn.Linear inside the component, which leaves o
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
@@ -92,6 +94,13 @@ def select_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
 # Names a user may give a dtype by (--dtype of chat, eval, merge, vlmeval).
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+
+
+def inference_device(name: Optional[str] = None) -> str:
+    """`name`, or for None / "auto" CUDA when present, else the CPU."""
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def inference_dtype(name: str, device: str) -> torch.dtype:

@@ -12,11 +12,10 @@ import threading
 import time
 from typing import Optional
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..evaluation.answer import Answerer
-from ..model import DTYPES, inference_dtype, load_checkpoint
+from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 
 HELP = "commands: /image PATH (switch image, new conversation), /reset, /exit"
 
@@ -126,7 +125,7 @@ def add_arguments(parser, name: str = "chat") -> None:
 
 
 def run(args, name: str = "chat") -> int:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = inference_device(args.device)
     start = time.perf_counter()
     try:
         bundle = load_checkpoint(args.model, dtype=inference_dtype(args.dtype, device))
