@@ -13,8 +13,9 @@
 #   DATA_PATH         instructions, LLaVA format [./playground/data/llava_v1_5_mix665k.json]
 #   IMAGE_FOLDER      image root [./playground/data]
 #   OUTPUT_DIR        stage-2 checkpoint [./checkpoints/llava-v1.5-7b-$ADAPTER]
-#   NUM_GPUS, HOSTFILE, ZERO [2], GLOBAL_BATCH [128], PER_DEVICE_BATCH [16], EPOCHS [1],
-#   MAX_LENGTH [2048]: as in scripts/pretrain.sh
+#   NUM_GPUS, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE, SHUTDOWN_TIMEOUT, LAUNCHER_ARGS, ZERO [2],
+#   GLOBAL_BATCH [128], PER_DEVICE_BATCH [16], EPOCHS [1], MAX_LENGTH [2048]: as in scripts/pretrain.sh
+#   (--dry_run, signals and resuming too)
 #   LR [2e-4], MM_PROJECTOR_LR [2e-5], LORA_R [128], LORA_ALPHA [256], LORA_DROPOUT [0.05]
 #   MIXER_INIT        MoSLoRA mixer init [kaiming]
 #   NUM_EXPERTS [20], TOP_K [10], GATE_RESCALE [none|sqrt], ROUTER_LR [unset]: MoE-LoRA

@@ -9,8 +9,17 @@
 #   DATA_PATH         captions, LLaVA format [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
 #   IMAGE_FOLDER      image root [./playground/data/LLaVA-Pretrain/images]
 #   OUTPUT_DIR        stage-1 checkpoint [./checkpoints/llava-v1.5-7b-pretrain]
-#   NUM_GPUS          processes on this node [all GPUs; 1 without CUDA]
-#   HOSTFILE          DeepSpeed hostfile ("host slots=N" lines) for several nodes [unset: one node]
+#   NUM_GPUS          processes on this node [all visible GPUs; 1 without CUDA]
+#   NNODES, NODE_RANK nodes of the run and this node's index, each node running this script
+#                     [SLURM_NNODES, SLURM_NODEID; else 1, 0]
+#   MASTER_ADDR, MASTER_PORT  rendezvous host and port, the same on every node [first host of
+#                     SLURM_JOB_NODELIST and 20000 + SLURM_JOB_ID % 10000; else 127.0.0.1 and
+#                     29500 (a random port in 29500-30499 on one node, so two runs can share it)]
+#   HOSTFILE          DeepSpeed hostfile ("host slots=N" lines): the deepspeed launcher starts every
+#                     node over ssh instead [unset]
+#   SHUTDOWN_TIMEOUT  seconds torchrun lets the ranks save after a signal before killing them [300]
+#   LAUNCHER_ARGS     more options for the launcher (torchrun's, or deepspeed's: "--launcher openmpi",
+#                     "--no_ssh_check", "--include node1:0,1") [none]
 #   ZERO              2 | 3 | 3_offload [2]
 #   GLOBAL_BATCH      samples per optimizer step, kept by gradient accumulation [256]
 #   PER_DEVICE_BATCH  samples per process per forward [32]
@@ -19,6 +28,9 @@
 #   MAX_LENGTH        model_max_length [2048]
 #   TEMPLATE          conversation template [plain]
 # Without CUDA the same command trains on the CPU (gloo, DeepSpeed's CPU accelerator, fp32).
+# --dry_run prints the trainable parameters, batch arithmetic and a ZeRO-2/3 memory estimate and
+# exits (no GPU, no weights read). SIGTERM / SIGINT / SIGUSR1 save a checkpoint and end the run
+# with 128 + the signal; --resume_from_checkpoint auto continues it. scripts/slurm/: sbatch files.
 set -euo pipefail
 [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] && { sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit 0; }
 

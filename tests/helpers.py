@@ -141,6 +141,9 @@ def write_faulty_dataset(root, good=24):
     return data, images, kinds
 
 
+# constant LR and no dropout: a resumed run must repeat the uninterrupted run's losses
+STEADY = ["--lr_scheduler_type", "constant", "--dataloader_num_workers", "0", "--warmup_steps", "0",
+          "--model_max_length", "256", "--logging_steps", "1"]
 FAST = ["--save_steps", "10", "--dataloader_num_workers", "0", "--warmup_steps", "0", "--model_max_length", "256"]
 
 
@@ -151,8 +154,10 @@ def stage2_env(shapes_data, stage1, out, **extra):
             "MM_PROJECTOR_LR": "1e-3", **extra}
 
 
-def kill_tree(pid):
-    """SIGKILL a process and all its descendants (torchrun starts each rank in a session of its own)."""
+def signal_tree(pid, signum):
+    """Send `signum` to a process and all its descendants, as SLURM's scancel, Kubernetes and
+    `timeout` deliver it to every process of a job (torchrun starts each rank in a session of its
+    own, so a process-group signal from the launcher's group would not reach the ranks)."""
     children = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -166,6 +171,12 @@ def kill_tree(pid):
         queue += children.get(tree[-1], [])
     for member in tree:
         try:
-            os.kill(member, signal.SIGKILL)
+            os.kill(member, signum)
         except ProcessLookupError:
             pass
+    return tree
+
+
+def kill_tree(pid):
+    """SIGKILL a process and all its descendants."""
+    signal_tree(pid, signal.SIGKILL)

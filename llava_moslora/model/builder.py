@@ -6,6 +6,7 @@ merged checkpoint later loads with plain `from_pretrained`.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -122,8 +123,12 @@ def num_image_tokens(vision_config, select_strategy: str) -> int:
 def build_llava(vision_tower: str, language_model: str, *, projector_type: str = "mlp2x_gelu",
                 vision_feature_layer: int = -2, vision_feature_select_strategy: Optional[str] = None,
                 template: str = "vicuna_v1", dtype: torch.dtype = torch.float32,
-                attn_implementation: Optional[str] = None, trust_remote_code: bool = False) -> LlavaBundle:
+                attn_implementation: Optional[str] = None, trust_remote_code: bool = False,
+                weights: bool = True) -> LlavaBundle:
     """Compose LlavaForConditionalGeneration from a vision tower and a causal LM (path or hub id).
+
+    weights=False builds the same model on the meta device from the configs alone (no weight
+    file is read): shapes and parameter counts for a dry run, no memory.
 
     projector_type "mlp2x_gelu" is LLaVA-1.5's Linear-GELU-Linear. "linear" is a single linear
     map, stored as transformers' two-layer projector with an identity activation and a frozen
@@ -136,8 +141,14 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     tokenizer = prepare_tokenizer(language_model, trust_remote_code)
     set_chat_template(tokenizer, template)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
-    tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
+    if weights:
+        lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+        tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
+    else:
+        lm_config = AutoConfig.from_pretrained(language_model, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(lm_config, dtype=dtype, trust_remote_code=trust_remote_code)
+            tower = tower_class._from_config(tower_class.config_class.from_pretrained(vision_tower), dtype=dtype)
     resize_embeddings(lm, len(tokenizer))
     if tokenizer.pad_token_id is not None:
         lm.config.pad_token_id = tokenizer.pad_token_id
@@ -153,10 +164,11 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     model.model.vision_tower = tower
     model.model.language_model = getattr(lm, lm.base_model_prefix)
     model.lm_head = lm.lm_head
-    model.model.multi_modal_projector = make_projector(config, projector_type, dtype)
+    with contextlib.nullcontext() if weights else torch.device("meta"):
+        model.model.multi_modal_projector = make_projector(config, projector_type, dtype)
     model.generation_config = lm.generation_config
     on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
-    if on_meta:  # pragma: no cover - would mean transformers' LLaVA grew a new sub-module
+    if on_meta and weights:  # pragma: no cover - would mean transformers' LLaVA grew a new sub-module
         raise RuntimeError(f"tensors left uninitialised after composing LLaVA: {on_meta[:5]}")
     recipe = Recipe(vision_tower=vision_tower, language_model=language_model, projector_type=projector_type,
                     vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,

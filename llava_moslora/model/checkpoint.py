@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
 from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
@@ -69,27 +69,29 @@ def _is_merged(path: Path) -> bool:
 
 
 def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
-                    vision_tower: Optional[str] = None, language_model: Optional[str] = None) -> LlavaBundle:
+                    vision_tower: Optional[str] = None, language_model: Optional[str] = None,
+                    weights: bool = True) -> LlavaBundle:
     """Load a stage checkpoint or a merged llava-hf directory.
 
     vision_tower / language_model override the base checkpoints the recipe names (say, after
-    moving them to another cluster).
+    moving them to another cluster). weights=False builds the model on the meta device from the
+    configs alone (see build_llava).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if (path / TRAINABLE_FILE).is_file():
-        return _load_stage_checkpoint(path, dtype, vision_tower, language_model)
+        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights)
     if _is_merged(path):
-        return _load_merged(path, dtype)
+        return _load_merged(path, dtype, weights)
     if (path / RECIPE_FILE).is_file():  # a stage checkpoint that lost its tensors: say which file
-        return _load_stage_checkpoint(path, dtype, vision_tower, language_model)
+        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights)
     raise FileNotFoundError(
         f"{path} is neither a stage checkpoint ({RECIPE_FILE} + {TRAINABLE_FILE}) nor a merged LLaVA "
         "directory (config.json with model_type 'llava')")
 
 
-def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> LlavaBundle:
+def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weights: bool = True) -> LlavaBundle:
     for required in (RECIPE_FILE, TRAINABLE_FILE):
         if not (path / required).is_file():
             raise FileNotFoundError(f"stage checkpoint {path} is missing {required}")
@@ -99,7 +101,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> L
     bundle = build_llava(recipe.vision_tower, recipe.language_model, projector_type=recipe.projector_type,
                          vision_feature_layer=recipe.vision_feature_layer,
                          vision_feature_select_strategy=recipe.vision_feature_select_strategy,
-                         template=recipe.template, dtype=dtype)
+                         template=recipe.template, dtype=dtype, weights=weights)
     saved_tokenizer = AutoTokenizer.from_pretrained(path)
     if len(saved_tokenizer) != len(bundle.tokenizer):
         raise ValueError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "
@@ -107,7 +109,8 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model) -> L
     set_chat_template(saved_tokenizer, recipe.template)  # checkpoints written before templates were saved
     bundle = LlavaBundle(bundle.model, saved_tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
     apply_tuning(bundle.model, recipe)
-    load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
+    if weights:
+        load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
     return bundle
 
 
@@ -176,8 +179,12 @@ def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[
             target.copy_(tensor.to(target.dtype))
 
 
-def _load_merged(path: Path, dtype) -> LlavaBundle:
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+def _load_merged(path: Path, dtype, weights: bool = True) -> LlavaBundle:
+    if weights:
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    else:
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration._from_config(AutoConfig.from_pretrained(path), dtype=dtype)
     ours = (path / RECIPE_FILE).is_file()
     recipe = (Recipe.load(path) if ours else Recipe(vision_tower=str(path), language_model=str(path),
                                                     num_image_tokens=model.config.image_seq_length))

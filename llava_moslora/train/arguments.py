@@ -27,6 +27,8 @@ class LlavaTrainingArguments(TrainingArguments):
     stage: int = field(default=2, metadata={"help": "1: projector alignment, 2: visual instruction tuning (recorded in the checkpoint)."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint-N folder to continue from, or auto: the newest complete one in --output_dir (from step 0 when there is none)."})
     skip_bad_samples: bool = field(default=False, metadata={"help": "Leave out bad samples (found before step 1, or an image that fails when drawn) and count them, instead of stopping before step 1 with their ids."})
+    dry_run: bool = field(default=False, metadata={"help": "Build the model on the meta device from the configs (no weights read), print the trainable parameters, the batch arithmetic and a per-GPU memory estimate for ZeRO-2 and ZeRO-3, and exit."})
+    dry_run_world: Optional[int] = field(default=None, metadata={"help": "Processes the dry run assumes (the scripts pass theirs; default: WORLD_SIZE or 1)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every field."})
 
     def zero_stage(self) -> int:

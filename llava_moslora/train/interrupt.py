@@ -1,14 +1,16 @@
-"""Stopping on SIGTERM / SIGINT with a resumable checkpoint instead of losing the run.
+"""Stopping on SIGTERM / SIGINT / SIGUSR1 with a resumable checkpoint instead of losing the run.
 
 Schedulers (SLURM, Kubernetes, torchrun's own shutdown) send SIGTERM and wait a grace period
-before SIGKILL; Ctrl-C sends SIGINT. The first signal only raises a flag; at the end of the
+before SIGKILL; Ctrl-C sends SIGINT; SLURM's `--signal=USR1@T` warns T seconds before the time
+limit. All three mean the same here: save and stop (the launcher, train/launch.py, ends with
+128 + the signal). The first signal only raises a flag; at the end of the
 current optimizer step the ranks agree (any rank signalled = stop), the Trainer saves
 checkpoint-N as it does every --save_steps, and training returns. A second signal gets the
 default behaviour (terminate now), unless it comes within DUPLICATE_WINDOW_S of the first: a
 cluster signals every process of the job (SLURM's scancel, Kubernetes, `timeout`) and torchrun then
 forwards the same signal again, so each rank sees one request twice.
 
-Data-loader workers ignore both signals (`ShieldedWorkerInit`): torch's own worker handler exits on
+Data-loader workers ignore these signals (`ShieldedWorkerInit`): torch's own worker handler exits on
 a SIGTERM from anyone but its parent, so a signal to the process group killed the workers, and with
 them the step the ranks were about to save at. The main process shuts its workers down.
 """
@@ -23,12 +25,12 @@ from typing import Optional
 import torch
 from transformers import TrainerCallback
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 DUPLICATE_WINDOW_S = 10.0
 
 
 class ShieldedWorkerInit:
-    """A DataLoader worker_init_fn: ignore SIGTERM / SIGINT in the worker, then run `inner`.
+    """A DataLoader worker_init_fn: ignore the stop signals in the worker, then run `inner`.
     A class, not a closure, so it pickles for spawned workers too."""
 
     def __init__(self, inner=None) -> None:

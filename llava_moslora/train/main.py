@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
-CPU_FLAGS = ["--use_cpu", "True", "--ddp_backend", "gloo"]
+CPU_FLAGS = ["--use_cpu", "True"]
+LAUNCHED = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun and the deepspeed launcher
 GPU_ONLY_FLAGS = ("--bf16", "--fp16", "--tf32")
 
 
@@ -26,16 +27,33 @@ def adapt_to_machine(argv: list[str]) -> list[str]:
     if torch.cuda.is_available():
         return argv
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed is first imported
+    backend = ["--ddp_backend", "gloo"] if any(name in os.environ for name in LAUNCHED) else []
     dropped = [flag for flag in GPU_ONLY_FLAGS if any(a == flag or a.startswith(flag + "=") for a in argv)]
     if int(os.environ.get("RANK", "0")) == 0:
         ignoring = f"; ignoring {' '.join(dropped)}" if dropped else ""
-        print(f"[llava-moslora] no CUDA device: training on the CPU (gloo, DeepSpeed's CPU accelerator, fp32{ignoring})",
+        gloo = "gloo, " if backend else ""
+        print(f"[llava-moslora] no CUDA device: training on the CPU ({gloo}DeepSpeed's CPU accelerator, fp32{ignoring})",
               flush=True)
-    return CPU_FLAGS + _without(argv, GPU_ONLY_FLAGS)
+    return CPU_FLAGS + backend + _without(argv, GPU_ONLY_FLAGS)
+
+
+def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
+    """The value argv gives option `name` ("--x v", "--x=v"; "true" for a bare boolean "--x")."""
+    value = None
+    for i, arg in enumerate(argv):
+        key, equals, given = arg.partition("=")
+        if key == name:
+            value = given if equals else (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--")
+                                          else "true")
+    return value
+
+
+def flag_is_on(argv: Sequence[str], *names: str) -> bool:
+    return any((flag_value(argv, name) or "false").lower() in ("true", "1", "yes") for name in names)
 
 
 def _without(argv: list[str], flags: Sequence[str]) -> list[str]:
-    """argv minus the given boolean flags and their values ("--bf16 True", "--bf16=True", "--bf16")."""
+    """argv minus the given flags and their values ("--bf16 True", "--bf16=True", "--bf16", "--deepspeed F")."""
     kept, skip = [], False
     for i, arg in enumerate(argv):
         if skip:
@@ -62,12 +80,16 @@ def parse(argv: list[str]):
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs is None:
         training_args.activation_checkpointing_kwargs = dict(ACTIVATION_CHECKPOINTING_KWARGS)
-    if training_args.riemannian and training_args.zero_stage() == 3:
-        raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
-                         "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")
+    refuse_impossible(training_args)
     if not data_args.data_path:
         raise SystemExit("--data_path is required")
     return model_args, data_args, training_args
+
+
+def refuse_impossible(training_args) -> None:
+    if training_args.riemannian and training_args.zero_stage() == 3:
+        raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
+                         "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")
 
 
 @contextlib.contextmanager
@@ -88,8 +110,9 @@ def full_weights(training_args):
         set_hf_deepspeed_config(hf_config)
 
 
-def build(model_args, training_args):
-    """The bundle for this stage: from a stage-1 checkpoint when given, else from the bases."""
+def build(model_args, training_args, weights: bool = True):
+    """The bundle for this stage: from a stage-1 checkpoint when given, else from the bases.
+    weights=False: on the meta device, from the configs alone (--dry_run)."""
     from ..model import Recipe, build_llava, load_checkpoint, select_dtype
     from .projector import load_projector
 
@@ -97,7 +120,7 @@ def build(model_args, training_args):
     start = training_args.pretrain_mm_mlp_adapter
     if start and Path(start).is_dir():
         bundle = load_checkpoint(start, dtype=dtype, vision_tower=model_args.vision_tower,
-                                 language_model=model_args.model_name_or_path)
+                                 language_model=model_args.model_name_or_path, weights=weights)
     else:
         if not (model_args.model_name_or_path and model_args.vision_tower):
             raise SystemExit("--model_name_or_path and --vision_tower are required "
@@ -107,8 +130,8 @@ def build(model_args, training_args):
                              vision_feature_layer=model_args.mm_vision_select_layer,
                              vision_feature_select_strategy=model_args.select_strategy,
                              template=model_args.template, dtype=dtype,
-                             trust_remote_code=model_args.trust_remote_code)
-        if start:
+                             trust_remote_code=model_args.trust_remote_code, weights=weights)
+        if start and weights:  # a projector file: its tensors are what the dry run leaves out
             names = load_projector(bundle.model, start)
             bundle.recipe = replace(bundle.recipe, trained_tensors=sorted(set(bundle.recipe.trained_tensors) | set(names)))
     bundle.recipe = Recipe(**{**bundle.recipe.to_dict(), **model_args.tune_settings(),
@@ -124,8 +147,10 @@ def silence_what_users_cannot_act_on() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     silence_what_users_cannot_act_on()
-    argv = adapt_to_machine(list(sys.argv[1:] if argv is None else argv))
-    model_args, data_args, training_args = parse(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if flag_is_on(argv, "--dry_run"):
+        return dry_run_report(argv)
+    model_args, data_args, training_args = parse(adapt_to_machine(argv))
 
     from transformers import set_seed
 
@@ -195,6 +220,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_metrics(training_args.output_dir, metrics)
         print(f"[llava-moslora] stage checkpoint written to {training_args.output_dir}", flush=True)
     shut_down_process_group()
+    return 0
+
+
+def dry_run_report(argv: list[str]) -> int:
+    """--dry_run: the model from its configs, tuned as this run would tune it; the report; exit 0.
+    It touches no device and starts no process group, so it runs on a login node: the flags are
+    parsed as for the CPU, with the DeepSpeed config read only for its ZeRO stage and the
+    precision flags only for the width of the weights."""
+    from ..model import apply_tuning
+    from .dry_run import dry_run
+
+    half = flag_is_on(argv, "--bf16", "--fp16")
+    deepspeed = flag_value(argv, "--deepspeed")
+    model_args, data_args, training_args = parse(CPU_FLAGS + _without(argv, ("--deepspeed",) + GPU_ONLY_FLAGS))
+    training_args.deepspeed = deepspeed
+    refuse_impossible(training_args)
+    bundle = build(model_args, training_args, weights=False)
+    apply_tuning(bundle.model, bundle.recipe)
+    world = training_args.dry_run_world or int(os.environ.get("WORLD_SIZE", "1"))
+    print(dry_run(bundle, training_args, data_args.data_path, world, half), flush=True)
     return 0
 
 

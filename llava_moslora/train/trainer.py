@@ -57,6 +57,7 @@ def gather_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.
 
 class LlavaTrainer(Trainer):
     def __init__(self, *args, bundle: LlavaBundle, **kwargs) -> None:
+        self.grouped_sampler: Optional[ModalityLengthGroupedSampler] = None
         super().__init__(*args, **kwargs)
         self.bundle = bundle
         self._moe_layers = [m for m in bundle.model.modules() if isinstance(m, MoELoraLinear)]
@@ -148,10 +149,19 @@ class LlavaTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.group_by_modality_length:
-            return ModalityLengthGroupedSampler(
+            self.grouped_sampler = ModalityLengthGroupedSampler(
                 dataset.modality_lengths, batch_size=self.args.per_device_train_batch_size,
                 world_size=self.args.world_size * self.args.gradient_accumulation_steps, seed=self.args.seed)
+            return self.grouped_sampler
         return super()._get_train_sampler(train_dataset)
+
+    def _run_epoch(self, *args, **kwargs):
+        # The Trainer reaches the sampler's set_epoch through accelerate's wrappers, which the
+        # batch-skipping loader of a resumed epoch hides: a run resumed in epoch 2 or later then
+        # redrew epoch 1's order. Set it here, where the epoch is known.
+        if self.grouped_sampler is not None:
+            self.grouped_sampler.set_epoch(kwargs["epoch"])
+        return super()._run_epoch(*args, **kwargs)
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:

@@ -1,34 +1,85 @@
 # Shared by scripts/pretrain.sh and scripts/finetune.sh (sourced, not run).
-# Builds the launcher (torchrun on one node, the deepspeed launcher with a hostfile), the
-# precision flags (bf16 + tf32 on GPUs, nothing on CPU) and the gradient accumulation that keeps
-# GLOBAL_BATCH constant whatever the number of GPUs. Sets: LAUNCH (array), PRECISION (array),
-# WORLD, GRAD_ACCUM, DS_CONFIG.
+# Builds the launcher, the precision flags (bf16 + tf32 on GPUs, nothing on CPU) and the gradient
+# accumulation that keeps GLOBAL_BATCH constant whatever the number of GPUs and nodes. Sets:
+# LAUNCH (array), PRECISION (array), WORLD, GRAD_ACCUM, DS_CONFIG.
+#
+# Launchers: torchrun (through llava_moslora.train.launch, which adds SLURM's USR1 warning and
+# exits 128+signal when preempted) on one node, or on each of NNODES nodes with a static
+# rendezvous at MASTER_ADDR:MASTER_PORT; or the deepspeed launcher with a HOSTFILE (ssh/pdsh).
+# Under SLURM the node variables default to the job's (SLURM_NNODES, SLURM_NODEID, the first
+# host of SLURM_JOB_NODELIST, a port derived from SLURM_JOB_ID), so `srun bash scripts/...`
+# with one task per node needs nothing else.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${PYTHON:-$root/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 
 
+first_host() {  # the first host of a SLURM node list: "gpu[03-04,07],cpu1" -> gpu03
+  if command -v scontrol >/dev/null 2>&1; then scontrol show hostnames "$1" | head -n 1; return; fi
+  local head="${1%%,*}"
+  if [[ "$head" == *"["* ]]; then
+    local rest="${1#*[}"
+    echo "${1%%[*}${rest%%[-,\]]*}"
+  else
+    echo "$head"
+  fi
+}
+
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  gpus=$(nvidia-smi -L | wc -l)
+  if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then  # what SLURM / the container lets this job see
+    gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .)
+  else
+    gpus=$(nvidia-smi -L | wc -l)
+  fi
   PRECISION=(--bf16 True --tf32 True)
 else
   gpus=1
   PRECISION=()
 fi
 NUM_GPUS="${NUM_GPUS:-$gpus}"
+NNODES="${NNODES:-${SLURM_NNODES:-1}}"
+NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-0}}"
+given_master="${MASTER_ADDR:-}"
+if [ -z "${MASTER_ADDR:-}" ]; then
+  if [ -n "${SLURM_JOB_NODELIST:-}" ]; then MASTER_ADDR="$(first_host "$SLURM_JOB_NODELIST")"; else MASTER_ADDR=127.0.0.1; fi
+fi
+if [ -n "${MASTER_PORT:-}" ]; then PORT="$MASTER_PORT"
+elif [ -n "${SLURM_JOB_ID:-}" ]; then PORT=$(( 20000 + SLURM_JOB_ID % 10000 ))  # the same on every node
+elif [ "$NNODES" -gt 1 ]; then PORT=29500
+else PORT=$(( 29500 + RANDOM % 1000 ))  # one node: two runs side by side must not collide
+fi
 # torchrun sets 1 thread per process anyway, with a banner; saying so ourselves keeps it quiet.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-PORT="${MASTER_PORT:-$(( 29500 + RANDOM % 1000 ))}"
 
 if [ -n "${HOSTFILE:-}" ]; then
+  [ "$NNODES" -eq 1 ] || { echo "HOSTFILE and NNODES=$NNODES: choose one (the deepspeed launcher starts every node from the hostfile; NNODES runs torchrun on each node)" >&2; exit 2; }
   [ -f "$HOSTFILE" ] || { echo "HOSTFILE=$HOSTFILE not found" >&2; exit 2; }
   # "host slots=N" lines: the world is the sum of the slots
   WORLD=$(awk '/slots=/ {split($2, a, "="); s += a[2]} END {print s + 0}' "$HOSTFILE")
   [ "$WORLD" -gt 0 ] || { echo "HOSTFILE=$HOSTFILE has no 'host slots=N' lines" >&2; exit 2; }
-  LAUNCH=("$(dirname "$PYTHON")/deepspeed" --hostfile "$HOSTFILE" --master_port "$PORT" --module llava_moslora.train)
+  # the rendezvous host: MASTER_ADDR when given, this machine for a localhost hostfile, else
+  # the deepspeed launcher asks the first host over ssh
+  first=$(awk '/slots=/ {print $1; exit}' "$HOSTFILE")
+  case "$first" in localhost|127.0.0.1) given_master="${given_master:-127.0.0.1}" ;; esac
+  LAUNCH=("$(dirname "$PYTHON")/deepspeed" --hostfile "$HOSTFILE" ${given_master:+--master_addr "$given_master"}
+          --master_port "$PORT" ${LAUNCHER_ARGS:-} --module llava_moslora.train)
 else
-  WORLD="$NUM_GPUS"
-  LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" --master_port "$PORT" -m llava_moslora.train)
+  [ "$NODE_RANK" -ge 0 ] && [ "$NODE_RANK" -lt "$NNODES" ] || { echo "NODE_RANK=$NODE_RANK must be in 0..$(( NNODES - 1 )) (NNODES=$NNODES)" >&2; exit 2; }
+  WORLD=$(( NNODES * NUM_GPUS ))
+  LAUNCH=("$PYTHON" -m llava_moslora.train.launch --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NUM_GPUS"
+          --master_addr "$MASTER_ADDR" --master_port "$PORT" ${SHUTDOWN_TIMEOUT:+--shutdown_timeout "$SHUTDOWN_TIMEOUT"}
+          ${LAUNCHER_ARGS:-} -m llava_moslora.train)
+fi
+
+# --dry_run: one process on this machine (no GPU needed), told the world the run would have
+previous="" dry_run=0
+for arg in "$@"; do
+  if [ "$previous" = "--dry_run" ] && [ "${arg,,}" = "false" ]; then dry_run=0; fi
+  if [ "$arg" = "--dry_run" ] || [ "${arg,,}" = "--dry_run=true" ]; then dry_run=1; fi
+  previous="$arg"
+done
+if [ "$dry_run" = "1" ]; then
+  LAUNCH=("$PYTHON" -m llava_moslora.train --dry_run_world "$WORLD")
 fi
 
 per_step=$(( PER_DEVICE_BATCH * WORLD ))
@@ -43,4 +94,6 @@ case "${ZERO}" in
   3_offload) DS_CONFIG="$root/deepspeed_configs/zero3_offload.json" ;;
   *) echo "ZERO must be 2, 3 or 3_offload, got '$ZERO'" >&2; exit 2 ;;
 esac
-echo "launch: $WORLD process(es), per-device batch $PER_DEVICE_BATCH x accumulation $GRAD_ACCUM = global batch $GLOBAL_BATCH, ZeRO-$ZERO"
+nodes=""
+[ "$NNODES" -gt 1 ] && nodes="node $NODE_RANK of $NNODES (rendezvous $MASTER_ADDR:$PORT), "
+echo "launch: ${nodes}$WORLD process(es), per-device batch $PER_DEVICE_BATCH x accumulation $GRAD_ACCUM = global batch $GLOBAL_BATCH, ZeRO-$ZERO"

@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from helpers import FAST, run_script
+from helpers import FAST, STEADY, run_script, stage2_env
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -43,4 +43,12 @@ def stage1(tiny_bases, shapes_data, tmp_path_factory):
                                "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out),
                                "GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "4"},
                "--max_steps", "20", "--tune_language_model", "full", "--activation_checkpointing", "False", *FAST)
+    return out
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(shapes_data, stage1, tmp_path_factory):
+    """Stage 2 for 10 steps on 2 processes of one node, the reference for resumed and other-launcher runs."""
+    out = tmp_path_factory.mktemp("run") / "whole"
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10", "--save_steps", "3", *STEADY)
     return out

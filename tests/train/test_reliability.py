@@ -1,23 +1,20 @@
 """Reliability through the launch scripts (2 CPU processes, ZeRO-2): bad data stops a run before
-step 1 unless --skip_bad_samples; SIGTERM saves a resumable checkpoint; a SIGKILL during a save
-leaves the previous checkpoint usable; --resume_from_checkpoint auto continues either run to the
-same losses as an uninterrupted one."""
+step 1 unless --skip_bad_samples; SIGINT / SIGTERM / SIGUSR1, to the launcher or to every process,
+before or during a save, save a resumable checkpoint and end with 128 + the signal; a SIGKILL
+during a save leaves the previous checkpoint usable; --resume_from_checkpoint auto continues each
+run to the same losses as an uninterrupted one."""
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, kill_tree, losses, run_script, script_env, stage2_env, write_faulty_dataset
+from helpers import ROOT, STEADY, kill_tree, losses, run_script, script_env, signal_tree, stage2_env, write_faulty_dataset
 
 pytestmark = pytest.mark.slow
-# constant LR and no dropout: a resumed run must repeat the uninterrupted run's losses
-STEADY = ["--lr_scheduler_type", "constant", "--dataloader_num_workers", "0", "--warmup_steps", "0",
-          "--model_max_length", "256", "--logging_steps", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +50,33 @@ def test_skip_bad_samples_trains_and_counts_what_it_left_out(faulty, stage1, tmp
     assert (out / "trainable.safetensors").is_file() and losses(out)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(shapes_data, stage1, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "whole"
-    run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10", "--save_steps", "3", *STEADY)
-    return out
-
-
 def start(shapes_data, stage1, out, *extra, **env):
     return subprocess.Popen(["bash", str(ROOT / "scripts" / "finetune.sh"), "--max_steps", "10", *STEADY, *extra],
                             env=script_env({**stage2_env(shapes_data, stage1, out), **env}), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def after_losses(run, count):
+    """Read the launcher's output until rank 0 has logged `count` loss lines; the lines read."""
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if len([x for x in seen if "'loss'" in x]) >= count:
+            break
+    return seen
+
+
+def assert_stopped_by(run, seen, name, out):
+    """The run ended with 128 + the signal and a complete checkpoint-N; returns N."""
+    output = "".join(seen) + run.communicate(timeout=300)[0]
+    assert run.returncode == 128 + getattr(signal, name), (run.returncode, output[-3000:])
+    assert "is killed by signal" not in output, output[-3000:]
+    assert f"{name} received" in output and f"stopped by {name} at step" in output, output[-3000:]
+    assert f"launcher: stopped by {name}" in output or f"the ranks stopped on {name}" in output, output[-3000:]
+    step = int(output.split(f"stopped by {name} at step ")[1].split(";")[0])
+    assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert not (out / "trainable.safetensors").exists()  # the final output is written only when finished
+    return step, output
 
 
 def resume_and_compare(shapes_data, stage1, out, uninterrupted, expected_start):
@@ -81,42 +94,53 @@ def resume_and_compare(shapes_data, stage1, out, uninterrupted, expected_start):
     assert metrics["tokens"] == whole_metrics["tokens"] and metrics["global_step"] == 10
 
 
-def test_sigterm_saves_a_checkpoint_and_auto_resume_matches(shapes_data, stage1, uninterrupted, tmp_path):
-    out = tmp_path / "sigterm"
+def test_sigint_to_the_launcher_only_saves_and_auto_resume_matches(shapes_data, stage1, uninterrupted, tmp_path):
+    """Ctrl-C reaches the launcher (the terminal's foreground group); torchrun forwards it to the
+    ranks, which torchrun started in sessions of their own."""
+    out = tmp_path / "sigint"
     run = start(shapes_data, stage1, out, "--save_steps", "1000")
-    seen = []
-    for line in run.stdout:  # the launcher's output; rank 0 logs a loss line per step
-        seen.append(line)
-        if line.count("'loss'") and len([x for x in seen if "'loss'" in x]) >= 3:
-            run.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to the ranks
-            break
-    output = "".join(seen) + run.communicate(timeout=300)[0]
-    assert run.returncode != 0, output[-3000:]
-    assert "SIGTERM received" in output and "stopped by SIGTERM at step" in output, output[-3000:]
-    step = int(output.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    assert 3 <= step < 10 and (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
-    assert not (out / "trainable.safetensors").exists()  # the final output is written only when finished
+    seen = after_losses(run, 3)
+    run.send_signal(signal.SIGINT)
+    step, _ = assert_stopped_by(run, seen, "SIGINT", out)
+    assert 3 <= step < 10
     resume_and_compare(shapes_data, stage1, out, uninterrupted, step)
 
 
-def test_sigterm_to_the_whole_process_group_with_workers_saves_and_resumes(shapes_data, stage1, uninterrupted,
-                                                                          tmp_path):
-    """As SLURM's scancel, Kubernetes and `timeout` deliver it: every process of the run (script,
-    torchrun, ranks, data-loader workers) gets SIGTERM, then torchrun forwards it again."""
-    out = tmp_path / "group"
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_signal_to_every_process_with_workers_saves_and_resumes(name, shapes_data, stage1, uninterrupted, tmp_path):
+    """As SLURM's scancel / time limit / --signal, Kubernetes and `timeout` deliver it: every
+    process of the run (launcher, ranks, data-loader workers) gets the signal, then torchrun
+    forwards it again. SIGUSR1 (SLURM's warning before the time limit) saves and stops too."""
+    out = tmp_path / name
     run = start(shapes_data, stage1, out, "--save_steps", "1000", "--dataloader_num_workers", "2")
-    seen = []
-    for line in run.stdout:
-        seen.append(line)
-        if len([x for x in seen if "'loss'" in x]) >= 3:
-            os.killpg(run.pid, signal.SIGTERM)
-            break
-    output = "".join(seen) + run.communicate(timeout=300)[0]
-    assert "is killed by signal" not in output, output[-3000:]
-    assert "stopped by SIGTERM at step" in output, output[-3000:]
-    step = int(output.split("stopped by SIGTERM at step ")[1].split(";")[0])
-    assert 3 <= step < 10 and (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    seen = after_losses(run, 3)
+    tree = signal_tree(run.pid, getattr(signal, name))
+    assert len(tree) >= 7  # launcher, 2 ranks, 2 workers each
+    step, _ = assert_stopped_by(run, seen, name, out)
+    assert 3 <= step < 10
     resume_and_compare(shapes_data, stage1, out, uninterrupted, step)
+
+
+def test_signal_during_a_save_finishes_it_then_saves_the_next_step(shapes_data, stage1, uninterrupted, tmp_path):
+    """SIGTERM to every process while the ranks are writing checkpoint-6: that save completes,
+    the next step runs, and its checkpoint is the one to resume from."""
+    out, marker = tmp_path / "mid-save", tmp_path / "saving-step-6"
+    instrumentation = tmp_path / "instrumentation"
+    instrumentation.mkdir()
+    shutil.copy(ROOT / "tests" / "train" / "slow_save.py", instrumentation / "sitecustomize.py")
+    run = start(shapes_data, stage1, out, "--save_steps", "3", "--dataloader_num_workers", "2",
+                LLAVA_MOSLORA_TEST_SLOW_SAVE=f"6:{marker}:5",
+                PYTHONPATH=f"{instrumentation}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    seen = after_losses(run, 6)
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert run.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    signal_tree(run.pid, signal.SIGTERM)
+    step, output = assert_stopped_by(run, seen, "SIGTERM", out)
+    assert step == 7, output[-3000:]
+    assert not list((out / ".staging").glob("checkpoint-*"))  # both saves completed
+    resume_and_compare(shapes_data, stage1, out, uninterrupted, 7)
 
 
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_to_resume_from(shapes_data, stage1, uninterrupted,

@@ -1,0 +1,141 @@
+"""--dry_run: what a training run would be, worked out before anything heavy happens.
+
+The model is built on the meta device from the configs (no weight file is read) and tuned as
+the run would tune it; printed are its trainable-parameter table, the batch arithmetic, and an
+estimate of per-GPU memory under ZeRO-2 and ZeRO-3. The estimate counts, per process:
+- weights: every parameter at the run's width (2 bytes in bf16/fp16, 4 in fp32); ZeRO-3
+  partitions them over the world and gathers about two transformer blocks at a time;
+- gradients of the trainable tensors, partitioned (ZeRO-2 and -3), plus two reduce buckets
+  (overlap_comm; "auto" is hidden_size^2 elements, as the Trainer fills it in);
+- optimizer states of the trainable tensors: AdamW's two moments and DeepSpeed's fp32 copy,
+  12 bytes per parameter, partitioned;
+- activations, a rough term at full --model_max_length: with activation checkpointing each
+  layer keeps its input and one layer is recomputed at a time; the logits are held in fp32 for
+  the loss. Real batches are shorter, so this is an upper bound; attention scores are left out
+  (SDPA / flash attention do not store them).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024 ** 3
+OPTIMIZER_BYTES = 12  # fp32 copy + AdamW's exp_avg + exp_avg_sq
+
+
+@dataclass
+class Batches:
+    world: int
+    per_device: int
+    accumulation: int
+    records: int
+    epochs: float
+    max_steps: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.world * self.per_device * self.accumulation
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """As the Trainer counts them: each rank's batches, then optimizer steps (a partial
+        accumulation at the end of an epoch still steps)."""
+        batches_per_rank = math.ceil(self.records / (self.per_device * self.world))
+        return max(math.ceil(batches_per_rank / self.accumulation), 1)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps if self.max_steps > 0 else math.ceil(self.steps_per_epoch * self.epochs)
+
+    def render(self) -> str:
+        length = f"--max_steps {self.max_steps}" if self.max_steps > 0 else f"{self.epochs:g} epoch(s)"
+        return (f"batch: {self.world} process(es) x per-device batch {self.per_device} x accumulation "
+                f"{self.accumulation} = global batch {self.global_batch}\n"
+                f"steps: {self.records} records -> {self.steps_per_epoch} optimizer steps per epoch; "
+                f"{length} -> {self.total_steps} steps")
+
+
+def activation_bytes(text_config, per_device: int, max_length: int, width: int, checkpointing: bool) -> int:
+    """The rough activation term for the language model (see the module docstring)."""
+    tokens = per_device * max_length
+    hidden, layers = text_config.hidden_size, text_config.num_hidden_layers
+    intermediate = getattr(text_config, "intermediate_size", 4 * hidden)
+    one_layer = tokens * (10 * hidden + 3 * intermediate) * width  # q/k/v/o, norms, MLP in and out
+    kept = layers * tokens * hidden * width + one_layer if checkpointing else layers * one_layer
+    logits = 2 * tokens * text_config.vocab_size * 4  # fp32 logits and their gradient
+    return kept + logits
+
+
+def largest_block(model) -> int:
+    """Parameters of the language model's biggest decoder layer (what ZeRO-3 gathers at once)."""
+    layers = getattr(model.model.language_model, "layers", None)
+    return max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0) if layers else 0
+
+
+def reduce_bucket(deepspeed, hidden: int) -> int:
+    """reduce_bucket_size of the DeepSpeed config in elements ("auto": hidden_size^2)."""
+    config = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, str) else (deepspeed or {})
+    value = config.get("zero_optimization", {}).get("reduce_bucket_size", "auto")
+    return hidden * hidden if value == "auto" else int(float(value))
+
+
+def estimate(trainable: int, frozen: int, block: int, world: int, width: int, activations: int,
+             bucket_elements: int) -> dict:
+    """Bytes per process for ZeRO-2 and ZeRO-3, by kind."""
+    total = trainable + frozen
+    bucket = 2 * min(bucket_elements, trainable) * width
+    common = {"gradients": trainable * width / world + bucket,
+              "optimizer states": trainable * OPTIMIZER_BYTES / world, "activations (rough)": activations}
+    return {2: {"weights": total * width, **common},
+            3: {"weights": total * width / world + 2 * block * width, **common}}
+
+
+def render_estimate(estimates: dict, width: int) -> str:
+    totals = {stage: sum(parts.values()) for stage, parts in estimates.items()}
+    unit, scale = ("GiB", GIB) if max(totals.values()) >= GIB else ("MiB", 1024 ** 2)
+    title = f"memory per GPU, estimated ({unit}; weights at {width} bytes)"
+    lines = [f"{title:<52}{'ZeRO-2':>10}{'ZeRO-3':>10}"]
+    for kind, value in [*((kind, {st: estimates[st][kind] for st in estimates}) for kind in estimates[2]),
+                        ("total", totals)]:
+        lines.append(f"  {kind:<50}" + "".join(f"{value[stage] / scale:>10.2f}" for stage in estimates))
+    return "\n".join(lines)
+
+
+def count_records(data_path: str) -> int:
+    """Records in the data file(s) (LLaVA JSON / JSONL, or a `datasets` directory), unparsed."""
+    total = 0
+    for one in [p for p in str(data_path).split(",") if p]:
+        path = Path(one)
+        if path.is_dir():
+            import datasets
+
+            total += len(datasets.load_from_disk(str(path)))
+        elif path.read_text(encoding="utf-8").lstrip().startswith("["):
+            total += len(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            with path.open(encoding="utf-8") as handle:
+                total += sum(1 for line in handle if line.strip())
+    return total
+
+
+def dry_run(bundle, training_args, data_path: str, world: int, half: bool) -> str:
+    """The dry run's report for a tuned meta-device bundle."""
+    from ..model import parameter_counts, trainable_table
+
+    counts = parameter_counts(bundle.model)
+    trainable = sum(t for t, _ in counts.values())
+    frozen = sum(total for _, total in counts.values()) - trainable
+    width = 2 if half else 4
+    text_config = bundle.model.config.text_config
+    batches = Batches(world, training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
+                      count_records(data_path), training_args.num_train_epochs, training_args.max_steps)
+    activations = activation_bytes(text_config, batches.per_device,
+                                   training_args.model_max_length, width, training_args.activation_checkpointing)
+    estimates = estimate(trainable, frozen, largest_block(bundle.model), world, width, activations,
+                         reduce_bucket(training_args.deepspeed, text_config.hidden_size))
+    stage = training_args.zero_stage()
+    return "\n".join([trainable_table(bundle.model), batches.render(), render_estimate(estimates, width),
+                      f"this run: ZeRO-{stage}" if stage else "this run: no DeepSpeed",
+                      "dry run: nothing was trained; drop --dry_run to start."])

@@ -1,0 +1,82 @@
+"""--dry_run: the model from its configs on the meta device (no weight file read), the trainable
+table, the batch arithmetic and the ZeRO-2/3 memory estimate, through the stage scripts."""
+import json
+import shutil
+
+import pytest
+
+from helpers import FAST, run_script, stage2_env
+
+
+@pytest.fixture(scope="module")
+def weightless_bases(tiny_bases, tmp_path_factory):
+    """The tiny bases with every weight file removed: only configs and tokenizers remain."""
+    root = tmp_path_factory.mktemp("weightless")
+    copies = {}
+    for role, path in tiny_bases.items():
+        copy = root / role
+        shutil.copytree(path, copy)
+        for weights in [*copy.glob("*.safetensors"), *copy.glob("*.bin")]:
+            weights.unlink()
+        copies[role] = str(copy)
+    return copies
+
+
+def test_dry_run_reads_no_weights_and_reports_the_run(weightless_bases, shapes_data, tmp_path):
+    out = tmp_path / "never-written"
+    result = run_script("pretrain.sh", {"MODEL": weightless_bases["language_model"],
+                                        "VISION_TOWER": weightless_bases["vision_tower"],
+                                        "DATA_PATH": str(shapes_data / "captions.json"),
+                                        "IMAGE_FOLDER": str(shapes_data / "images"), "OUTPUT_DIR": str(out),
+                                        "NNODES": "2", "NODE_RANK": "1", "NUM_GPUS": "4", "GLOBAL_BATCH": "64",
+                                        "PER_DEVICE_BATCH": "4", "ZERO": "3"},
+                        "--dry_run", "--bf16", "True")
+    printed = result.stdout
+    assert "8 process(es) x per-device batch 4 x accumulation 2 = global batch 64" in printed
+    # 32 captions over 8 processes x 4 = 1 batch per rank; accumulation 2 still steps once
+    assert "32 records -> 1 optimizer steps per epoch; 1 epoch(s) -> 1 steps" in printed
+    assert "mm_projector" in printed and "weights at 2 bytes" in printed and "this run: ZeRO-3" in printed
+    for kind in ("weights", "gradients", "optimizer states", "activations (rough)", "total"):
+        assert f"\n  {kind} " in printed, kind
+    assert not out.exists()  # nothing was trained or written
+
+
+def test_meta_model_counts_match_the_loaded_model(tiny_bases):
+    from llava_moslora.adapters import AdapterConfig
+    from llava_moslora.model import Recipe, apply_tuning, build_llava, parameter_counts
+
+    counts = []
+    for weights in (True, False):
+        bundle = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"], weights=weights)
+        recipe = Recipe(**{**bundle.recipe.to_dict(), "tune_language_model": "adapter", "tune_mm_projector": "full",
+                           "llm_adapter": AdapterConfig(kind="moslora", r=4).to_dict()})
+        apply_tuning(bundle.model, recipe)
+        on_meta = {p.is_meta for p in bundle.model.parameters()}
+        assert on_meta == {not weights}
+        counts.append(parameter_counts(bundle.model))
+    assert counts[0] == counts[1]
+
+
+def test_memory_estimate_closed_form():
+    from llava_moslora.train.dry_run import Batches, estimate
+
+    parts = estimate(trainable=1000, frozen=9000, block=100, world=4, width=2, activations=7, bucket_elements=10)
+    assert parts[2] == {"weights": 20000, "gradients": 1000 * 2 / 4 + 2 * 10 * 2, "optimizer states": 1000 * 12 / 4,
+                        "activations (rough)": 7}
+    assert parts[3]["weights"] == 10000 * 2 / 4 + 2 * 100 * 2
+    assert {k: v for k, v in parts[3].items() if k != "weights"} == {k: v for k, v in parts[2].items() if k != "weights"}
+    batches = Batches(world=2, per_device=2, accumulation=3, records=36, epochs=2, max_steps=-1)
+    assert (batches.global_batch, batches.steps_per_epoch, batches.total_steps) == (12, 3, 6)
+
+
+@pytest.mark.slow
+def test_dry_run_steps_are_the_trainers(stage1, shapes_data, tmp_path):
+    """The dry run's step count is what the Trainer then runs (36 records, 2 processes x 2 x 3)."""
+    out = tmp_path / "stage2"
+    env = stage2_env(shapes_data, stage1, out, GLOBAL_BATCH="12", PER_DEVICE_BATCH="2", EPOCHS="1")
+    flags = [*FAST, "--save_steps", "1000"]
+    planned = run_script("finetune.sh", env, *flags, "--dry_run").stdout
+    assert "36 records -> 3 optimizer steps per epoch; 1 epoch(s) -> 3 steps" in planned
+    run_script("finetune.sh", env, *flags)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["max_steps"] == 3 and state["global_step"] == 3

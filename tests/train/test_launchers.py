@@ -1,0 +1,115 @@
+"""The launchers the stage scripts choose: torchrun on each of several nodes (SLURM's variables or
+NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT), the DeepSpeed launcher with a hostfile, and
+llava_moslora.train.launch's exit codes. Both multi-process paths must train stage 2 to the
+losses of one torchrun with 2 processes."""
+import socket
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from helpers import ROOT, STEADY, losses, run_script, script_env, stage2_env
+
+
+def resolved_launch(**env):
+    """What scripts/lib/launch.sh decides under `env` (sourced, nothing started): the result, with
+    .banner (its "launch: ..." line), .accumulation and .argv (the launcher command) added."""
+    settings = {"GLOBAL_BATCH": "64", "PER_DEVICE_BATCH": "2", "ZERO": "2", **env}
+    shown = subprocess.run(["bash", "-c", 'source scripts/lib/launch.sh && printf "%s\\n" "$GRAD_ACCUM" "${LAUNCH[@]}"'],
+                           env={k: v for k, v in script_env(settings).items() if not k.startswith("SLURM_") or k in env},
+                           cwd=ROOT, capture_output=True, text=True)
+    lines = shown.stdout.splitlines()
+    shown.banner = next((line for line in lines if line.startswith("launch: ")), "")
+    values = [line for line in lines if not line.startswith("launch: ")]
+    shown.accumulation, shown.argv = (values[0], values[1:]) if values else (None, [])
+    return shown
+
+
+def option(argv, name):
+    return argv[argv.index(name) + 1]
+
+
+def test_slurm_variables_give_every_node_the_same_rendezvous():
+    slurm = {"SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu[03-04,07],cpu1", "SLURM_JOB_ID": "123456", "NUM_GPUS": "4"}
+    nodes = [resolved_launch(**slurm, SLURM_NODEID=str(rank)) for rank in (0, 1)]
+    for rank, shown in enumerate(nodes):
+        assert shown.returncode == 0, shown.stderr
+        accumulation, argv = shown.accumulation, shown.argv
+        assert accumulation == "4"  # 64 = 2 per device x 4 GPUs x 2 nodes x 4
+        assert argv[1:3] == ["-m", "llava_moslora.train.launch"]
+        assert (option(argv, "--nnodes"), option(argv, "--node_rank"), option(argv, "--nproc_per_node")) == ("2", str(rank), "4")
+        assert (option(argv, "--master_addr"), option(argv, "--master_port")) == ("gpu03", str(20000 + 123456 % 10000))
+        assert f"node {rank} of 2 (rendezvous gpu03:{20000 + 123456 % 10000}), 8 process(es)" in shown.banner
+
+
+def test_explicit_node_variables_win_and_bad_ones_are_refused():
+    shown = resolved_launch(NNODES="3", NODE_RANK="2", MASTER_ADDR="10.0.0.5", MASTER_PORT="31000", NUM_GPUS="1",
+                            GLOBAL_BATCH="6", SLURM_NNODES="8")
+    argv = shown.argv
+    assert (option(argv, "--nnodes"), option(argv, "--node_rank")) == ("3", "2")
+    assert (option(argv, "--master_addr"), option(argv, "--master_port")) == ("10.0.0.5", "31000")
+    single = resolved_launch(NUM_GPUS="2", GLOBAL_BATCH="8")
+    argv = single.argv
+    assert (option(argv, "--nnodes"), option(argv, "--master_addr")) == ("1", "127.0.0.1")
+    refused = resolved_launch(NNODES="2", NODE_RANK="2", NUM_GPUS="1", GLOBAL_BATCH="8")
+    assert refused.returncode == 2 and "NODE_RANK=2 must be in 0..1" in refused.stderr
+    both = resolved_launch(NNODES="2", HOSTFILE="/dev/null", NUM_GPUS="1", GLOBAL_BATCH="8")
+    assert both.returncode == 2 and "choose one" in both.stderr
+    uneven = resolved_launch(NNODES="2", NUM_GPUS="3", GLOBAL_BATCH="8")
+    assert uneven.returncode == 2 and "x 6 processes" in uneven.stderr
+
+
+def test_the_launcher_ends_with_128_plus_the_signal_the_ranks_stopped_on():
+    from llava_moslora.train.launch import signal_exit_code, with_defaults
+
+    failure = lambda code: SimpleNamespace(exitcode=code)  # noqa: E731
+    assert signal_exit_code({0: failure(143), 1: failure(143)}) == 143
+    assert signal_exit_code({0: failure(138)}) == 138 and signal_exit_code({0: failure(130)}) == 130
+    assert signal_exit_code({0: failure(143), 1: failure(1)}) is None  # one rank failed for another reason
+    assert signal_exit_code({0: failure(1)}) is None and signal_exit_code({0: failure(137)}) is None  # SIGKILL: not a save
+    assert with_defaults(["--nnodes", "1", "-m", "x"]) == [
+        "--signals_to_handle=SIGTERM,SIGINT,SIGUSR1,SIGHUP,SIGQUIT", "--shutdown_timeout=300", "--nnodes", "1", "-m", "x"]
+    assert with_defaults(["--shutdown-timeout", "60", "--signals_to_handle=SIGTERM", "-m", "x"]) == [
+        "--shutdown-timeout", "60", "--signals_to_handle=SIGTERM", "-m", "x"]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_train_as_one_node_of_two(shapes_data, stage1, uninterrupted, tmp_path):
+    """Two torchrun invocations (--nnodes 2, one process each) meeting at a localhost rendezvous,
+    writing one output directory as nodes on a shared file system do."""
+    out = tmp_path / "two-nodes"
+    port = str(free_port())
+    nodes = [subprocess.Popen(["bash", str(ROOT / "scripts" / "finetune.sh"), "--max_steps", "10", "--save_steps", "3",
+                               *STEADY],
+                              env=script_env({**stage2_env(shapes_data, stage1, out), "NNODES": "2", "NODE_RANK": str(rank),
+                                              "NUM_GPUS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=900)[0] for node in nodes]
+    for node, output in zip(nodes, outputs):
+        assert node.returncode == 0, output[-4000:]
+    assert "node 1 of 2 (rendezvous 127.0.0.1:" in outputs[1]
+    two_nodes, one_node = losses(out), losses(uninterrupted)
+    print(f"\none node of 2 {one_node}\ntwo nodes of 1 {two_nodes}")
+    assert len(two_nodes) == 10 and two_nodes == pytest.approx(one_node, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_with_a_localhost_hostfile(shapes_data, stage1, uninterrupted, tmp_path):
+    """The hostfile path, on one host: the deepspeed launcher checks ssh to every host it names
+    (this machine runs no sshd), so the test passes its --no_ssh_check through LAUNCHER_ARGS."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    out = tmp_path / "hostfile-run"
+    result = run_script("finetune.sh", {**stage2_env(shapes_data, stage1, out), "HOSTFILE": str(hostfile),
+                                        "LAUNCHER_ARGS": "--no_ssh_check"},
+                        "--max_steps", "10", "--save_steps", "3", *STEADY)
+    assert "launch: 2 process(es)" in result.stdout
+    hostfile_losses, one_node = losses(out), losses(uninterrupted)
+    assert len(hostfile_losses) == 10 and hostfile_losses == pytest.approx(one_node, rel=1e-3)
