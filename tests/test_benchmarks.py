@@ -2,6 +2,7 @@
 (No timing is asserted: the scripts print ratios for people to read.)"""
 import importlib.util
 
+import pytest
 import torch
 
 from helpers import ROOT
@@ -43,3 +44,30 @@ def test_train_step_benchmark_prints_every_case_and_the_ratios(capsys):
     out = capsys.readouterr().out
     assert sum(line.startswith(("| lora |", "| moslora |", "| moelora |")) for line in out.splitlines()) == 6
     assert "MoSLoRA / LoRA per step" in out and "Riemannian / plain (moelora)" in out
+
+
+def run_benchmark(name, *args):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_data_scale_benchmark_prints_its_table_and_the_targets(tmp_path):
+    out = run_benchmark("data_scale", "--records", "2000", "--ranks", "2,1", "--work-dir", str(tmp_path))
+    assert "| W | samples on rank 0 | load s | screen s | start-up s |" in out
+    assert "| 2 | 1000 |" in out and "| 1 | 2000 |" in out
+    assert "x the 60 s target" in out and "x the 1.5 GB target" in out
+
+
+@pytest.mark.slow
+def test_memory_estimate_benchmark_prints_estimate_and_measured():
+    out = run_benchmark("memory_estimate", "--hidden", "64", "--layers", "2", "--rank", "4", "--steps", "1")
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["2"], ["3"])]
+    assert [row[0] for row in rows] == ["2", "3"]
+    for row in rows:
+        estimate, peak, above, ratio = map(float, row[1:])
+        assert estimate > 0 and peak > above > 0 and abs(ratio - estimate / above) < 0.01

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch.utils.data import Dataset
 
 from .images import ImageError, load_image, preprocess_image
-from .records import DataError, Sample, load_samples
+from .record_cache import SampleTable
+from .records import DataError, Sample, open_samples
 from .templates import Template, get_template
 from .tokenize import check_tokenizer, encode_conversation
 from .validate import SampleChecker
@@ -43,18 +44,23 @@ class LlavaDataset(Dataset):
         self.system = system
         self.skip_bad_samples = skip_bad_samples
         self.rejected: list[DataError] = []
-        self.samples: list[Sample] = load_samples(self.data_path, self.rejected if collect_rejected else None)
+        # a list, or for a big file a SampleTable: the same samples, memory-mapped
+        self.samples: Sequence[Sample] = open_samples(self.data_path, self.rejected if collect_rejected else None)
         if not self.samples:
             raise DataError(f"{self.data_path}: no samples")
-        if self.image_folder is None and any(s.image for s in self.samples) and not collect_rejected:
-            first = next(s for s in self.samples if s.image)
-            raise DataError(f"{self.data_path}: sample {first.id!r} has an image but no --image_folder was given")
+        if self.image_folder is None and not collect_rejected:
+            first = (self.samples.first_with_image() if isinstance(self.samples, SampleTable)
+                     else next((s for s in self.samples if s.image), None))
+            if first is not None:
+                raise DataError(f"{self.data_path}: sample {first.id!r} has an image but no --image_folder was given")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @property
     def modality_lengths(self) -> list[int]:
+        if isinstance(self.samples, SampleTable):
+            return self.samples.modality_lengths()
         return [s.modality_length for s in self.samples]
 
     def image_path(self, sample: Sample) -> Path:
@@ -68,7 +74,10 @@ class LlavaDataset(Dataset):
     def exclude(self, indices) -> None:
         """Drop the samples at these positions (bad ones found before training)."""
         drop = set(indices)
-        self.samples = [sample for i, sample in enumerate(self.samples) if i not in drop]
+        if isinstance(self.samples, SampleTable):
+            self.samples = self.samples.without(sorted(drop))
+        else:
+            self.samples = [sample for i, sample in enumerate(self.samples) if i not in drop]
         if not self.samples:
             raise DataError(f"{self.data_path}: no valid samples left")
 

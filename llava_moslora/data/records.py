@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from .templates import IMAGE_TOKEN, Turns
 
@@ -136,15 +136,34 @@ def parse_sample(record: Any, where: str, index: int) -> Sample:
     return Sample(sample_id, image, list(zip(questions, messages[1::2])), system)
 
 
+def data_paths(path: Union[str, Path]) -> list:
+    """The files of a data path: one, or several given as "a.json,b.jsonl"."""
+    return [p for p in str(path).split(",") if p] if "," in str(path) else [path]
+
+
+def open_samples(path: Union[str, Path], rejected: Optional[list[DataError]] = None) -> Sequence[Sample]:
+    """load_samples's samples and errors; a big JSON/JSONL file comes memory-mapped (a
+    record_cache.SampleTable) rather than as a list, parsed once and shared by every process."""
+    from . import record_cache
+
+    if not record_cache.wants_cache(path):
+        return load_samples(path, rejected)
+    samples, errors = record_cache.open_cached(path)
+    if errors and rejected is None:
+        raise errors[0]
+    if rejected is not None:
+        rejected.extend(errors)
+    return samples
+
+
 def load_samples(path: Union[str, Path], rejected: Optional[list[DataError]] = None) -> list[Sample]:
     """Samples of one data file, or of several given as "a.json,b.jsonl" (read in that order).
 
     The first bad record raises its DataError; with a `rejected` list, every bad record (and
     malformed line) is appended there instead and the rest are returned.
     """
-    paths = [p for p in str(path).split(",") if p] if "," in str(path) else [path]
     samples = []
-    for one in paths:
+    for one in data_paths(path):
         for index, (record, where) in enumerate(iter_records(one, rejected.append if rejected is not None else None)):
             try:
                 samples.append(parse_sample(record, where, index))

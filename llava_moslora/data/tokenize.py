@@ -82,21 +82,91 @@ def encode_conversation(template: Template, tokenizer, turns: Turns, *, num_imag
         labels.append(token if inside else IGNORE_INDEX)
 
     image_id = token_id(tokenizer, IMAGE_TOKEN)
-    positions = [i for i, token in enumerate(input_ids) if token == image_id]
-    expected = 1 if num_image_tokens > 0 else 0
-    if len(positions) != expected:
-        raise ValueError(f"expected {expected} {IMAGE_TOKEN} token(s) in the encoded conversation, "
-                         f"found {len(positions)}")
-    if positions:
-        at = positions[0]
+    at = _image_position(input_ids, image_id, num_image_tokens)
+    if at is not None:
         input_ids[at:at + 1] = [image_id] * num_image_tokens
         labels[at:at + 1] = [IGNORE_INDEX] * num_image_tokens
 
     truncated = False
     if max_length is not None and len(input_ids) > max_length:
-        image_end = positions[0] + num_image_tokens if positions else 0
-        if image_end > max_length:
-            raise SampleTooLong(f"the {num_image_tokens} image tokens end at position {image_end}, "
-                                f"beyond model_max_length={max_length}")
+        _check_image_fits(at, num_image_tokens, max_length)
         input_ids, labels, truncated = input_ids[:max_length], labels[:max_length], True
     return EncodedConversation(input_ids, labels, truncated)
+
+
+def _image_position(input_ids: list[int], image_id: Optional[int], num_image_tokens: int) -> Optional[int]:
+    """Where the one `<image>` token is (None without an image); ValueError if the count is wrong."""
+    found = input_ids.count(image_id) if image_id is not None else 0
+    expected = 1 if num_image_tokens > 0 else 0
+    if found != expected:
+        raise ValueError(f"expected {expected} {IMAGE_TOKEN} token(s) in the encoded conversation, found {found}")
+    return input_ids.index(image_id) if found else None
+
+
+def _check_image_fits(at: Optional[int], num_image_tokens: int, max_length: int) -> None:
+    image_end = at + num_image_tokens if at is not None else 0
+    if image_end > max_length:
+        raise SampleTooLong(f"the {num_image_tokens} image tokens end at position {image_end}, "
+                            f"beyond model_max_length={max_length}")
+
+
+@dataclass
+class ConversationSummary:
+    """What encode_conversation would give, without the ids and labels: its length, whether it is
+    cut (truncated) and whether every label is masked (fully_masked)."""
+
+    length: int
+    truncated: bool
+    fully_masked: bool
+
+
+def summarise_conversations(template: Template, tokenizer, conversations, *, max_length: Optional[int] = None,
+                            image_id: Optional[int] = None) -> list:
+    """For each (turns, system, num_image_tokens) of `conversations`, the ConversationSummary that
+    encode_conversation's result has, or the exception it raises (SampleTooLong, ValueError).
+
+    The data screen's fast path: one tokenizer call for the whole list, and only the position
+    of the first loss-bearing token is looked for. `image_id`: the `<image>` token's id, if known.
+    """
+    if not conversations:
+        return []
+    if image_id is None:
+        image_id = token_id(tokenizer, IMAGE_TOKEN)
+    rendered = [_loss_spans(template.render(turns, system)) for turns, system, _ in conversations]
+    encodings = tokenizer([text for text, _ in rendered], return_offsets_mapping=True, add_special_tokens=True)
+    results = []
+    for (_, spans), (_, _, num_image_tokens), input_ids, offsets in zip(
+            rendered, conversations, encodings["input_ids"], encodings["offset_mapping"]):
+        try:
+            at = _image_position(input_ids, image_id, num_image_tokens)
+        except ValueError as error:
+            results.append(error)
+            continue
+        first = _first_label(offsets, spans)
+        extra = num_image_tokens - 1 if at is not None else 0
+        length = len(input_ids) + extra
+        if first is not None and at is not None and first > at:
+            first += extra
+        truncated = max_length is not None and length > max_length
+        if truncated:
+            try:
+                _check_image_fits(at, num_image_tokens, max_length)
+            except SampleTooLong as error:
+                results.append(error)
+                continue
+        fully_masked = first is None or (truncated and first >= max_length)
+        results.append(ConversationSummary(min(length, max_length) if truncated else length, truncated, fully_masked))
+    return results
+
+
+def _first_label(offsets, spans) -> Optional[int]:
+    """The position of the first token encode_conversation labels (the same walk, stopped early)."""
+    span_index = 0
+    for position, (start, end) in enumerate(offsets):
+        while span_index < len(spans) and spans[span_index][1] <= start:
+            span_index += 1
+        if span_index == len(spans):
+            return None
+        if end > start and start < spans[span_index][1] and end > spans[span_index][0]:
+            return position
+    return None

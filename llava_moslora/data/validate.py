@@ -15,17 +15,17 @@ import json
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 from PIL import Image
 
 from .images import ImageError, load_image
 from .records import DataError, Sample
-from .templates import Template
-from .tokenize import SampleTooLong, encode_conversation
+from .templates import IMAGE_TOKEN, Template
+from .tokenize import SampleTooLong, summarise_conversations, token_id
 
 WARNING_KINDS = frozenset({"truncated"})
 
@@ -67,27 +67,38 @@ class SampleChecker:
     image_folder: Optional[Path] = None
     system: Optional[str] = None
     image_check: str = "decode"
+    _image_id: Optional[int] = field(default=None, init=False, repr=False)
 
     def __call__(self, sample: Sample) -> list[Finding]:
+        return self.check_many([sample])[0]
+
+    def check_many(self, samples: Sequence[Sample]) -> list[list[Finding]]:
+        """The findings of each sample (one tokenizer call for them all)."""
+        if self._image_id is None:
+            self._image_id = token_id(self.tokenizer, IMAGE_TOKEN)
+        summaries = summarise_conversations(
+            self.template, self.tokenizer,
+            [(sample.turns, sample.system if sample.system is not None else self.system,
+              self.num_image_tokens if sample.image else 0) for sample in samples],
+            max_length=self.max_length, image_id=self._image_id)
+        return [self._findings(sample, summary) for sample, summary in zip(samples, summaries)]
+
+    def _findings(self, sample: Sample, summary) -> list[Finding]:
         where = f"sample {sample.id!r}"
         findings = []
         if sample.image:
             fault = self._image_fault(sample.image)
             if fault:
                 findings.append(Finding(fault[0], sample.id, where, fault[1]))
-        try:
-            encoded = encode_conversation(
-                self.template, self.tokenizer, sample.turns, system=sample.system if sample.system is not None else self.system,
-                num_image_tokens=self.num_image_tokens if sample.image else 0, max_length=self.max_length)
-        except SampleTooLong as error:
-            return findings + [Finding("too_long", sample.id, where, str(error))]
-        except ValueError as error:  # the text's <image> count does not survive tokenisation
-            return findings + [Finding("image_token_mismatch", sample.id, where, str(error))]
-        if encoded.fully_masked:
-            cause = " (its replies were cut by the maximum length)" if encoded.truncated else ""
+        if isinstance(summary, SampleTooLong):
+            return findings + [Finding("too_long", sample.id, where, str(summary))]
+        if isinstance(summary, ValueError):  # the text's <image> count does not survive tokenisation
+            return findings + [Finding("image_token_mismatch", sample.id, where, str(summary))]
+        if summary.fully_masked:
+            cause = " (its replies were cut by the maximum length)" if summary.truncated else ""
             findings.append(Finding("fully_masked", sample.id, where,
                                     f"every label is masked under template {self.template.name!r}{cause}"))
-        elif encoded.truncated:
+        elif summary.truncated:
             findings.append(Finding("truncated", sample.id, where,
                                     f"cut to {self.max_length} tokens; the rest of its replies is not trained on"))
         return findings
@@ -118,14 +129,15 @@ def all_findings(rejected: Sequence[DataError], samples: Sequence[Sample], check
 
 def duplicate_findings(samples: Sequence[Sample]) -> list[Finding]:
     """Every repeat of an id after its first occurrence."""
+    ids = samples.ids() if hasattr(samples, "ids") else [sample.id for sample in samples]  # SampleTable: one column
     first: dict[str, int] = {}
     findings = []
-    for index, sample in enumerate(samples):
-        if sample.id in first:
-            findings.append(Finding("duplicate_id", sample.id, f"sample {sample.id!r}",
-                                    f"sample #{index} repeats the id of sample #{first[sample.id]}", index))
+    for index, sample_id in enumerate(ids):
+        if sample_id in first:
+            findings.append(Finding("duplicate_id", sample_id, f"sample {sample_id!r}",
+                                    f"sample #{index} repeats the id of sample #{first[sample_id]}", index))
         else:
-            first[sample.id] = index
+            first[sample_id] = index
     return findings
 
 
@@ -137,12 +149,15 @@ def _install(checker: SampleChecker) -> None:
     _checker = checker
 
 
-def _check_in_worker(sample: Sample) -> list[Finding]:
-    return _checker(sample)
+def _check_in_worker(samples: Sequence[Sample]) -> list[list[Finding]]:
+    return _checker.check_many(samples)
 
 
 def _indexed(results: Iterable[list[Finding]], offset: int = 0) -> list[Finding]:
     return [replace(f, index=offset + i) for i, found in enumerate(results) for f in found]
+
+
+CHUNK = 128  # samples per tokenizer call (and per task sent to a worker)
 
 
 def check_samples(samples: Sequence[Sample], checker: SampleChecker, *, workers: int = 0,
@@ -151,16 +166,22 @@ def check_samples(samples: Sequence[Sample], checker: SampleChecker, *, workers:
     each finding's `index` is its sample's position in `samples`."""
     from tqdm.auto import tqdm
 
-    bar = dict(total=len(samples), desc=description, unit="sample", disable=not progress, mininterval=1.0)
-    if workers <= 0 or len(samples) < 2 * workers:
-        return _indexed(checker(sample) for sample in tqdm(samples, **bar))
-    # fork: the workers inherit the checker (tokenizer included) instead of unpickling it each.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    chunksize = max(1, min(256, len(samples) // (8 * workers)))
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_install,
-                             initargs=(checker,)) as pool:
-        results = pool.map(_check_in_worker, samples, chunksize=chunksize)
-        return _indexed(tqdm(results, **bar))
+    chunks = (samples[start:start + CHUNK] for start in range(0, len(samples), CHUNK))
+    bar = tqdm(total=len(samples), desc=description, unit="sample", disable=not progress, mininterval=1.0)
+
+    def counted(results: Iterable[list[list[Finding]]]) -> Iterator[list[Finding]]:
+        for found in results:
+            bar.update(len(found))
+            yield from found
+
+    with bar:
+        if workers <= 0 or len(samples) < 2 * workers:
+            return _indexed(counted(checker.check_many(chunk) for chunk in chunks))
+        # fork: the workers inherit the checker (tokenizer included) instead of unpickling it each.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_install,
+                                 initargs=(checker,)) as pool:
+            return _indexed(counted(pool.map(_check_in_worker, chunks)))
 
 
 @dataclass

@@ -31,13 +31,19 @@ def gather_lists(items: list) -> list:
     return [item for part in everyone for item in part]
 
 
+def check_shard(dataset: LlavaDataset, rank: int, world_size: int, progress: bool = True) -> list[Finding]:
+    """This rank's share of the per-sample checks (every world_size-th sample from `rank`); each
+    finding's `index` is its sample's position in the dataset."""
+    shard = dataset.samples[rank::world_size]
+    found = check_samples(shard, dataset.checker("header"), progress=progress,
+                          description=f"checking data ({len(shard)} of {len(dataset.samples)} samples on this rank)")
+    return [replace(f, index=f.index * world_size + rank) for f in found]  # shard position -> dataset position
+
+
 def screen_dataset(dataset: LlavaDataset, *, skip: bool, rank: int, world_size: int, output_dir: str) -> list[Finding]:
     """Check every sample of `dataset`; raise DataError on errors, or (skip) drop those samples.
     Returns the findings (errors and warnings) for the run's summary."""
-    shard = dataset.samples[rank::world_size]
-    found = check_samples(shard, dataset.checker("header"), progress=rank == 0,
-                          description=f"checking data ({len(shard)} of {len(dataset.samples)} samples on this rank)")
-    found = [replace(f, index=f.index * world_size + rank) for f in found]  # shard position -> dataset position
+    found = check_shard(dataset, rank, world_size, progress=rank == 0)
     checked = sorted(gather_lists(found), key=lambda f: f.index)
     findings = all_findings(dataset.rejected, dataset.samples, checked)
     errors = [f for f in findings if f.is_error]
