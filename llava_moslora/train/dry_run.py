@@ -4,7 +4,8 @@ The model is built on the meta device from the configs (no weight file is read) 
 the run would tune it; printed are its trainable-parameter table, the batch arithmetic, and an
 estimate of per-GPU memory under ZeRO-2 and ZeRO-3. The estimate counts, per process:
 - weights: every parameter at the run's width (2 bytes in bf16/fp16, 4 in fp32); ZeRO-3
-  partitions them over the world and gathers about two transformer blocks at a time;
+  partitions them over the world and keeps up to stage3_max_live_parameters of them gathered
+  (DeepSpeed's default and ours: 1e9, so a model under 1e9 parameters stays whole);
 - gradients of the trainable tensors, partitioned (ZeRO-2 and -3), plus two reduce buckets
   (overlap_comm; "auto" is hidden_size^2 elements, as the Trainer fills it in);
 - optimizer states of the trainable tensors: AdamW's two moments and DeepSpeed's fp32 copy,
@@ -68,28 +69,25 @@ def activation_bytes(text_config, per_device: int, max_length: int, width: int, 
     return kept + logits
 
 
-def largest_block(model) -> int:
-    """Parameters of the language model's biggest decoder layer (what ZeRO-3 gathers at once)."""
-    layers = getattr(model.model.language_model, "layers", None)
-    return max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0) if layers else 0
-
-
-def reduce_bucket(deepspeed, hidden: int) -> int:
-    """reduce_bucket_size of the DeepSpeed config in elements ("auto": hidden_size^2)."""
+def zero_settings(deepspeed, hidden: int) -> tuple[int, int]:
+    """(reduce_bucket_size, stage3_max_live_parameters) of the DeepSpeed config, in elements
+    ("auto" bucket: hidden_size^2, as the Trainer fills it in; DeepSpeed's defaults otherwise)."""
     config = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, str) else (deepspeed or {})
-    value = config.get("zero_optimization", {}).get("reduce_bucket_size", "auto")
-    return hidden * hidden if value == "auto" else int(float(value))
+    zero = config.get("zero_optimization", {})
+    bucket = zero.get("reduce_bucket_size", "auto")
+    return (hidden * hidden if bucket == "auto" else int(float(bucket)),
+            int(float(zero.get("stage3_max_live_parameters", 1e9))))
 
 
-def estimate(trainable: int, frozen: int, block: int, world: int, width: int, activations: int,
-             bucket_elements: int) -> dict:
+def estimate(trainable: int, frozen: int, world: int, width: int, activations: int, bucket_elements: int,
+             max_live: int) -> dict:
     """Bytes per process for ZeRO-2 and ZeRO-3, by kind."""
     total = trainable + frozen
     bucket = 2 * min(bucket_elements, trainable) * width
     common = {"gradients": trainable * width / world + bucket,
               "optimizer states": trainable * OPTIMIZER_BYTES / world, "activations (rough)": activations}
     return {2: {"weights": total * width, **common},
-            3: {"weights": total * width / world + 2 * block * width, **common}}
+            3: {"weights": total * width / world + min(total, max_live) * width, **common}}
 
 
 def render_estimate(estimates: dict, width: int) -> str:
@@ -133,8 +131,8 @@ def dry_run(bundle, training_args, data_path: str, world: int, half: bool) -> st
                       count_records(data_path), training_args.num_train_epochs, training_args.max_steps)
     activations = activation_bytes(text_config, batches.per_device,
                                    training_args.model_max_length, width, training_args.activation_checkpointing)
-    estimates = estimate(trainable, frozen, largest_block(bundle.model), world, width, activations,
-                         reduce_bucket(training_args.deepspeed, text_config.hidden_size))
+    estimates = estimate(trainable, frozen, world, width, activations,
+                         *zero_settings(training_args.deepspeed, text_config.hidden_size))
     stage = training_args.zero_stage()
     return "\n".join([trainable_table(bundle.model), batches.render(), render_estimate(estimates, width),
                       f"this run: ZeRO-{stage}" if stage else "this run: no DeepSpeed",

@@ -131,6 +131,8 @@ def build(model_args, training_args, weights: bool = True):
                              vision_feature_select_strategy=model_args.select_strategy,
                              template=model_args.template, dtype=dtype,
                              trust_remote_code=model_args.trust_remote_code, weights=weights)
+        if start and not weights and not Path(start).is_file():
+            raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: no such checkpoint directory or projector file")
         if start and weights:  # a projector file: its tensors are what the dry run leaves out
             names = load_projector(bundle.model, start)
             bundle.recipe = replace(bundle.recipe, trained_tensors=sorted(set(bundle.recipe.trained_tensors) | set(names)))
@@ -160,7 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..model.checkpoint import check_resumable
     from ..optim import attach_riemannian
     from .interrupt import StopOnSignal
-    from .metrics import run_metrics, write_metrics
+    from .metrics import PeakMemoryOfTraining, run_metrics, write_metrics
     from .screen import gather_lists, screen_dataset
     from .trainer import LlavaTrainer
 
@@ -192,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
     stop = StopOnSignal()
     trainer = LlavaTrainer(model=bundle.model, args=training_args, train_dataset=dataset,
-                           data_collator=collator, bundle=bundle, callbacks=[stop])
+                           data_collator=collator, bundle=bundle, callbacks=[stop, PeakMemoryOfTraining()])
     if resume:
         trainer.record.load(Path(resume), training_args.process_index)
     result = trainer.train(resume_from_checkpoint=resume)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from transformers import TrainerCallback
 
 METRICS_FILE = "train_metrics.json"
 RECORD_FILE = "run_record_rank{rank}.json"  # inside checkpoint-N, one per rank
@@ -51,11 +52,45 @@ class RunRecord:
             self.order = "incomplete:" + self.order
 
 
+PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def reset_peak_memory() -> None:
+    """Measure the peak from now on (training), not from the start: on the CPU, loading makes
+    copies of the weights (from_pretrained, embedding resize, ZeRO partitioning) that are freed
+    before step 1. Linux resets the RSS high-water mark through /proc/self/clear_refs ("5")."""
+    if _cuda():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        PROC_CLEAR_REFS.write_text("5")
+    except OSError:  # not Linux, or not allowed: the lifetime peak is reported instead
+        pass
+
+
 def peak_memory() -> tuple[int, str]:
-    """This process's peak memory in bytes and what was measured."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return int(torch.cuda.max_memory_allocated()), "cuda max allocated"
+    """This process's peak memory in bytes since reset_peak_memory, and what was measured."""
+    if _cuda():
+        return int(torch.cuda.max_memory_allocated()), "cuda max allocated during training"
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "cpu peak rss during training"
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu max rss"  # Linux: KiB
+
+
+class PeakMemoryOfTraining(TrainerCallback):
+    """Resets the peak-memory measure when training begins (after the model, DeepSpeed's engine
+    and the optimizer are set up)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        reset_peak_memory()
 
 
 def run_metrics(record: RunRecord, args, state, train_runtime: float, trainable: dict[str, int],

@@ -1,0 +1,26 @@
+"""train_metrics.json's peak memory is the training phase's: on the CPU the RSS high-water mark is
+reset when training begins, so the copies made while loading do not count."""
+import resource
+import sys
+
+import pytest
+import torch
+
+from llava_moslora.train.metrics import peak_memory, reset_peak_memory
+
+MB = 2 ** 20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reset uses Linux's /proc/self/clear_refs")
+def test_peak_memory_counts_from_the_reset():
+    loading = torch.ones(50_000_000)  # 200 MB, touched, then freed (as a load-time copy is)
+    del loading
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reset_peak_memory()
+    after_reset, measure = peak_memory()
+    assert measure == "cpu peak rss during training"
+    assert after_reset < lifetime - 150 * MB  # the freed 200 MB are no longer the peak
+    training = torch.ones(50_000_000)
+    peak, _ = peak_memory()
+    assert peak >= after_reset + 190 * MB
+    del training
