@@ -37,6 +37,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                   "per-ability scores of evaluated checkpoints, normalized across them: JSON, Markdown, radar plots"),
     "chat": ("llava_moslora.serve.chat",
              "talk with a checkpoint about an image: streaming, multi-turn, /image /reset /exit; --prompt for scripts"),
+    "web": ("llava_moslora.serve.web",
+            "the chat in a browser (Gradio, one process): upload an image, ask, streamed answers; several --model side by side"),
     "quickstart": ("llava_moslora.quickstart",
                    "run scripts/quickstart.sh: ShapesVQA, tiny bases, both stages, evaluation, sample answers"),
     "env": ("llava_moslora.envinfo",

@@ -64,6 +64,23 @@ def save_bases(root, style="llama", architecture="llama"):
     return {"vision_tower": str(tower), "language_model": str(lm)}
 
 
+def save_tiny_checkpoint(bases, out, seed=0, r=4):
+    """A stage-2 checkpoint: MoSLoRA (rank r, random non-zero adapters drawn from `seed`) on the tiny bases."""
+    import torch
+
+    from llava_moslora.adapters import AdapterConfig
+    from llava_moslora.model import Recipe, apply_tuning, build_llava, save_checkpoint
+
+    bundle = build_llava(bases["vision_tower"], bases["language_model"])
+    bundle.recipe = Recipe(**{**bundle.recipe.to_dict(), "stage": 2, "tune_language_model": "adapter",
+                              "llm_adapter": AdapterConfig(kind="moslora", r=r).to_dict()})
+    apply_tuning(bundle.model, bundle.recipe)
+    torch.manual_seed(seed)
+    randomize_adapters(bundle.model, scale=0.05)
+    save_checkpoint(bundle, out)
+    return out
+
+
 def script_env(env_vars):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_"))}
     env.update({"OMP_NUM_THREADS": "1", "NUM_GPUS": "2", "PYTHONUNBUFFERED": "1", **env_vars})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 from PIL import Image, UnidentifiedImageError
 
@@ -39,13 +39,17 @@ class ChatSession:
     def reset(self) -> None:
         self.history = []
 
-    def ask(self, question: str, on_text=None) -> str:
-        """The reply to `question`; on_text(chunk) sees it while it is generated."""
-        streamer = None
-        if on_text is not None:
-            from transformers import TextIteratorStreamer
+    def use_image(self, image: Optional[Image.Image]) -> None:
+        """Talk about this (already opened) image from now on: a new conversation."""
+        self.image, self.history = image.convert("RGB") if image is not None else None, []
 
-            streamer = TextIteratorStreamer(self.answerer.bundle.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    def stream(self, question: str) -> Iterator[str]:
+        """The reply to `question` in pieces, as it is generated. The last item is the whole reply
+        as the answerer decoded it (the pieces joined may differ from it in outer whitespace);
+        the turn joins the history when the reply is complete."""
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.answerer.bundle.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result = {}
 
         def generate():
@@ -53,21 +57,36 @@ class ChatSession:
                 result["reply"] = self.answerer(question, self.image, self.history, streamer=streamer, **self.settings)
             except BaseException as error:  # surfaced in the caller's thread
                 result["error"] = error
-                if streamer is not None:
-                    streamer.end()
+                streamer.end()
 
-        if streamer is None:
-            generate()
-        else:
-            worker = threading.Thread(target=generate, daemon=True)
-            worker.start()
-            for chunk in streamer:
-                on_text(chunk)
-            worker.join()
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        yield from (Piece(chunk) for chunk in streamer)
+        worker.join()
         if "error" in result:
             raise result["error"]
         self.history.append((question, result["reply"]))
-        return result["reply"]
+        yield Reply(result["reply"])
+
+    def ask(self, question: str, on_text=None) -> str:
+        """The reply to `question`; on_text(chunk) sees it while it is generated."""
+        if on_text is None:
+            reply = self.answerer(question, self.image, self.history, **self.settings)
+            self.history.append((question, reply))
+            return reply
+        for item in self.stream(question):
+            if isinstance(item, Reply):
+                return str(item)
+            on_text(str(item))
+        raise AssertionError("stream ended without a reply")  # pragma: no cover
+
+
+class Piece(str):
+    """A streamed part of a reply."""
+
+
+class Reply(str):
+    """The whole reply, last item of ChatSession.stream."""
 
 
 def timed_answer(session: ChatSession, question: str, stats: bool, on_text=None) -> str:
