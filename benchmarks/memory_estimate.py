@@ -14,6 +14,7 @@ the estimate counts tensors only. Prints estimate, measured and their ratio.
 --llava-7b writes configs (no weights) shaped like Vicuna-7B (32000-token tokenizer) and CLIP
 ViT-L/14-336 and prints scripts/finetune.sh's --dry_run for LLaVA-1.5's stage 2 on 8 GPUs in
 bf16 (MoSLoRA r=128, per-device batch 16, length 2048): what a user sees on a login node.
+`--llava-7b --gpus 1 --per-device 4 --bits 4` is the one-GPU QLoRA recipe.
 """
 from __future__ import annotations
 
@@ -104,10 +105,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps per measured run [4]")
     parser.add_argument("--max-length", type=int, default=256, help="model_max_length [256]")
     parser.add_argument("--llava-7b", action="store_true", help="only print the dry run of LLaVA-1.5-7B's stage 2")
+    parser.add_argument("--gpus", type=int, default=8, help="with --llava-7b: GPUs [8]")
+    parser.add_argument("--per-device", type=int, default=16, help="with --llava-7b: per-device batch [16]")
+    parser.add_argument("--bits", type=int, default=16, choices=(4, 8, 16), help="with --llava-7b: QLoRA bits [16]")
     args = parser.parse_args()
     if args.llava_7b:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**llava_7b_configs(Path(tmp)), "NUM_GPUS": "8", "OUTPUT_DIR": str(Path(tmp) / "out")}
+            env = {**llava_7b_configs(Path(tmp)), "NUM_GPUS": str(args.gpus), "PER_DEVICE_BATCH": str(args.per_device),
+                   "BITS": str(args.bits), "OUTPUT_DIR": str(Path(tmp) / "out")}
             (Path(tmp) / "mm_projector.bin").write_bytes(b"")  # named, never read by a dry run
             print(run("finetune.sh", env, "--dry_run", "--bf16", "True"))
         return

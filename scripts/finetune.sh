@@ -20,6 +20,8 @@
 #   MIXER_INIT        MoSLoRA mixer init [kaiming]
 #   NUM_EXPERTS [20], TOP_K [10], GATE_RESCALE [none|sqrt], ROUTER_LR [unset]: MoE-LoRA
 #   RIEMANNIAN        1: Riemannian preconditioning (needs ZERO=2) [0]
+#   BITS              16 | 8 | 4: QLoRA, the language model held in 8 or 4 bits (bitsandbytes;
+#                     ZERO=2 or one GPU; --quant_type nf4|fp4, --double_quant) [16]
 #   TEMPLATE          [vicuna_v1]
 set -euo pipefail
 [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] && { sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit 0; }
@@ -55,6 +57,7 @@ extra=()
 [ -n "${VISION_TOWER:-}" ] && extra+=(--vision_tower "$VISION_TOWER")
 [ -n "${ROUTER_LR:-}" ] && extra+=(--router_lr "$ROUTER_LR")
 [ "${RIEMANNIAN:-0}" = "1" ] && extra+=(--riemannian True)
+[ "${BITS:-16}" != "16" ] && extra+=(--bits "$BITS")
 
 exec "${LAUNCH[@]}" \
   --deepspeed "$DS_CONFIG" \

@@ -27,6 +27,7 @@
 #   EPOCHS            [1]
 #   MAX_LENGTH        model_max_length [2048]
 #   TEMPLATE          conversation template [plain]
+#   BITS              16 | 8 | 4: the (frozen) language model held in 8 or 4 bits (bitsandbytes) [16]
 # Without CUDA the same command trains on the CPU (gloo, DeepSpeed's CPU accelerator, fp32).
 # --dry_run prints the trainable parameters, batch arithmetic and a ZeRO-2/3 memory estimate and
 # exits (no GPU, no weights read). SIGTERM / SIGINT / SIGUSR1 save a checkpoint and end the run
@@ -61,4 +62,4 @@ exec "${LAUNCH[@]}" \
   --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
   --save_strategy steps --save_steps 24000 --save_total_limit 1 \
   --logging_steps 1 --dataloader_num_workers 4 --report_to none \
-  "${PRECISION[@]}" "$@"
+  ${BITS:+--bits "$BITS"} "${PRECISION[@]}" "$@"

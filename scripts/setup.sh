@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install llava-moslora (editable) with its dev, eval and web extras, pinned by
+# Create .venv and install llava-moslora (editable) with its dev, eval, web and qlora extras, pinned by
 # constraints.txt. Idempotent: when pyproject.toml and constraints.txt are unchanged since the
 # last successful run, it only checks that the package imports and exits.
 #
@@ -36,6 +36,6 @@ echo "setup: installing (log: $log)"
 pip_install --upgrade pip setuptools wheel
 # torch first and alone, pinned: with it in place no other requirement can pull a different build.
 pip_install -c constraints.txt torch
-pip_install -c constraints.txt -e ".[dev,eval,web]"
+pip_install -c constraints.txt -e ".[dev,eval,web,qlora]"
 echo "$want" >"$stamp"
 echo "setup: installed llava-moslora into $venv"

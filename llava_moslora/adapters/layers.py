@@ -46,10 +46,10 @@ class AdapterLayer(nn.Module):
                             requires_grad=requires_grad)
 
     def _finish_init(self) -> None:
-        weight = self.base_layer.weight
+        dtype = float_dtype(self.base_layer)
         for name in self.adapter_tensor_names:
             tensor = self.get_parameter(name)
-            tensor.data = tensor.data.to(weight.dtype)
+            tensor.data = tensor.data.to(dtype)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {name: self.get_parameter(name) for name in self.adapter_tensor_names}
@@ -59,6 +59,23 @@ class AdapterLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, r={self.r}, alpha={self.alpha}, scaling={self.scaling:.4g}"
+
+
+def float_dtype(layer: nn.Linear) -> torch.dtype:
+    """The dtype of adapter tensors beside `layer`: its weight's, or for a quantized layer
+    (bitsandbytes' Linear4bit / Linear8bitLt pack the weight in uint8 / int8) its compute dtype,
+    float32 when it has none."""
+    if layer.weight.is_floating_point():
+        return layer.weight.dtype
+    return getattr(layer, "compute_dtype", None) or torch.float32
+
+
+def _float_weight(layer: nn.Linear) -> torch.Tensor:
+    weight = layer.weight
+    if not weight.is_floating_point():
+        raise ValueError(f"cannot fold an adapter into a quantized {type(layer).__name__}: dequantize the base "
+                         "first (model.quantize.dequantize; `llava-moslora merge` does)")
+    return weight
 
 
 def init_mixer_(mixer: torch.Tensor, how: str) -> torch.Tensor:
@@ -132,7 +149,7 @@ class LoraLinear(AdapterLayer):
     def merge(self) -> None:
         if self.merged:
             raise RuntimeError("adapter is already merged")
-        weight = self.base_layer.weight
+        weight = _float_weight(self.base_layer)
         weight.data = (weight.data.float() + self.delta_weight()).to(weight.dtype)
         self.merged = True
 
@@ -140,6 +157,6 @@ class LoraLinear(AdapterLayer):
     def unmerge(self) -> None:
         if not self.merged:
             raise RuntimeError("adapter is not merged")
-        weight = self.base_layer.weight
+        weight = _float_weight(self.base_layer)
         weight.data = (weight.data.float() - self.delta_weight()).to(weight.dtype)
         self.merged = False

@@ -112,7 +112,8 @@ def plan_checkpoint(benchmarks: list[str], backend: str, root: Path, judge: Opti
 
 def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend: str = "auto",
                         judge: Optional[str] = None, root: Optional[str] = None, model_name: Optional[str] = None,
-                        device: Optional[str] = None, dtype: str = "auto", mode: str = "all", strict: bool = False,
+                        device: Optional[str] = None, dtype: str = "auto", bits: Optional[int] = None,
+                        mode: str = "all", strict: bool = False,
                         progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Outcome]:
     """Evaluate one checkpoint on each benchmark; returns benchmark -> Outcome. Raises PlanRefused
     (strict) or ValueError / FileNotFoundError for bad input before anything runs."""
@@ -138,7 +139,7 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
     use_vlmeval = backend == "vlmeval"
     from .vlm import model_class
 
-    model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype), model_path)
+    model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype, bits=bits), model_path)
     outcomes = {}
     for plan in plans:
         if not plan.runs:
@@ -219,6 +220,9 @@ def add_arguments(parser, name: str = "eval") -> None:
                         help="stop at start if any benchmark would be skipped; exit 1 if any fails")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="weights dtype (auto: bf16 on GPUs that support it, fp32 on CPU)")
+    # model.quantize.BITS, written out: importing the model room here would make `eval --help` take 5 s
+    parser.add_argument("--bits", type=int, default=None, choices=(4, 8, 16),
+                        help="language model weights: 4 / 8 (bitsandbytes) or 16 (float) [as the checkpoint was trained]")
     parser.add_argument("--backend", choices=["auto", "vlmeval", "builtin"], default="auto",
                         help="auto: vlmeval when installed, else builtin (local MCQ / yes-no TSVs)")
     parser.add_argument("--data-root", "--data_root", dest="data_root", default=None,
@@ -232,7 +236,7 @@ def run(args, name: str = "eval") -> int:
     try:
         outcomes = evaluate_checkpoint(args.model, resolve_benchmarks(args.benchmarks), args.work_dir,
                                        backend=args.backend, judge=args.judge, root=args.data_root,
-                                       model_name=args.model_name, device=args.device, dtype=args.dtype,
+                                       model_name=args.model_name, device=args.device, dtype=args.dtype, bits=args.bits,
                                        mode=args.mode, strict=args.strict)
     except (FileNotFoundError, ValueError, ModelLoadError) as error:
         print(f"llava-moslora eval: {error}")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ..data.prompts import LETTERS, mcq_prompt, short_prompt
 from ..model import inference_device, inference_dtype, load_checkpoint
+from ..model.quantize import loading_quantization
 from .answer import Answerer
 from .benchmarks import benchmark_type
 from .toolkit import import_vlmeval_quietly, vlmeval_available
@@ -75,11 +76,11 @@ class LlavaMoSLoRAMixin:
     """Loads a stage checkpoint or merged directory and answers benchmark messages with it."""
 
     def __init__(self, model_path: Union[str, Path], device: Optional[str] = None, dtype: str = "auto",
-                 **answer_kwargs) -> None:
+                 bits: Optional[int] = None, **answer_kwargs) -> None:
         super().__init__()
         self.model_path = str(model_path)
         device = inference_device(device)
-        bundle = load_checkpoint(model_path, dtype=inference_dtype(dtype, device))
+        bundle = load_checkpoint(model_path, dtype=inference_dtype(dtype, device), quantization=loading_quantization(bits))
         self.answerer = Answerer(bundle, device=device, **answer_kwargs)
 
     def use_custom_prompt(self, dataset: Optional[str]) -> bool:

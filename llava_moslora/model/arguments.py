@@ -48,6 +48,9 @@ class ModelArguments:
     vision_lora_r: int = field(default=64, metadata={"help": "Adapter rank for the vision tower."})
     vision_lora_alpha: float = field(default=16.0, metadata={"help": "Adapter alpha for the vision tower."})
     vision_lora_target_modules: Optional[str] = field(default=None, metadata={"help": "Vision tower adapter targets (as --lora_target_modules)."})
+    bits: int = field(default=16, metadata={"help": "Language model weights: 16 (as stored), or 8 / 4 (bitsandbytes, QLoRA: adapters train on the quantized base)."})
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA) | fp4."})
+    double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit quantization constants too (QLoRA's double quantization)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint's repository."})
 
     def adapter_config(self, component: str) -> AdapterConfig:
@@ -76,4 +79,14 @@ class ModelArguments:
                                    if self.tune_language_model == "adapter" else None)
         settings["vision_adapter"] = (self.adapter_config("vision_tower").to_dict()
                                       if self.tune_vision_tower == "adapter" else None)
+        quantization = self.quantization()
+        if quantization is not None and self.tune_language_model == "full":
+            raise ValueError(f"--bits {self.bits} with --tune_language_model full: quantized weights cannot be "
+                             "trained; use --tune_language_model adapter (QLoRA) or --bits 16")
+        settings["quantization"] = quantization.to_dict() if quantization else None
         return settings
+
+    def quantization(self):
+        from .quantize import quantization_from_flags
+
+        return quantization_from_flags(self.bits, self.quant_type, self.double_quant)

@@ -124,11 +124,12 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
                 vision_feature_layer: int = -2, vision_feature_select_strategy: Optional[str] = None,
                 template: str = "vicuna_v1", dtype: torch.dtype = torch.float32,
                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False,
-                weights: bool = True) -> LlavaBundle:
+                weights: bool = True, quantization=None) -> LlavaBundle:
     """Compose LlavaForConditionalGeneration from a vision tower and a causal LM (path or hub id).
 
     weights=False builds the same model on the meta device from the configs alone (no weight
-    file is read): shapes and parameter counts for a dry run, no memory.
+    file is read): shapes and parameter counts for a dry run, no memory. `quantization` (a
+    quantize.Quantization) loads the language model's linear layers in 4 or 8 bits.
 
     projector_type "mlp2x_gelu" is LLaVA-1.5's Linear-GELU-Linear. "linear" is a single linear
     map, stored as transformers' two-layer projector with an identity activation and a frozen
@@ -141,7 +142,14 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     tokenizer = prepare_tokenizer(language_model, trust_remote_code)
     set_chat_template(tokenizer, template)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if weights:
+    if weights and quantization is not None:
+        from .quantize import load_device
+
+        lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                  quantization_config=quantization.bnb_config(dtype),
+                                                  device_map={"": load_device()}, **extra)
+        tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
+    elif weights:
         lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
         tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
     else:
@@ -172,7 +180,8 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
         raise RuntimeError(f"tensors left uninitialised after composing LLaVA: {on_meta[:5]}")
     recipe = Recipe(vision_tower=vision_tower, language_model=language_model, projector_type=projector_type,
                     vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,
-                    template=template, num_image_tokens=image_tokens)
+                    template=template, num_image_tokens=image_tokens,
+                    quantization=quantization.to_dict() if quantization is not None else None)
     return LlavaBundle(model, tokenizer, llava_image_processor(vision_tower), recipe)
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
+from .quantize import Quantization
 from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
 from .tuning import apply_tuning
 
@@ -70,38 +71,47 @@ def _is_merged(path: Path) -> bool:
 
 def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
                     vision_tower: Optional[str] = None, language_model: Optional[str] = None,
-                    weights: bool = True) -> LlavaBundle:
+                    weights: bool = True, quantization="recorded") -> LlavaBundle:
     """Load a stage checkpoint or a merged llava-hf directory.
 
     vision_tower / language_model override the base checkpoints the recipe names (say, after
     moving them to another cluster). weights=False builds the model on the meta device from the
-    configs alone (see build_llava).
+    configs alone (see build_llava). quantization: "recorded" loads the language model as the
+    checkpoint was trained (quantized after QLoRA), None in float, a quantize.Quantization so.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if (path / TRAINABLE_FILE).is_file():
-        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights)
+        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
     if _is_merged(path):
         return _load_merged(path, dtype, weights)
     if (path / RECIPE_FILE).is_file():  # a stage checkpoint that lost its tensors: say which file
-        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights)
+        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
     raise FileNotFoundError(
         f"{path} is neither a stage checkpoint ({RECIPE_FILE} + {TRAINABLE_FILE}) nor a merged LLaVA "
         "directory (config.json with model_type 'llava')")
 
 
-def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weights: bool = True) -> LlavaBundle:
+def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weights: bool = True,
+                           quantization="recorded") -> LlavaBundle:
     for required in (RECIPE_FILE, TRAINABLE_FILE):
         if not (path / required).is_file():
             raise FileNotFoundError(f"stage checkpoint {path} is missing {required}")
     recipe = Recipe.load(path)
+    if quantization == "recorded":
+        quantization = Quantization.from_dict(recipe.quantization)
+    if quantization is not None and recipe.tune_language_model == "full":
+        raise ValueError(f"{path} trained the language model's own weights (tune_language_model full), and a "
+                         "quantized language model is built from the base's files: merge it first "
+                         "(llava-moslora merge) and train from the merged model, or load it with --bits 16")
     recipe = replace(recipe, vision_tower=vision_tower or recipe.vision_tower,
-                     language_model=language_model or recipe.language_model)
+                     language_model=language_model or recipe.language_model,
+                     quantization=quantization.to_dict() if quantization is not None else None)
     bundle = build_llava(recipe.vision_tower, recipe.language_model, projector_type=recipe.projector_type,
                          vision_feature_layer=recipe.vision_feature_layer,
                          vision_feature_select_strategy=recipe.vision_feature_select_strategy,
-                         template=recipe.template, dtype=dtype, weights=weights)
+                         template=recipe.template, dtype=dtype, weights=weights, quantization=quantization)
     saved_tokenizer = AutoTokenizer.from_pretrained(path)
     if len(saved_tokenizer) != len(bundle.tokenizer):
         raise ValueError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "
@@ -115,7 +125,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
 
 
 COMPARED_RECIPE_FIELDS = ("tune_vision_tower", "tune_mm_projector", "tune_language_model", "projector_type",
-                          "llm_adapter", "vision_adapter")
+                          "llm_adapter", "vision_adapter", "quantization")
 
 
 def checkpoint_mismatch(path: Union[str, Path], model: torch.nn.Module, recipe: Recipe) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 from ..adapters import MoELoraLinear, export_peft, merge_adapters
 from .builder import make_processor, set_chat_template
 from .checkpoint import load_checkpoint
+from .quantize import Quantization, dequantize
 from .tuning import DTYPES
 
 
@@ -28,8 +29,16 @@ def _refuse_moe(bundle, what: str) -> None:
 
 
 def merge_checkpoint(checkpoint, out_dir, dtype: str = "auto") -> Path:
+    """A QLoRA checkpoint is loaded quantized (as it was trained), its base dequantized, then the
+    adapters folded in: the merged model computes what the quantized one did, in float."""
     bundle = load_checkpoint(checkpoint)
     _refuse_moe(bundle, "merged")
+    quantization = Quantization.from_dict(bundle.recipe.quantization)
+    if quantization is not None:
+        dequantize(bundle.model, quantization, torch.float32)
+        for config in (bundle.model.config, bundle.model.config.text_config):  # a float model now
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
     merge_adapters(bundle.model)
     if dtype == "auto":
         dtype = str(getattr(bundle.model.config.text_config, "dtype", None) or "float32").replace("torch.", "")
@@ -41,7 +50,7 @@ def merge_checkpoint(checkpoint, out_dir, dtype: str = "auto") -> Path:
     bundle.image_processor.save_pretrained(out)
     make_processor(bundle.model.config, bundle.tokenizer, bundle.image_processor).save_pretrained(out)
     # The template travels with it (chat and eval read it); nothing here is needed to load.
-    replace(bundle.recipe, llm_adapter=None, vision_adapter=None, trained_tensors=[],
+    replace(bundle.recipe, llm_adapter=None, vision_adapter=None, trained_tensors=[], quantization=None,
             tune_vision_tower="frozen", tune_language_model="frozen", tune_mm_projector="frozen").save(out)
     return out
 

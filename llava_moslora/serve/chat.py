@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..evaluation.answer import Answerer
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
+from ..model.quantize import BITS, BITS_HELP, loading_quantization
 
 HELP = "commands: /image PATH (switch image, new conversation), /reset, /exit"
 
@@ -140,6 +141,7 @@ def add_arguments(parser, name: str = "chat") -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: bfloat16 on a GPU that has it, else float32")
+    parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
     parser.add_argument("--stats", action="store_true", help="report tokens per second after each answer")
 
 
@@ -147,7 +149,8 @@ def run(args, name: str = "chat") -> int:
     device = inference_device(args.device)
     start = time.perf_counter()
     try:
-        bundle = load_checkpoint(args.model, dtype=inference_dtype(args.dtype, device))
+        bundle = load_checkpoint(args.model, dtype=inference_dtype(args.dtype, device),
+                                 quantization=loading_quantization(args.bits))
     except (FileNotFoundError, ValueError) as error:
         print(f"llava-moslora chat: {error}", file=sys.stderr)
         return 2

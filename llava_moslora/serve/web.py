@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 from PIL import Image, UnidentifiedImageError
 
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
+from ..model.quantize import BITS, BITS_HELP, loading_quantization
 from .chat import ChatSession, Reply
 
 EXAMPLE_QUESTION = "How many shapes are in the image?"
@@ -43,7 +44,7 @@ class Model:
         return self.path
 
 
-def load_models(paths: list[str], device: str, dtype: str) -> list[Model]:
+def load_models(paths: list[str], device: str, dtype: str, bits: Optional[int] = None) -> list[Model]:
     """Each model loaded, or its error kept for the page (the server starts either way)."""
     from ..evaluation.answer import Answerer
 
@@ -51,7 +52,7 @@ def load_models(paths: list[str], device: str, dtype: str) -> list[Model]:
     for path in paths:
         start = time.perf_counter()
         try:
-            bundle = load_checkpoint(path, dtype=inference_dtype(dtype, device))
+            bundle = load_checkpoint(path, dtype=inference_dtype(dtype, device), quantization=loading_quantization(bits))
             models.append(Model(path, answerer=Answerer(bundle, device=device)))
             print(f"web: loaded {path} ({bundle.recipe.template} template) on {device} in "
                   f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -274,6 +275,7 @@ def add_arguments(parser, name: str = "web") -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: bfloat16 on a GPU that has it, else float32")
+    parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
     parser.add_argument("--examples", default=None,
                         help=f"folder of test_*.png example images [{QUICKSTART_IMAGES} when present]")
 
@@ -285,7 +287,7 @@ def run(args, name: str = "web") -> int:
               "(bash scripts/setup.sh installs it)", file=sys.stderr)
         return 2
     device = inference_device(args.device)
-    demo = Demo(load_models(args.model, device, args.dtype))
+    demo = Demo(load_models(args.model, device, args.dtype, args.bits))
     page = build_page(demo, example_images(args.examples))
     page.queue(default_concurrency_limit=1)  # one generation at a time; other tabs wait their turn
     print(f"web: serving on http://{args.host}:{args.port} (from a laptop: ssh -L {args.port}:localhost:{args.port} "

@@ -116,7 +116,7 @@ def build_tables(runs_by_variant: dict[str, list[FinishedRun]], allocations: dic
     picked = columns(all_runs)
     reference_runs = {r.seed: r for r in runs_by_variant[reference]}
     header = ["variant", "rank", "adapter params (vs ref.)", "trainable", "lr", "wall s", "tokens/s",
-              f"peak GiB"] + [f"{b}: {a}" for b, a in picked] + ["overall", f"overall vs {reference} (95% CI)"]
+              "peak GiB"] + [f"{b}: {a}" for b, a in picked] + ["overall", f"overall vs {reference} (95% CI)"]
     rows, numbers = [], {}
     for variant, runs in runs_by_variant.items():
         allocation = allocations[variant]

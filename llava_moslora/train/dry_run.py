@@ -3,7 +3,9 @@
 The model is built on the meta device from the configs (no weight file is read) and tuned as
 the run would tune it; printed are its trainable-parameter table, the batch arithmetic, and an
 estimate of per-GPU memory under ZeRO-2 and ZeRO-3. The estimate counts, per process:
-- weights: every parameter at the run's width (2 bytes in bf16/fp16, 4 in fp32); ZeRO-3
+- weights: every parameter at the run's width (2 bytes in bf16/fp16, 4 in fp32), the language
+  model's quantized linear weights (QLoRA, --bits 4/8) at bits/8 bytes plus their block scales
+  (4-bit: a 32-bit absmax per 64 weights, 8-bit once double-quantized; 8-bit: a scale per row); ZeRO-3
   partitions them over the world and keeps up to stage3_max_live_parameters of them gathered
   (DeepSpeed's default and ours: 1e9, so a model under 1e9 parameters stays whole);
 - gradients of the trainable tensors, partitioned (ZeRO-2 and -3), plus two reduce buckets
@@ -21,6 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 GIB = 1024 ** 3
 OPTIMIZER_BYTES = 12  # fp32 copy + AdamW's exp_avg + exp_avg_sq
@@ -79,22 +82,42 @@ def zero_settings(deepspeed, hidden: int) -> tuple[int, int]:
             int(float(zero.get("stage3_max_live_parameters", 1e9))))
 
 
+def quantized_weights(model, quantization: Optional[dict]) -> int:
+    """Parameters that QLoRA stores quantized: the language model's linear weights (not lm_head)."""
+    if not quantization:
+        return 0
+    from torch import nn
+
+    return sum(m.weight.numel() for m in model.model.language_model.modules() if isinstance(m, nn.Linear))
+
+
+def quantized_bytes_per_weight(quantization: Optional[dict]) -> float:
+    if not quantization:
+        return 0.0
+    if quantization["bits"] == 8:
+        return 1.0
+    scales = (8 / 256 + 32 / (64 * 256)) if quantization.get("double_quant") else 32 / 64  # bits per weight
+    return (4 + scales) / 8
+
+
 def estimate(trainable: int, frozen: int, world: int, width: int, activations: int, bucket_elements: int,
-             max_live: int) -> dict:
-    """Bytes per process for ZeRO-2 and ZeRO-3, by kind."""
+             max_live: int, quantized: int = 0, quantized_width: float = 0.0) -> dict:
+    """Bytes per process for ZeRO-2 and ZeRO-3, by kind (`quantized` of the frozen parameters
+    held at `quantized_width` bytes each)."""
     total = trainable + frozen
+    weights = (total - quantized) * width + quantized * quantized_width
     bucket = 2 * min(bucket_elements, trainable) * width
     common = {"gradients": trainable * width / world + bucket,
               "optimizer states": trainable * OPTIMIZER_BYTES / world, "activations (rough)": activations}
-    return {2: {"weights": total * width, **common},
-            3: {"weights": total * width / world + min(total, max_live) * width, **common}}
+    return {2: {"weights": weights, **common},
+            3: {"weights": weights / world + min(total, max_live) * width, **common}}
 
 
 def render_estimate(estimates: dict, width: int) -> str:
     totals = {stage: sum(parts.values()) for stage, parts in estimates.items()}
     unit, scale = ("GiB", GIB) if max(totals.values()) >= GIB else ("MiB", 1024 ** 2)
     title = f"memory per GPU, estimated ({unit}; weights at {width} bytes)"
-    lines = [f"{title:<52}{'ZeRO-2':>10}{'ZeRO-3':>10}"]
+    lines = [f"{title:<52}" + "".join(f"{'ZeRO-' + str(stage):>10}" for stage in estimates)]
     for kind, value in [*((kind, {st: estimates[st][kind] for st in estimates}) for kind in estimates[2]),
                         ("total", totals)]:
         lines.append(f"  {kind:<50}" + "".join(f"{value[stage] / scale:>10.2f}" for stage in estimates))
@@ -131,9 +154,14 @@ def dry_run(bundle, training_args, data_path: str, world: int, half: bool) -> st
                       count_records(data_path), training_args.num_train_epochs, training_args.max_steps)
     activations = activation_bytes(text_config, batches.per_device,
                                    training_args.model_max_length, width, training_args.activation_checkpointing)
+    quantization = bundle.recipe.quantization
     estimates = estimate(trainable, frozen, world, width, activations,
-                         *zero_settings(training_args.deepspeed, text_config.hidden_size))
+                         *zero_settings(training_args.deepspeed, text_config.hidden_size),
+                         quantized=quantized_weights(bundle.model, quantization),
+                         quantized_width=quantized_bytes_per_weight(quantization))
     stage = training_args.zero_stage()
+    if quantization:  # ZeRO-3 cannot take quantized weights (refused at start): ZeRO-2 or one GPU
+        estimates = {2: estimates[2]}
     return "\n".join([trainable_table(bundle.model), batches.render(), render_estimate(estimates, width),
                       f"this run: ZeRO-{stage}" if stage else "this run: no DeepSpeed",
                       "dry run: nothing was trained; drop --dry_run to start."])

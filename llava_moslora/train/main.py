@@ -80,16 +80,24 @@ def parse(argv: list[str]):
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs is None:
         training_args.activation_checkpointing_kwargs = dict(ACTIVATION_CHECKPOINTING_KWARGS)
-    refuse_impossible(training_args)
+    refuse_impossible(model_args, training_args)
     if not data_args.data_path:
         raise SystemExit("--data_path is required")
     return model_args, data_args, training_args
 
 
-def refuse_impossible(training_args) -> None:
+def refuse_impossible(model_args, training_args) -> None:
     if training_args.riemannian and training_args.zero_stage() == 3:
         raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
                          "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")
+    try:
+        model_args.tune_settings()
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    if model_args.bits != 16 and training_args.zero_stage() == 3:
+        raise SystemExit(f"--bits {model_args.bits} under ZeRO-3: ZeRO-3 partitions every parameter, and "
+                         "bitsandbytes' packed 4/8-bit weights cannot be partitioned and gathered. QLoRA "
+                         "trains under ZeRO-2 (ZERO=2, deepspeed_configs/zero2.json) or on one GPU.")
 
 
 @contextlib.contextmanager
@@ -119,8 +127,12 @@ def build(model_args, training_args, weights: bool = True):
     dtype = select_dtype(training_args.bf16, training_args.fp16)
     start = training_args.pretrain_mm_mlp_adapter
     if start and Path(start).is_dir():
-        bundle = load_checkpoint(start, dtype=dtype, vision_tower=model_args.vision_tower,
-                                 language_model=model_args.model_name_or_path, weights=weights)
+        try:
+            bundle = load_checkpoint(start, dtype=dtype, vision_tower=model_args.vision_tower,
+                                     language_model=model_args.model_name_or_path, weights=weights,
+                                     quantization=model_args.quantization())
+        except ValueError as error:  # a checkpoint that cannot start this run: say why, no traceback
+            raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: {error}") from None
     else:
         if not (model_args.model_name_or_path and model_args.vision_tower):
             raise SystemExit("--model_name_or_path and --vision_tower are required "
@@ -130,7 +142,8 @@ def build(model_args, training_args, weights: bool = True):
                              vision_feature_layer=model_args.mm_vision_select_layer,
                              vision_feature_select_strategy=model_args.select_strategy,
                              template=model_args.template, dtype=dtype,
-                             trust_remote_code=model_args.trust_remote_code, weights=weights)
+                             trust_remote_code=model_args.trust_remote_code, weights=weights,
+                             quantization=model_args.quantization())
         if start and not weights and not Path(start).is_file():
             raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: no such checkpoint directory or projector file")
         if start and weights:  # a projector file: its tensors are what the dry run leaves out
@@ -237,7 +250,7 @@ def dry_run_report(argv: list[str]) -> int:
     deepspeed = flag_value(argv, "--deepspeed")
     model_args, data_args, training_args = parse(CPU_FLAGS + _without(argv, ("--deepspeed",) + GPU_ONLY_FLAGS))
     training_args.deepspeed = deepspeed
-    refuse_impossible(training_args)
+    refuse_impossible(model_args, training_args)
     bundle = build(model_args, training_args, weights=False)
     apply_tuning(bundle.model, bundle.recipe)
     world = training_args.dry_run_world or int(os.environ.get("WORLD_SIZE", "1"))
