@@ -143,11 +143,12 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     set_chat_template(tokenizer, template)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if weights and quantization is not None:
-        from .quantize import load_device
+        from .quantize import accept_own_checkpoints, load_device
 
         lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code,
                                                   quantization_config=quantization.bnb_config(dtype),
                                                   device_map={"": load_device()}, **extra)
+        accept_own_checkpoints(lm)
         tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
     elif weights:
         lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code, **extra)

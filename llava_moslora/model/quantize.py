@@ -90,6 +90,21 @@ def is_quantized_linear(module: "torch.nn.Module") -> bool:
     return type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
+def accept_own_checkpoints(model: "torch.nn.Module") -> None:
+    """Let the model load back a state dict it saved. DeepSpeed's engine checkpoint (what
+    --resume_from_checkpoint reads) holds every module's state, and bitsandbytes' 4-bit layers
+    save their quantization constants beside the weight ("weight.absmax", ...) but do not take
+    them back, so a strict load fails. The constants are the ones the layer already has (it was
+    quantized from the same base file): they are dropped on load."""
+    def drop_quant_state(module, state_dict, prefix, *args, **kwargs):
+        for key in [k for k in state_dict if k.startswith(prefix + "weight.")]:
+            del state_dict[key]
+
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit":
+            module._register_load_state_dict_pre_hook(drop_quant_state, with_module=True)
+
+
 def dequantize(model: "torch.nn.Module", quantization: Quantization, dtype: "torch.dtype") -> "torch.nn.Module":
     """Every quantized linear layer of `model` replaced by an nn.Linear holding its dequantized
     weight in `dtype` (adapter layers keep wrapping them)."""
