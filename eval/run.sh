@@ -3,7 +3,7 @@
 #
 #   bash eval/run.sh CHECKPOINT [SUITE_OR_NAMES] [WORK_DIR]
 #
-# SUITE_OR_NAMES: a suite in eval/suites (paper, quick, shapes) or comma-separated VLMEvalKit
+# SUITE_OR_NAMES: a suite (paper, quick, shapes, shapes_val: llava_moslora/evaluation/suites/) or comma-separated VLMEvalKit
 # names [paper]. WORK_DIR defaults to eval_results/<checkpoint name> (one per checkpoint).
 # With several GPUs, NUM_GPUS=8 runs VLMEvalKit's data-parallel inference under torchrun.
 # Extra flags for `llava-moslora eval` go in EVAL_ARGS (e.g. "--data-root DIR --backend builtin").

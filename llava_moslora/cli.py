@@ -11,53 +11,89 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-# name -> (module, one-line help).
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("llava_moslora.data.synth",
-              "generate ShapesVQA: images, stage-1/2 training data and held-out VLMEvalKit-format benchmarks"),
-    "pretrain-bases": ("llava_moslora.model.bases",
-                       "pretrain the tiny CLIP tower and Llama the quickstart starts from, on ShapesVQA's domain"),
-    "init-tiny": ("llava_moslora.model.tiny",
-                  "write a tiny CLIP tower and a tiny Llama (tokenizer trained on the data) as save_pretrained dirs"),
-    "validate-data": ("llava_moslora.validate_data",
-                      "scan a LLaVA-format dataset for every fault (by sample id) before a run; --write-clean keeps the valid ones"),
-    "train": ("llava_moslora.train.main",
-              "train one stage (run under torchrun or deepspeed; see scripts/pretrain.sh, finetune.sh)"),
-    "merge": ("llava_moslora.model.export",
-              "fold lora/moslora adapters into a standalone llava-hf directory"),
-    "export-peft": ("llava_moslora.model.export",
-                    "write lora/moslora adapters as a PEFT LoRA adapter plus the tuned projector"),
-    "eval": ("llava_moslora.evaluation.runner",
-             "run VLMEvalKit benchmarks (or local MCQ / yes-no TSVs offline) on a checkpoint"),
-    "vlmeval": ("llava_moslora.evaluation.vlmeval_run",
-                "run VLMEvalKit's own run.py with checkpoints as --model llava_moslora:CKPT (judges, --reuse, torchrun)"),
-    "study": ("llava_moslora.study.driver",
-              "compare adapters: a grid of stage-2 runs (equal budgets, same data, LR search, seeds), scored and reported"),
-    "abilities": ("llava_moslora.evaluation.abilities",
-                  "per-ability scores of evaluated checkpoints, normalized across them: JSON, Markdown, radar plots"),
-    "chat": ("llava_moslora.serve.chat",
-             "talk with a checkpoint about an image: streaming, multi-turn, /image /reset /exit; --prompt for scripts"),
-    "web": ("llava_moslora.serve.web",
-            "the chat in a browser (Gradio, one process): upload an image, ask, streamed answers; several --model side by side"),
+# name -> (module, one-line help, group, example).
+SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "quickstart": ("llava_moslora.quickstart",
-                   "run scripts/quickstart.sh: ShapesVQA, tiny bases, both stages, evaluation, sample answers"),
+                   "run scripts/quickstart.sh: ShapesVQA, tiny bases, both stages, evaluation, sample answers",
+                   "start", "llava-moslora quickstart --out runs/quickstart --seed 0"),
     "env": ("llava_moslora.envinfo",
-            "print the versions of the stack and the accelerators it sees (paste into bug reports)"),
+            "print the versions of the stack and the accelerators it sees (paste into bug reports)",
+            "start", "llava-moslora env --json"),
+    "synth": ("llava_moslora.data.synth",
+              "generate ShapesVQA: images, stage-1/2 training data and held-out VLMEvalKit-format benchmarks",
+              "data", "llava-moslora synth --out runs/shapes --seed 0"),
+    "validate-data": ("llava_moslora.train.validate_data",
+                      "scan a LLaVA-format dataset for every fault (by sample id) before a run; --write-clean keeps the valid ones",
+                      "data", "llava-moslora validate-data --data_path mix665k.json --image_folder playground/data "
+                              "--model_name_or_path lmsys/vicuna-7b-v1.5 --vision_tower openai/clip-vit-large-patch14-336"),
+    "train": ("llava_moslora.train.main",
+              "train one stage (run under torchrun or deepspeed; see scripts/pretrain.sh, finetune.sh)",
+              "train", "bash scripts/finetune.sh --dry_run   # the scripts run `llava-moslora train` for you"),
+    "merge": ("llava_moslora.model.export",
+              "fold lora/moslora adapters into a standalone llava-hf directory",
+              "train", "llava-moslora merge --checkpoint runs/quickstart/stage2 --out runs/quickstart/merged"),
+    "export-peft": ("llava_moslora.model.export",
+                    "write lora/moslora adapters as a PEFT LoRA adapter plus the tuned projector",
+                    "train", "llava-moslora export-peft --checkpoint runs/quickstart/stage2 --out runs/quickstart/peft"),
+    "pretrain-bases": ("llava_moslora.model.bases",
+                       "pretrain the tiny CLIP tower and Llama the quickstart starts from, on ShapesVQA's domain",
+                       "train", "llava-moslora pretrain-bases --out runs/bases"),
+    "init-tiny": ("llava_moslora.model.tiny",
+                  "write a tiny CLIP tower and a tiny Llama (tokenizer trained on the data) as save_pretrained dirs",
+                  "train", "llava-moslora init-tiny --data runs/shapes --out runs/tiny"),
+    "eval": ("llava_moslora.evaluation.runner",
+             "run VLMEvalKit benchmarks (or local MCQ / yes-no TSVs offline) on a checkpoint",
+             "evaluate", "llava-moslora eval --model runs/quickstart/stage2 --benchmarks shapes"),
+    "vlmeval": ("llava_moslora.evaluation.vlmeval_run",
+                "run VLMEvalKit's own run.py with checkpoints as --model llava_moslora:CKPT (judges, --reuse, torchrun)",
+                "evaluate", "llava-moslora vlmeval --run-py VLMEvalKit/run.py -- --data MMStar "
+                            "--model llava_moslora:runs/quickstart/stage2"),
+    "abilities": ("llava_moslora.evaluation.abilities",
+                  "per-ability scores of evaluated checkpoints, normalized across them: JSON, Markdown, radar plots",
+                  "evaluate", "llava-moslora abilities eval_results/lora eval_results/moslora --out abilities"),
+    "study": ("llava_moslora.study.driver",
+              "compare adapters: a grid of stage-2 runs (equal budgets, same data, LR search, seeds), scored and reported",
+              "evaluate", "llava-moslora study --grid studies/shapes.yaml --out runs/study --quick"),
+    "chat": ("llava_moslora.serve.chat",
+             "talk with a checkpoint about an image: streaming, multi-turn, /image /reset /exit; --prompt for scripts",
+             "talk", "llava-moslora chat --model runs/quickstart/stage2 --image runs/quickstart/data/images/test_000000.png"),
+    "web": ("llava_moslora.serve.web",
+            "the chat in a browser (Gradio, one process): upload an image, ask, streamed answers; several --model side by side",
+            "talk", "llava-moslora web --model runs/quickstart/stage2 --port 7860"),
 }
+GROUPS = {"start": "getting started", "data": "data", "train": "train and export", "evaluate": "evaluate and compare",
+          "talk": "talk to a checkpoint"}
+
+
+def command_list() -> str:
+    """Every subcommand with its line, grouped."""
+    width = max(map(len, SUBCOMMANDS)) + 2
+    lines = ["commands:"]
+    for group, title in GROUPS.items():
+        lines.append(f"  {title}:")
+        lines += [f"    {name:<{width}}{help_text}" for name, (_, help_text, in_group, _) in SUBCOMMANDS.items()
+                  if in_group == group]
+    return "\n".join(lines)
+
+
 # Commands that parse their own arguments (HfArgumentParser): they get the rest of argv.
 PASSTHROUGH = {"train"}
 
 
 def build_parser(chosen: Optional[str] = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="llava-moslora",
-        description="LLaVA visual instruction tuning with MoSLoRA and MoE-LoRA adapters. "
-                    "Run `llava-moslora COMMAND --help` for a command's options.")
+        prog="llava-moslora", usage="llava-moslora [-h] [--version] COMMAND ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="LLaVA visual instruction tuning with MoSLoRA and MoE-LoRA adapters.",
+        epilog=command_list() + "\n\nRun `llava-moslora COMMAND --help` for a command's options and an example.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+    # the listing is the grouped epilog; argparse's own flat one is hidden
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
+    for name, (module_name, help_text, _, example) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, prog=f"llava-moslora {name}", help=help_text, description=help_text,
+                                 epilog=f"example:\n  {example}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == chosen:
             importlib.import_module(module_name).add_arguments(command, name)
     return parser

@@ -27,11 +27,20 @@ def test_top_level_help_lists_every_subcommand():
         assert name in result.stdout
 
 
+def test_top_level_help_groups_the_subcommands():
+    out = run("--help").stdout
+    titles = ["getting started:", "data:", "train and export:", "evaluate and compare:", "talk to a checkpoint:"]
+    assert [out.index(t) for t in titles] == sorted(out.index(t) for t in titles)
+    assert out.index("data:") < out.index("validate-data") < out.index("train and export:") < out.index("    merge")
+    assert out.index("talk to a checkpoint:") < out.index("    web")
+
+
 @pytest.mark.parametrize("name", list(SUBCOMMANDS))
-def test_every_subcommand_has_help(name):
+def test_every_subcommand_has_help_with_an_example(name):
     result = run(name, "--help")
     assert result.returncode == 0, result.stderr
     assert f"usage: llava-moslora {name}" in result.stdout
+    assert "example:" in result.stdout
 
 
 def test_no_command_prints_help_and_fails():

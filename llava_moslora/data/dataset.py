@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import ImageError, load_image, preprocess_image
-from .record_cache import SampleTable
-from .records import DataError, Sample, open_samples
+from .record_cache import SampleTable, open_samples
+from .records import DataError, Sample
 from .templates import Template, get_template
 from .tokenize import check_tokenizer, encode_conversation
 from .validate import SampleChecker

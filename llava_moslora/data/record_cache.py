@@ -19,11 +19,11 @@ import os
 import re
 from bisect import bisect_right
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .records import DataError, Sample, data_paths, iter_records, parse_sample
+from .records import DataError, Sample, data_paths, iter_records, load_samples, parse_sample
 
 MMAP_MIN_BYTES = 64 << 20  # smaller data is parsed in memory (records.load_samples)
 CACHE_VERSION = 1
@@ -50,6 +50,19 @@ def cache_file(path: Union[str, Path]) -> Path:
         key.append([str(Path(one).resolve()), stat.st_size, stat.st_mtime_ns])
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
     return cache_dir() / f"{Path(data_paths(path)[0]).stem}-{digest}.arrow"
+
+
+def open_samples(path: Union[str, Path], rejected: Optional[list[DataError]] = None) -> Sequence[Sample]:
+    """load_samples's samples and errors; a big JSON/JSONL file comes memory-mapped (a
+    record_cache.SampleTable) rather than as a list, parsed once and shared by every process."""
+    if not wants_cache(path):
+        return load_samples(path, rejected)
+    samples, errors = open_cached(path)
+    if errors and rejected is None:
+        raise errors[0]
+    if rejected is not None:
+        rejected.extend(errors)
+    return samples
 
 
 def open_cached(path: Union[str, Path]) -> tuple["SampleTable", list[DataError]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 from .templates import IMAGE_TOKEN, Turns
 
@@ -139,21 +139,6 @@ def parse_sample(record: Any, where: str, index: int) -> Sample:
 def data_paths(path: Union[str, Path]) -> list:
     """The files of a data path: one, or several given as "a.json,b.jsonl"."""
     return [p for p in str(path).split(",") if p] if "," in str(path) else [path]
-
-
-def open_samples(path: Union[str, Path], rejected: Optional[list[DataError]] = None) -> Sequence[Sample]:
-    """load_samples's samples and errors; a big JSON/JSONL file comes memory-mapped (a
-    record_cache.SampleTable) rather than as a list, parsed once and shared by every process."""
-    from . import record_cache
-
-    if not record_cache.wants_cache(path):
-        return load_samples(path, rejected)
-    samples, errors = record_cache.open_cached(path)
-    if errors and rejected is None:
-        raise errors[0]
-    if rejected is not None:
-        rejected.extend(errors)
-    return samples
 
 
 def load_samples(path: Union[str, Path], rejected: Optional[list[DataError]] = None) -> list[Sample]:

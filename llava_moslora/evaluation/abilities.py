@@ -21,12 +21,12 @@ import argparse
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from .report import (FORMULA, ComparedAbility, ComparedBenchmark, Comparison, ReportFiles, normalize,
                      render_markdown, write_report)
+from .scores import AbilityScore, BenchmarkScores, CheckpointScores
 
 __all__ = ["AbilitiesError", "AbilityScore", "BenchmarkScores", "CheckpointScores", "ComparedAbility",
            "ComparedBenchmark", "Comparison", "FORMULA", "ReportFiles", "collect_scores", "normalize",
@@ -58,41 +58,6 @@ class AbilitiesError(ValueError):
 
 class LayoutError(ValueError):
     """A result file whose columns match none of the layouts VLMEvalKit writes."""
-
-
-@dataclass
-class AbilityScore:
-    ability: str
-    level: str  # overall | l2-category | category | ability (levels not told apart) | total | subtask | metric
-    raw: float  # as in the file (MME total: perception + reasoning)
-    score: float  # on 0-100
-
-
-@dataclass
-class BenchmarkScores:
-    benchmark: str
-    kind: str  # mcq | yes_no | mme | pope | hallusion | vqa
-    source: Path  # the file used (symlinks resolved)
-    abilities: list[AbilityScore]
-    headline: str  # name of the ability that stands for the whole benchmark
-    radar: list[str]  # abilities for the radar plot (empty: fewer than 3)
-    split: Optional[str] = None  # the `_acc.csv` row used
-    others: list[Path] = field(default_factory=list)  # older copies of the same result, not used
-
-    def get(self, ability: str) -> Optional[AbilityScore]:
-        return next((a for a in self.abilities if a.ability == ability), None)
-
-    @property
-    def headline_score(self) -> float:
-        return self.get(self.headline).score
-
-
-@dataclass
-class CheckpointScores:
-    label: str
-    result_dir: Path
-    benchmarks: dict[str, BenchmarkScores]
-    warnings: list[str] = field(default_factory=list)
 
 
 # --- finding result files ---------------------------------------------------------------------

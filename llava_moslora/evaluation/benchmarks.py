@@ -15,7 +15,7 @@ import pandas as pd
 
 from .toolkit import vlmeval_available, vlmeval_knows, vlmeval_type
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "eval" / "suites"
+SUITES_DIR = Path(__file__).resolve().parent / "suites"  # package data: found from a wheel install too
 SCORABLE_LOCALLY = ("MCQ", "Y/N")  # what exact matching scores in a custom TSV
 
 _known_types: dict[str, str] = {}

@@ -12,10 +12,9 @@ import re
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import Sequence, Union
 
-if TYPE_CHECKING:  # abilities.py imports this module; its types are only named here
-    from .abilities import CheckpointScores
+from .scores import CheckpointScores
 
 FORMULA = ("Score: each value on 0-100 (fractions x 100; MME subtasks / 200 x 100, perception / 2000 x 100, "
            "reasoning / 800 x 100, total (perception + reasoning) / 2800 x 100; files already on 0-100 unchanged). "

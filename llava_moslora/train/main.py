@@ -76,7 +76,9 @@ def parse(argv: list[str]):
 
     parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments), prog="llava-moslora train",
                               description="Train one stage of LLaVA with adapters. Run under torchrun or the "
-                                          "deepspeed launcher; scripts/pretrain.sh and scripts/finetune.sh do that.")
+                                          "deepspeed launcher; scripts/pretrain.sh and scripts/finetune.sh do that.",
+                               epilog="example: bash scripts/finetune.sh --dry_run (the scripts run this command under "
+                                      "torchrun; their --help lists the variables)")
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs is None:
         training_args.activation_checkpointing_kwargs = dict(ACTIVATION_CHECKPOINTING_KWARGS)

@@ -8,7 +8,8 @@ import pytest
 from helpers import write_faulty_dataset
 from llava_moslora.data import LlavaDataset, encode_conversation, get_template
 from llava_moslora.data import record_cache
-from llava_moslora.data.records import DataError, load_samples, open_samples
+from llava_moslora.data.record_cache import open_samples
+from llava_moslora.data.records import DataError, load_samples
 from llava_moslora.data.tokenize import ConversationSummary, summarise_conversations
 from llava_moslora.data.validate import SampleChecker, all_findings, check_samples
 from llava_moslora.model import build_llava

@@ -36,8 +36,8 @@ def tokenizer_and_layout(args):
     """(tokenizer, template name, image tokens) the way training would have them."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .model.builder import num_image_tokens, prepare_tokenizer
-    from .model.recipe import RECIPE_FILE, Recipe
+    from ..model.builder import num_image_tokens, prepare_tokenizer
+    from ..model.recipe import RECIPE_FILE, Recipe
 
     path = Path(args.model_name_or_path)
     template, image_tokens = args.template, args.num_image_tokens
@@ -61,10 +61,10 @@ def tokenizer_and_layout(args):
 
 def validate(args):
     """(report, samples): read, then check every sample."""
-    from .data.records import load_samples
-    from .data.templates import get_template
-    from .data.tokenize import check_tokenizer
-    from .data.validate import Report, SampleChecker, all_findings, check_samples
+    from ..data.records import load_samples
+    from ..data.templates import get_template
+    from ..data.tokenize import check_tokenizer
+    from ..data.validate import Report, SampleChecker, all_findings, check_samples
 
     tokenizer, template_name, image_tokens = tokenizer_and_layout(args)
     template = get_template(template_name)
@@ -80,8 +80,8 @@ def validate(args):
 
 
 def run(args, name: str) -> int:
-    from .data.records import DataError
-    from .data.validate import clean_records
+    from ..data.records import DataError
+    from ..data.validate import clean_records
 
     try:
         report, samples = validate(args)
