@@ -15,6 +15,9 @@ the estimate counts tensors only. Prints estimate, measured and their ratio.
 ViT-L/14-336 and prints scripts/finetune.sh's --dry_run for LLaVA-1.5's stage 2 on 8 GPUs in
 bf16 (MoSLoRA r=128, per-device batch 16, length 2048): what a user sees on a login node.
 `--llava-7b --gpus 1 --per-device 4 --bits 4` is the one-GPU QLoRA recipe.
+
+--qlora-peaks trains the same LM in one process at 16, 8 and 4 bits and prints each run's
+training-phase peak RSS (what README's QLoRA section reports for the CPU).
 """
 from __future__ import annotations
 
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=8, help="with --llava-7b: GPUs [8]")
     parser.add_argument("--per-device", type=int, default=16, help="with --llava-7b: per-device batch [16]")
     parser.add_argument("--bits", type=int, default=16, choices=(4, 8, 16), help="with --llava-7b: QLoRA bits [16]")
+    parser.add_argument("--qlora-peaks", action="store_true", help="peak RSS of one process at 16 / 8 / 4 bits")
     args = parser.parse_args()
     if args.llava_7b:
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +131,15 @@ def main() -> None:
         flags = ["--tune_language_model", "adapter", "--adapter", "moslora", "--lora_r", str(args.rank),
                  "--lora_alpha", str(2 * args.rank), "--model_max_length", str(args.max_length),
                  "--dataloader_num_workers", "0", "--max_steps", str(args.steps), "--save_steps", "100000"]
+        if args.qlora_peaks:
+            print(f"LM hidden {args.hidden} x {args.layers} layers, MoSLoRA r={args.rank}, 1 CPU process, "
+                  f"per-device batch 4, {args.steps} steps: training-phase peak RSS")
+            for bits in (16, 8, 4):
+                out = work / f"bits{bits}"
+                pretrain({**env, "NUM_GPUS": "1", "GLOBAL_BATCH": "4", "BITS": str(bits), "OUTPUT_DIR": str(out)}, *flags)
+                peak = json.loads((out / "train_metrics.json").read_text())["peak_memory_bytes"]
+                print(f"  {bits:>2} bits: {peak / MIB:.0f} MiB")
+            return
         for zero in (2, 3):
             out = work / f"zero{zero}"
             env_zero = {**env, "ZERO": str(zero), "OUTPUT_DIR": str(out)}
