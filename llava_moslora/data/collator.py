@@ -31,20 +31,25 @@ class MaskedLabelGuard:
     truncated: int = 0
     masked_ids: list = field(default_factory=list)
 
-    def update(self, features: list[dict]) -> None:
+    def update(self, features: list[dict]) -> list[int]:
+        """Count a batch's samples; returns its [samples, fully masked, truncated]."""
+        counts = [len(features), 0, 0]
         for feature in features:
             self.seen += 1
-            self.truncated += bool(feature.get("truncated"))
+            counts[2] += bool(feature.get("truncated"))
             if bool((feature["labels"] == IGNORE_INDEX).all()):
-                self.fully_masked += 1
+                counts[1] += 1
                 if len(self.masked_ids) < 10:
                     self.masked_ids.append(feature.get("id"))
+        self.fully_masked += counts[1]
+        self.truncated += counts[2]
         if self.min_samples <= self.seen <= self.watch_samples and self.fully_masked > self.max_fraction * self.seen:
             raise MaskedLabelsError(
                 f"{self.fully_masked} of the first {self.seen} samples have every label masked "
                 f"(e.g. ids {self.masked_ids}), so they teach nothing. Usual causes: a --template that "
                 "does not match the language model's tokenizer, or --model_max_length too short for the "
                 f"image tokens plus the replies ({self.truncated} of them were truncated).")
+        return counts
 
     def summary(self) -> dict:
         return {"samples": self.seen, "fully_masked": self.fully_masked, "truncated": self.truncated}
@@ -57,7 +62,9 @@ class LlavaCollator:
     the image tokens of the batch with them in that order, and text-only samples have none.
     skipped_ids (only when some) lists the samples the dataset replaced; the trainer removes it.
     sample_ids (with_ids=True) lists the batch's sample ids in order, for the trainer's record of
-    the data order; the trainer removes it too.
+    the data order, and label_counts its [samples, fully masked, truncated] (the guard's counts
+    live in whichever process collates: a data-loader worker when there are workers); the
+    trainer removes both.
     """
 
     def __init__(self, pad_token_id: int, guard: MaskedLabelGuard | None = None, with_ids: bool = False) -> None:
@@ -66,7 +73,7 @@ class LlavaCollator:
         self.with_ids = with_ids
 
     def __call__(self, features: list[dict]) -> dict:
-        self.guard.update(features)
+        counts = self.guard.update(features)
         input_ids = pad_sequence([f["input_ids"] for f in features], batch_first=True, padding_value=self.pad_token_id)
         labels = pad_sequence([f["labels"] for f in features], batch_first=True, padding_value=IGNORE_INDEX)
         lengths = torch.tensor([len(f["input_ids"]) for f in features])
@@ -80,4 +87,5 @@ class LlavaCollator:
             batch["skipped_ids"] = skipped
         if self.with_ids:
             batch["sample_ids"] = [f.get("id") for f in features]
+            batch["label_counts"] = counts
         return batch

@@ -218,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         start = sum(f.is_error for f in findings)
         during = list(dict.fromkeys(skipped))  # a sample can be drawn more than once (sampler padding)
         drawn = f" (drawn {len(skipped)} times): {during[:10]}" if skipped else ""
-        print(f"[llava-moslora] data: {collator.guard.summary()} (this rank's batches); skipped bad samples: "
+        seen = dict(zip(("samples", "fully_masked", "truncated"), trainer.label_counts))
+        print(f"[llava-moslora] data: {seen} (this rank's batches); skipped bad samples: "
               f"{start} before training, {len(during)} during it{drawn}", flush=True)
     if stop.stopped_by:
         checkpoint = Path(training_args.output_dir) / f"checkpoint-{trainer.state.global_step}"

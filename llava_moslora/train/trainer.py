@@ -69,6 +69,7 @@ class LlavaTrainer(Trainer):
         self._idle_loss: Optional[torch.Tensor] = None
         bundle.model.model.language_model.register_forward_pre_hook(self._before_language_model)
         self.skipped_ids: list = []  # samples this rank's data loader replaced (--skip_bad_samples)
+        self.label_counts = [0, 0, 0]  # this rank's trained samples: seen, fully masked, truncated
         self.record = RunRecord()
         self._staging: Optional[Path] = None
 
@@ -101,8 +102,11 @@ class LlavaTrainer(Trainer):
         # relative to other ranks', and DeepSpeed's collectives fall out of step and crash.
         self.skipped_ids += inputs.pop("skipped_ids", [])
         sample_ids = inputs.pop("sample_ids", None)
+        counts = inputs.pop("label_counts", None)
         if sample_ids is not None and model.training:
             self.record.update(sample_ids, inputs["attention_mask"])
+        if counts is not None and model.training:
+            self.label_counts = [total + count for total, count in zip(self.label_counts, counts)]
         self._idle_pending = "pixel_values" not in inputs and model.training
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)

@@ -116,8 +116,12 @@ def test_signal_to_every_process_with_workers_saves_and_resumes(name, shapes_dat
     seen = after_losses(run, 3)
     tree = signal_tree(run.pid, getattr(signal, name))
     assert len(tree) >= 7  # launcher, 2 ranks, 2 workers each
-    step, _ = assert_stopped_by(run, seen, name, out)
+    step, output = assert_stopped_by(run, seen, name, out)
     assert 3 <= step < 10
+    # the batches were collated in the workers; the summary still counts what rank 0 trained on
+    # (it said 0: the collator's counts stayed in the workers)
+    counted = int(output.split("data: {'samples': ")[1].split(",")[0])
+    assert 4 * (step - 1) < counted <= 4 * step, output[-3000:]
     resume_and_compare(shapes_data, stage1, out, uninterrupted, step)
 
 
