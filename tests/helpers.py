@@ -64,8 +64,9 @@ def save_bases(root, style="llama", architecture="llama"):
     return {"vision_tower": str(tower), "language_model": str(lm)}
 
 
-def save_tiny_checkpoint(bases, out, seed=0, r=4):
-    """A stage-2 checkpoint: MoSLoRA (rank r, random non-zero adapters drawn from `seed`) on the tiny bases."""
+def save_tiny_checkpoint(bases, out, seed=0, r=4, scale=0.05):
+    """A stage-2 checkpoint: MoSLoRA (rank r, random non-zero adapters of size `scale` drawn from
+    `seed`) on the tiny bases."""
     import torch
 
     from llava_moslora.adapters import AdapterConfig
@@ -76,7 +77,7 @@ def save_tiny_checkpoint(bases, out, seed=0, r=4):
                               "llm_adapter": AdapterConfig(kind="moslora", r=r).to_dict()})
     apply_tuning(bundle.model, bundle.recipe)
     torch.manual_seed(seed)
-    randomize_adapters(bundle.model, scale=0.05)
+    randomize_adapters(bundle.model, scale=scale)
     save_checkpoint(bundle, out)
     return out
 

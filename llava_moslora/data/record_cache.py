@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .records import DataError, Sample, data_paths, iter_records, load_samples, parse_sample
+from .records import DataError, Sample, data_paths, iter_records, jsonl_line, load_samples, parse_sample
 
 MMAP_MIN_BYTES = 64 << 20  # smaller data is parsed in memory (records.load_samples)
 CACHE_VERSION = 1
@@ -109,24 +109,9 @@ def _iter_file(path: Path, on_malformed) -> Iterator[tuple[dict, str]]:
                 carry = lines.pop() if more and lines else ""
                 for line in lines:
                     number += 1
-                    yield from _jsonl_line(path, (line.splitlines() or [""])[0] if more else line, number, on_malformed)
+                    yield from jsonl_line(path, (line.splitlines() or [""])[0] if more else line, number, on_malformed)
                 if not more:
                     return
-
-
-def _jsonl_line(path: Path, line: str, number: int, on_malformed):
-    if not line.strip():
-        return
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        malformed = DataError(f"{path}: malformed JSON on line {number}: {error.msg}", "malformed_line",
-                              where=f"{path} (line {number})")
-        if on_malformed is None:
-            raise malformed from None
-        on_malformed(malformed)
-        return
-    yield record, f"{path} (line {number})"
 
 
 class _Malformed(Exception):

@@ -70,18 +70,25 @@ def iter_records(path: Union[str, Path],
             yield record, f"{path} (item {index})"
         return
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            malformed = DataError(f"{path}: malformed JSON on line {number}: {error.msg}", "malformed_line",
-                                  where=f"{path} (line {number})")
-            if on_malformed is None:
-                raise malformed from None
-            on_malformed(malformed)
-            continue
-        yield record, f"{path} (line {number})"
+        yield from jsonl_line(path, line, number, on_malformed)
+
+
+def jsonl_line(path: Path, line: str, number: int,
+               on_malformed: Optional[Callable[[DataError], None]] = None) -> Iterator[tuple[dict, str]]:
+    """The (record, where) of one JSONL line: nothing for a blank line; a malformed one raises,
+    or with `on_malformed` is handed to it."""
+    if not line.strip():
+        return
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        malformed = DataError(f"{path}: malformed JSON on line {number}: {error.msg}", "malformed_line",
+                              where=f"{path} (line {number})")
+        if on_malformed is None:
+            raise malformed from None
+        on_malformed(malformed)
+        return
+    yield record, f"{path} (line {number})"
 
 
 def _fail(where: str, sample_id: str, kind: str, message: str) -> DataError:

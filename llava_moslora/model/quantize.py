@@ -55,10 +55,6 @@ class Quantization:
                                   bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=compute_dtype,
                                   llm_int8_skip_modules=NOT_QUANTIZED)
 
-    def describe(self) -> str:
-        return f"{self.bits}-bit" + (f" {self.quant_type}{' + double quant' if self.double_quant else ''}"
-                                     if self.bits == 4 else "")
-
 
 def quantization_from_flags(bits: int, quant_type: str = "nf4", double_quant: bool = True) -> Optional[Quantization]:
     """--bits 16 (the default) means none."""

@@ -154,6 +154,7 @@ class Demo:
             sessions[i] = session
         partial = {i: "" for i in live}
         failures = []
+        fixed = self.panes(conversation)  # the panes of models that did not load: the same all along
         for i, item in stream_together(sessions, question):
             if isinstance(item, BaseException):
                 failures.append(f"{self.models[i].name}: {type(item).__name__}: {item}")
@@ -164,7 +165,7 @@ class Demo:
             else:
                 partial[i] += item
             shown = [messages(history, (question, partial[j]) if j in partial else None) if j in sessions else pane
-                     for j, (history, pane) in enumerate(zip(histories, self.panes(conversation)))]
+                     for j, (history, pane) in enumerate(zip(histories, fixed))]
             yield (*shown, "answering..." if partial else "", conversation)
         status = "; ".join(failures) if failures else "done"
         yield (*self.panes(conversation), status, conversation)

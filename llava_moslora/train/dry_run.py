@@ -126,18 +126,19 @@ def render_estimate(estimates: dict, width: int) -> str:
 
 def count_records(data_path: str) -> int:
     """Records in the data file(s) (LLaVA JSON / JSONL, or a `datasets` directory), unparsed."""
+    from ..data.records import data_paths
+
     total = 0
-    for one in [p for p in str(data_path).split(",") if p]:
+    for one in data_paths(data_path):
         path = Path(one)
         if path.is_dir():
             import datasets
 
             total += len(datasets.load_from_disk(str(path)))
-        elif path.read_text(encoding="utf-8").lstrip().startswith("["):
-            total += len(json.loads(path.read_text(encoding="utf-8")))
-        else:
-            with path.open(encoding="utf-8") as handle:
-                total += sum(1 for line in handle if line.strip())
+            continue
+        text = path.read_text(encoding="utf-8")  # read once: a JSON list is counted by parsing it
+        total += len(json.loads(text)) if text.lstrip().startswith("[") else sum(1 for line in text.splitlines()
+                                                                               if line.strip())
     return total
 
 

@@ -33,7 +33,8 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tiny_checkpoint, tiny_bases, tmp_path_factory):
     """Two checkpoints whose adapters differ, and a path that is no checkpoint."""
-    other = save_tiny_checkpoint(tiny_bases, tmp_path_factory.mktemp("ckpt2") / "moslora-seed1", seed=1)
+    # large adapters: its greedy answers must differ from the first model's whatever the bases drew
+    other = save_tiny_checkpoint(tiny_bases, tmp_path_factory.mktemp("ckpt2") / "moslora-seed1", seed=1, scale=0.5)
     return [str(tiny_checkpoint), str(other), str(tmp_path_factory.mktemp("nothing") / "missing")]
 
 
