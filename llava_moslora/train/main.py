@@ -7,6 +7,7 @@ selects DeepSpeed's CPU accelerator, so cluster scripts run unchanged on a lapto
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -158,8 +159,12 @@ def build(model_args, training_args, weights: bool = True):
 
 def silence_what_users_cannot_act_on() -> None:
     """DeepSpeed 0.19 gathers with torch's deprecated all_gather_into_tensor, which warns on
-    every rank; the fix belongs to DeepSpeed, so the warning is only noise here."""
+    every rank; the fix belongs to DeepSpeed, so the warning is only noise here. bitsandbytes
+    (imported by PEFT whenever transformers' Trainer is, QLoRA or not) warns on AVX512-BF16 CPUs
+    that the optional `kernels` hub package is missing, then uses its own CPU kernel: the same
+    results, and a run with no network could not fetch the hub kernel anyway."""
     warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
