@@ -2,15 +2,15 @@
 
 - the vision tower: scenes with per-cell attribute targets (shape, colour, size of the object in
   each cell of the 2 x 2 grid, and the number of shapes);
-- the language model: conversations in the chat template where the scene is given in words at
-  the place the image takes in LLaVA's data, followed by the same questions, multiple-choice prompts and answers ShapesVQA asks about
-  images, so that the model knows the answer formats before it sees an image. The scene is
-  written in one of three forms: one object word per cell ("[empty][small red circle]..."),
-  shaped like the tower's output (one token per cell, in the same order, each holding its whole
-  object), so that stage 1 aligns the projector to something the model already reads; the cells
-  in plain words ("Top left: empty. Top right: small red circle. ..."); or a caption. Some
-  conversations ask a question directly and then again with lettered options, which isolates
-  the step a small model learns last: finding the letter of an answer it already knows.
+- the language model: conversations in the chat template where the scene is given at the place
+  the image takes in LLaVA's data, as one object word per cell ("[top left: empty][top right:
+  small red circle]..."): shaped like the tower's output (one token per cell, in the same order,
+  each holding its cell and its whole object), so that stage 1 aligns the projector to something
+  the model already reads. Then the questions, multiple-choice prompts and answers ShapesVQA asks
+  about images, so that the model knows the answer formats before it sees an image, in a
+  curriculum (MIXES): first the two steps of a lettered answer on their own (answering in words;
+  the same question answered in words and then again with options, which isolates finding the
+  letter of an answer already known), then mostly multiple choice.
 
 Scenes come from a random stream of their own per seed and only from the layouts that held-out
 benchmarks never use (synth.reserved_for_benchmarks), so no held-out scene reaches base
@@ -23,21 +23,21 @@ from typing import Iterator
 
 from PIL import Image
 
-from .synth import (COLORS, SHAPES, SIZES, Shape, as_mcq, caption, draw_scene, question_turns, questions,
+from .synth import (COLORS, DESCRIBE, SHAPES, SIZES, Shape, as_mcq, caption, draw_scene, question_turns, questions,
                     random_benchmark_scene, short_answer)
 
 # The 2 x 2 grid in row-major order: the order of a 2 x 2-patch vision tower's tokens.
 CELLS = ("top left", "top right", "bottom left", "bottom right")
-DESCRIBE = "Describe the image."
 # Target classes per cell; index 0 means "no object in this cell".
 SHAPE_CLASSES = ("none", *SHAPES)
 COLOR_CLASSES = ("none", *COLORS)
 SIZE_CLASSES = ("none", *SIZES)
-EMPTY_CELL = "[empty]"
-# One tokenizer token each (added tokens): the words of the one-token-per-cell form.
-OBJECT_WORDS = (EMPTY_CELL, *(f"[{size} {color} {shape}]" for size in SIZES for color in COLORS for shape in SHAPES))
-# How often each scene form is drawn (object words, cells in words, caption).
-FORM_WEIGHTS = (0.5, 0.25, 0.25)
+# One tokenizer token each (added tokens): the words of the one-token-per-cell form. Like the
+# tower's patch token of a cell, each holds its cell and its whole object ("[top right: small red
+# circle]", "[bottom left: empty]"), so where an object is comes with it, not from counting tokens.
+OBJECT_WORDS = tuple(f"[{where}: {what}]" for where in CELLS
+                     for what in ("empty", *(f"{size} {color} {shape}" for size in SIZES for color in COLORS
+                                             for shape in SHAPES)))
 
 
 def base_rng(seed: int, part: str) -> random.Random:
@@ -61,37 +61,49 @@ def vision_samples(seed: int, count: int, image_size: int, part: str = "vision")
         yield scene, draw_scene(scene, image_size, rng)
 
 
-def text_samples(seed: int, count: int, part: str = "text") -> Iterator[tuple[list[Shape], list[tuple[str, str]]]]:
-    """(scene, conversation) pairs of the language model's pretraining stream."""
-    rng = base_rng(seed, part)
-    scenes = base_scenes(rng)
-    for _ in range(count):
-        scene = next(scenes)
-        yield scene, text_conversation(scene, rng)
+def text_sample(seed: int, index: int, mix: str = "full") -> tuple[list[Shape], list[tuple[str, str]]]:
+    """Conversation `index` of the language model's stream, drawn from a random stream of its own
+    (so any sample can be made alone, in any order, and a resumed run sees the same ones)."""
+    rng = base_rng(seed, f"text/{index}")
+    scene = random_benchmark_scene(rng, reserved=False)
+    return scene, text_conversation(scene, rng, mix)
+
+
+def text_samples(seed: int, count: int, lookup_count: int = 0) -> Iterator[tuple[list[Shape], list[tuple[str, str]]]]:
+    """The language model's stream: `lookup_count` conversations of the "lookup" mix, then the
+    "full" mix (see MIXES)."""
+    for index in range(count):
+        yield text_sample(seed, index, "lookup" if index < lookup_count else "full")
 
 
 def cell_of(item: Shape) -> int:
     return item.row * 2 + item.col
 
 
-def cell_layout(scene: list[Shape]) -> str:
-    """The scene cell by cell, in the order of the vision tower's tokens."""
-    at = {cell_of(item): item for item in scene}
-    parts = [f"{where.capitalize()}: {f'{at[c].size} {at[c].name}' if c in at else 'empty'}."
-             for c, where in enumerate(CELLS)]
-    return " ".join(parts)
-
-
 def object_words(scene: list[Shape]) -> str:
     """The scene as one object word per cell, in the order of the vision tower's tokens."""
     at = {cell_of(item): item for item in scene}
-    return "".join(f"[{at[c].size} {at[c].name}]" if c in at else EMPTY_CELL for c in range(len(CELLS)))
+    return "".join(f"[{where}: {f'{at[c].size} {at[c].name}' if c in at else 'empty'}]" for c, where in enumerate(CELLS))
+
+
+# The forms the language model reads a scene in, and how often each is drawn: the object words,
+# which are what the image becomes. Captions and the cells in words are only written (replies),
+# never read: with them as inputs a quarter to a half of the training went to forms the image
+# tokens never take, and the 6-layer model still bound objects to cells at 53% (words) at
+# 3,300 steps.
+FORMS = {"object words": object_words}
+FORM_WEIGHTS = (1.0,)
 
 
 def describe(scene: list[Shape], rng: random.Random) -> str:
-    """The scene in one of the three forms the language model learns to read."""
-    form = rng.choices((object_words, cell_layout, caption), weights=FORM_WEIGHTS)[0]
-    return form(scene)
+    """The scene in one of the forms the language model learns to read."""
+    return describe_as(scene, rng)[1]
+
+
+def describe_as(scene: list[Shape], rng: random.Random) -> tuple[str, str]:
+    """(form name, the scene in that form), the form drawn with FORM_WEIGHTS."""
+    name = rng.choices(list(FORMS), weights=FORM_WEIGHTS)[0]
+    return name, FORMS[name](scene)
 
 
 def answer_then_letter(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
@@ -101,16 +113,24 @@ def answer_then_letter(scene: list[Shape], rng: random.Random) -> list[tuple[str
     return [(question.question, short_answer(question)), (prompt, letter)]
 
 
-def text_conversation(scene: list[Shape], rng: random.Random, *, mcq_fraction: float = 0.8,
-                      describe_fraction: float = 0.1, letter_drill_fraction: float = 0.25) -> list[tuple[str, str]]:
+# What a conversation is, per mix: shares of (describe the image, a question answered in words
+# then again by letter, questions answered in words, questions mostly as multiple choice). The
+# "lookup" mix comes first: it teaches reading the scene and finding the letter of an answer
+# already in the conversation, each on its own; multiple choice asks both steps at once (a
+# small model left to learn both together from the start stays at chance for thousands of steps).
+MIXES = {"lookup": (0.1, 0.5, 0.4, 0.0), "full": (0.1, 0.25, 0.0, 0.65)}
+MCQ_FRACTION = 0.8  # of the questions in the last kind
+
+
+def text_conversation(scene: list[Shape], rng: random.Random, mix: str = "full") -> list[tuple[str, str]]:
     """(user, assistant) turns whose first user message starts with the scene in words."""
-    draw = rng.random()
-    if draw < describe_fraction:
+    kind = rng.choices(range(4), weights=MIXES[mix])[0]
+    if kind == 0:
         turns = [(DESCRIBE, caption(scene))]
-    elif draw < describe_fraction + letter_drill_fraction:
+    elif kind == 1:
         turns = answer_then_letter(scene, rng)
     else:
-        turns = question_turns(scene, rng, mcq_fraction)
+        turns = question_turns(scene, rng, 0.0 if kind == 2 else MCQ_FRACTION)
     first_question, first_answer = turns[0]
     return [(f"{describe(scene, rng)}\n{first_question}", first_answer), *turns[1:]]
 

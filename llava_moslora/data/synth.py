@@ -186,11 +186,14 @@ def yes_no(scene: list[Shape], rng: random.Random) -> tuple[str, str, str]:
     return f"Are there exactly {count} shapes in the image?", "Yes" if count == len(scene) else "No", "count"
 
 
+DESCRIBE = "Describe the image."
+DESCRIBE_FRACTION = 0.1  # of the instruction conversations about an image
+
 TEXT_ONLY = [
     ("Which shapes can appear in these pictures?", "Circles, squares and triangles."),
     ("Which colors can the shapes have?", "Red, green, blue and yellow."),
-    ("How many corners does a triangle have?", "Three."),
-    ("How many corners does a square have?", "Four."),
+    ("How many corners does a triangle have?", "3."),  # numbers as digits, as every count is answered
+    ("How many corners does a square have?", "4."),
     ("Does a circle have corners?", "No."),
 ]
 
@@ -221,8 +224,13 @@ def question_turns(scene: list[Shape], rng: random.Random, mcq_fraction: float) 
 
 
 def _instruction(scene: list[Shape], rng: random.Random, mcq_fraction: float) -> list[dict]:
-    """A multi-turn conversation in LLaVA's format, the image before the first question."""
-    turns = question_turns(scene, rng, mcq_fraction)
+    """A multi-turn conversation in LLaVA's format, the image before the first question. Some
+    ask for a description instead, as LLaVA's mix has detailed descriptions beside its questions
+    (without them, stage 2 trains the captioning of stage 1 away)."""
+    if rng.random() < DESCRIBE_FRACTION:
+        turns = [(DESCRIBE, caption(scene))]
+    else:
+        turns = question_turns(scene, rng, mcq_fraction)
     turns[0] = ("<image>\n" + turns[0][0], turns[0][1])
     return [{"from": role, "value": text} for pair in turns for role, text in zip(("human", "gpt"), pair)]
 
@@ -261,7 +269,7 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
         draw_scene(scene, image_size, rng).save(out / "images" / name)
         if i < num_pretrain:
             pretrain.append({"id": f"pretrain-{i}", "image": name, "conversations": [
-                {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(scene)}]})
+                {"from": "human", "value": f"<image>\n{DESCRIBE}"}, {"from": "gpt", "value": caption(scene)}]})
         elif rng.random() < text_only_fraction:
             question, answer = rng.choice(TEXT_ONLY)
             instruct.append({"id": f"text-{i}", "conversations": [{"from": "human", "value": question},

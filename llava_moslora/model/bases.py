@@ -7,19 +7,22 @@ ShapesVQA's domain (data/base_corpus.py), as ordinary `save_pretrained` director
   are trained to name the object in their grid cell (shape, colour, size), the cell itself and
   the number of shapes, and whose pooled output is trained to list the scene's (colour, shape)
   pairs and their number. The heads are dropped afterwards, as CLIP's projection is.
-- `llm/`: a Llama with a BPE tokenizer in Llama's style (plus one added token per object word),
-  trained on conversations in the chat template where the scene is given in words where the
-  image would be; the loss is on the replies, as in instruction tuning.
+- `llm/`: a Llama with a BPE tokenizer in Llama's style (newlines apart, plus one added token
+  per object word), trained on conversations in the chat template where the scene is given in
+  words where the image would be; the loss is on the replies, as in instruction tuning. The
+  stream is a curriculum: first the two steps of a lettered answer on their own (read the
+  scene; find the letter of an answer already given), then both at once (base_corpus.MIXES).
 
-Both are trained with transformers' Trainer on one process (a GPU when there is one). The
-command also writes `pretraining.json`: the settings, loss curves and what each base learned,
-measured on fresh scenes (probe accuracies of the tower, text-only MCQ accuracy of the LLM).
+Both are trained with transformers' Trainer on one process (a GPU when there is one), with
+checkpoints in OUT/.work so that an interrupted run continues when started again. The command
+also writes `pretraining.json`: the settings, loss curves and what each base learned, measured
+on fresh scenes (probe accuracies of the tower, text-only MCQ accuracy of the LLM).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
@@ -56,14 +59,15 @@ class BasesConfig:
     vision_batch: int = _setting(128, "tower batch size")
     vision_lr: float = _setting(2e-3, "tower peak learning rate (warmup, cosine)")
     hidden_size: int = _setting(128, "language model width")
-    num_layers: int = _setting(4, "language model decoder layers")
+    num_layers: int = _setting(6, "language model decoder layers")
     intermediate_size: int = _setting(256, "language model MLP width")
     vocab_size: int = _setting(512, "tokenizer vocabulary (upper bound)")
-    text_samples: int = _setting(100000, "text conversations for the language model")
-    lm_steps: int = _setting(3000, "language model optimizer steps")
+    lm_steps: int = _setting(6000, "language model optimizer steps, each on lm_batch new conversations")
+    lm_lookup_steps: int = _setting(1500, "the first steps, on the 'lookup' mix (base_corpus.MIXES): reading the "
+                                          "scene and finding an answer's letter, each on its own")
     lm_batch: int = _setting(64, "language model batch size")
-    lm_lr: float = _setting(3e-3, "language model peak learning rate (warmup, cosine)")
-    eval_samples: int = _setting(400, "fresh scenes / questions each base is measured on afterwards")
+    lm_lr: float = _setting(1e-3, "language model peak learning rate (warmup, cosine)")
+    eval_samples: int = _setting(1000, "fresh scenes / questions each base is measured on afterwards")
 
 
 # --- vision tower ---------------------------------------------------------------------------
@@ -171,34 +175,32 @@ def pretrain_vision(config: BasesConfig, out: Path, work: Path, progress: bool =
 # --- language model -------------------------------------------------------------------------
 
 class Conversations(torch.utils.data.Dataset):
-    """Encoded text conversations (loss on the replies) for the language model; batched by
-    data.collator.LlavaCollator, as in training."""
+    """The language model's stream (base_corpus.text_samples), encoded on demand with the loss
+    on the replies: sample i is the same whenever it is asked for, so the order is the curriculum
+    (read sequentially) and a resumed run sees what the interrupted one would have."""
 
-    def __init__(self, samples, count: int, tokenizer, progress: bool = True) -> None:
-        from tqdm import tqdm
-
+    def __init__(self, seed: int, count: int, lookup_count: int, tokenizer) -> None:
         from ..data.tokenize import encode_conversation
 
-        template = get_template(TEMPLATE)
-        self.items = []
-        for _, turns in tqdm(samples, total=count, desc="conversations for the language model", unit="sample",
-                             disable=not progress):
-            encoded = encode_conversation(template, tokenizer, turns)
-            self.items.append({"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)})
+        self.seed, self.count, self.lookup_count, self.tokenizer = seed, count, lookup_count, tokenizer
+        self.template, self.encode = get_template(TEMPLATE), encode_conversation
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self.count
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.items[i]
+        _, turns = corpus.text_sample(self.seed, i, "lookup" if i < self.lookup_count else "full")
+        encoded = self.encode(self.template, self.tokenizer, turns)
+        return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
 
 
 def tokenizer_texts(seed: int, count: int) -> list[str]:
     """Rendered conversations for training the tokenizer, plus the template strings (repeated
     so that BPE merges them into a few tokens instead of spelling them out)."""
     template = get_template(TEMPLATE)
-    texts = ["".join(text for text, _ in template.render(turns))
-             for _, turns in corpus.text_samples(seed, count, "tokenizer")]
+    rng = corpus.base_rng(seed, "tokenizer")
+    texts = ["".join(text for text, _ in template.render(corpus.text_conversation(scene, rng)))
+             for scene in itertools.islice(corpus.base_scenes(rng), count)]
     return texts + [t.default_system for t in TEMPLATES.values() if t.default_system] * 200
 
 
@@ -212,10 +214,11 @@ def pretrain_lm(config: BasesConfig, out: Path, work: Path, progress: bool = Tru
                  num_heads=max(1, config.hidden_size // 32), intermediate_size=config.intermediate_size,
                  seed=config.seed)
     tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
-    data = Conversations(corpus.text_samples(config.seed, config.text_samples), config.text_samples, tokenizer, progress)
+    data = Conversations(config.seed, config.lm_steps * config.lm_batch, config.lm_lookup_steps * config.lm_batch,
+                         tokenizer)
     history = _train(model, data, LlavaCollator(tokenizer.unk_token_id), work / "llm",
-                     steps=config.lm_steps, batch=config.lm_batch,
-                     lr=config.lm_lr, seed=config.seed, progress=progress, clip=1.0)
+                     steps=config.lm_steps, batch=config.lm_batch, lr=config.lm_lr, seed=config.seed,
+                     progress=progress, clip=1.0, in_order=True)
     model.save_pretrained(out)
     accuracy = text_mcq_accuracy(model, tokenizer, corpus.base_rng(config.seed, "text-eval"), config.eval_samples)
     return {"loss": history, "text_mcq_accuracy": accuracy, "vocab_size": len(tokenizer)}
@@ -223,8 +226,9 @@ def pretrain_lm(config: BasesConfig, out: Path, work: Path, progress: bool = Tru
 
 @torch.no_grad()
 def text_mcq_accuracy(model, tokenizer, rng, count: int) -> dict[str, float]:
-    """Greedy answers to text-only multiple-choice questions about described scenes, per
-    question family: what the language model can already read before it sees an image."""
+    """Greedy answers to text-only multiple-choice questions about described scenes, overall, per
+    question family and per form of the scene ("form: ..."): what the language model can already
+    read before it sees an image."""
     template, scenes = get_template(TEMPLATE), corpus.base_scenes(rng)
     eos = tokenizer.convert_tokens_to_ids(template.end_of_turn)
     right: dict[str, list[bool]] = {}
@@ -233,14 +237,14 @@ def text_mcq_accuracy(model, tokenizer, rng, count: int) -> dict[str, float]:
         scene = next(scenes)
         question = rng.choice(questions(scene, rng))
         prompt, _, letter = as_mcq(question, rng)
-        text = template.prompt([(f"{corpus.describe(scene, rng)}\n{prompt}", None)])
+        form, described = corpus.describe_as(scene, rng)
+        text = template.prompt([(f"{described}\n{prompt}", None)])
         ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
         out = model.generate(ids, max_new_tokens=3, do_sample=False, eos_token_id=eos, pad_token_id=eos)
-        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        right.setdefault(question.category, []).append(answer == letter)
-    every = [hit for hits in right.values() for hit in hits]
-    return {"overall": round(sum(every) / len(every), 4),
-            **{k: round(sum(v) / len(v), 4) for k, v in sorted(right.items())}}
+        hit = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == letter
+        for key in ("overall", question.category, f"form: {form}"):
+            right.setdefault(key, []).append(hit)
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(right.items(), key=lambda kv: kv[0] != "overall")}
 
 
 # --- shared -----------------------------------------------------------------------------------
@@ -251,35 +255,71 @@ def _to(batch: dict, model: nn.Module) -> dict:
 
 
 def _train(model, dataset, collate, work: Path, *, steps: int, batch: int, lr: float, seed: int,
-           progress: bool, clip: float = 1.0) -> list[float]:
-    """Trainer on one process (AdamW, warmup + cosine); returns the logged training losses."""
+           progress: bool, clip: float = 1.0, in_order: bool = False) -> list[float]:
+    """Trainer on one process (AdamW, warmup + cosine); returns the logged training losses.
+    Checkpoints go to `work` every twentieth of the run, and a run finds its last one there and
+    resumes from it. `in_order`: the dataset's order is the curriculum (no shuffling)."""
     from transformers import Trainer, TrainingArguments
 
+    every = max(1, steps // 20)
     args = TrainingArguments(
         output_dir=str(work), max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
         weight_decay=0.01, adam_beta2=0.98, warmup_steps=0.05, lr_scheduler_type="cosine", max_grad_norm=clip,
-        logging_steps=max(1, steps // 20), save_strategy="no", report_to="none", seed=seed, data_seed=seed,
-        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
+        logging_steps=every, save_strategy="steps", save_steps=every, save_total_limit=1, save_only_model=False,
+        report_to="none", seed=seed, data_seed=seed, dataloader_num_workers=0, remove_unused_columns=False,
+        train_sampling_strategy="sequential" if in_order else "random", disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available())
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
-    trainer.train()
+    last = _last_complete_checkpoint(work)
+    if last and progress:
+        print(f"resuming from {last}")
+    trainer.train(resume_from_checkpoint=last)
     return [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
 
 
+def _last_complete_checkpoint(work: Path) -> Optional[str]:
+    """The newest checkpoint-N in `work` whose trainer state (the Trainer writes it last) reads
+    back; one a kill cut short in the middle of saving is passed over."""
+    found = sorted(((int(p.name.split("-")[1]), p) for p in work.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
+                   reverse=True)
+    for _, path in found:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
+
+
+def _work_dir(work: Path, config: BasesConfig) -> Path:
+    """The work directory of a run with `config`: made, or found holding the same settings."""
+    settings = work / "config.json"
+    if settings.is_file() and json.loads(settings.read_text()) != asdict(config):
+        raise ValueError(f"{work} holds an interrupted pretrain-bases run with other settings; delete it to "
+                         "start over with these, or rerun with that run's settings to finish it")
+    work.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(asdict(config), indent=1))
+    return work
+
+
 def pretrain_bases(out_dir, config: Optional[BasesConfig] = None, progress: bool = True) -> dict:
-    """Write OUT/vision, OUT/llm and OUT/pretraining.json; returns the report."""
+    """Write OUT/vision, OUT/llm and OUT/pretraining.json; returns the report. Progress is kept in
+    OUT/.work (checkpoints, the finished tower's report): run it again after an interruption and it
+    continues from there; it is deleted once the bases are written."""
     config = config or BasesConfig()
     torch.manual_seed(config.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="pretrain-bases-"))
-    try:
-        report = {"config": asdict(config),
-                  "vision": pretrain_vision(config, out / "vision", work, progress),
-                  "llm": pretrain_lm(config, out / "llm", work, progress)}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    work = _work_dir(out / ".work", config)
+    vision_done = work / "vision.json"
+    if vision_done.is_file():
+        vision = json.loads(vision_done.read_text())
+    else:
+        vision = pretrain_vision(config, out / "vision", work, progress)
+        vision_done.write_text(json.dumps(vision))
+    report = {"config": asdict(config), "vision": vision, "llm": pretrain_lm(config, out / "llm", work, progress)}
     (out / "pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
     return report
 
 

@@ -42,7 +42,11 @@ def train_tokenizer(texts: Iterable[str], style: str = "llama", vocab_size: int 
     spec = TOKENIZER_STYLES[style]
     if style == "llama":
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        # A newline is a piece of its own, as SentencePiece's byte fallback makes it (<0x0A>): BPE
+        # never merges across it, so "A." after a newline is the same token whatever came before.
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")])
         tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
         alphabet = sorted(set("".join(texts)) | set("abcdefghijklmnopqrstuvwxyz0123456789 .,:;?!'\"-()\n▁"))
         initial = [c for c in alphabet if c != " "]

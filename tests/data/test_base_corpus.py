@@ -2,6 +2,7 @@
 import hashlib
 import json
 import random
+import re
 
 import pandas as pd
 import pytest
@@ -42,7 +43,8 @@ def test_no_held_out_scene_image_or_question_reaches_base_pretraining(held_out):
         assert scene_key(scene) not in layouts
         if i < 2000:
             assert pixels(image) not in images
-    for scene, turns in corpus.text_samples(SHIPPED.seed, SHIPPED.text_samples):
+    for scene, turns in corpus.text_samples(SHIPPED.seed, SHIPPED.lm_steps * SHIPPED.lm_batch,
+                                            SHIPPED.lm_lookup_steps * SHIPPED.lm_batch):
         key = scene_key(scene)
         assert key not in layouts
         for user, _ in turns:
@@ -62,11 +64,11 @@ def test_the_two_halves_of_the_layouts_split_every_family():
     assert scene_key(shuffled) == scene_key(scenes[0]), "a layout does not depend on drawing order"
 
 
-def test_cell_layout_and_targets_follow_the_token_order():
+def test_object_words_and_targets_follow_the_token_order():
     scene = [Shape("circle", "red", "small", 0, 1), Shape("square", "blue", "large", 1, 0)]
-    assert corpus.cell_layout(scene) == ("Top left: empty. Top right: small red circle. "
-                                         "Bottom left: large blue square. Bottom right: empty.")
-    assert corpus.object_words(scene) == "[empty][small red circle][large blue square][empty]"
+    assert corpus.object_words(scene) == ("[top left: empty][top right: small red circle]"
+                                          "[bottom left: large blue square][bottom right: empty]")
+    assert all(word in corpus.OBJECT_WORDS for word in re.findall(r"\[[^\]]+\]", corpus.object_words(scene)))
     cells, count = corpus.cell_targets(scene)
     assert count == 2
     assert cells[0] == (0, 0, 0) and cells[3] == (0, 0, 0)
@@ -79,7 +81,7 @@ def test_cell_layout_and_targets_follow_the_token_order():
 def test_text_conversations_put_the_scene_where_the_image_goes():
     for scene, turns in corpus.text_samples(0, 200):
         description, first_question = turns[0][0].split("\n", 1)
-        assert description in (corpus.object_words(scene), corpus.cell_layout(scene), corpus.caption(scene))
+        assert description == corpus.object_words(scene)
         assert "<image>" not in turns[0][0] and first_question
         assert all(answer for _, answer in turns)
 
@@ -93,3 +95,21 @@ def test_letter_drills_ask_the_same_question_twice():
         # the letter's option is the answer given in words
         option = next(line for line in prompt.split("\n") if line.startswith(f"{letter}. "))
         assert option[3:].lower() == answer.rstrip(".").lower()
+
+
+def test_the_stream_is_the_curriculum_and_any_sample_can_be_made_alone():
+    from llava_moslora.data.prompts import MCQ_SUFFIX
+
+    stream = list(corpus.text_samples(0, 600, lookup_count=300))
+    assert stream[10] == corpus.text_sample(0, 10, "lookup") and stream[450] == corpus.text_sample(0, 450, "full")
+
+    def letter_turns(turns):
+        """(asked by letter, was the same question answered in words just before) per MCQ turn."""
+        questions = [user.split("\n")[-1] if i == 0 else user for i, (user, _) in enumerate(turns)]
+        return [(i > 0 and user.startswith(questions[i - 1]))
+                for i, (user, _) in enumerate(turns) if MCQ_SUFFIX in user]
+
+    lookup = [hit for _, turns in stream[:300] for hit in letter_turns(turns)]
+    full = [hit for _, turns in stream[300:] for hit in letter_turns(turns)]
+    assert lookup and all(lookup), "the lookup mix asks for a letter only after the answer is in words"
+    assert len(full) > 300 and sum(not hit for hit in full) > 0.6 * len(full), "the full mix asks both steps at once"

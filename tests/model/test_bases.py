@@ -10,10 +10,10 @@ from helpers import ROOT
 from llava_moslora.data import base_corpus as corpus
 from llava_moslora.data.synth import Shape, write_shapesvqa
 from llava_moslora.data.synth import corpus as synth_corpus
-from llava_moslora.model.bases import AttributeHeads, BasesConfig, SceneImages
+from llava_moslora.model.bases import AttributeHeads, BasesConfig, SceneImages, text_mcq_accuracy
 
 SHIPPED_DIR = ROOT / "bases" / "shapes-tiny"
-SMALL = dict(vision_images=256, vision_steps=40, vision_batch=32, vision_hidden=32, text_samples=400, lm_steps=40,
+SMALL = dict(vision_images=256, vision_steps=40, vision_batch=32, vision_hidden=32, lm_steps=40, lm_lookup_steps=20, lm_lr=3e-3,
              lm_batch=16, hidden_size=32, num_layers=1, intermediate_size=64, vocab_size=300, eval_samples=12)
 
 
@@ -94,15 +94,55 @@ def test_shipped_bases_are_small_complete_and_learned(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 
     size = sum(p.stat().st_size for p in SHIPPED_DIR.rglob("*") if p.is_file())
-    assert size <= 10 * 2**20, f"{size / 2**20:.1f} MB"
+    assert size <= 20 * 2**20, f"{size / 2**20:.1f} MB"
     CLIPVisionModel.from_pretrained(SHIPPED_DIR / "vision")
-    AutoModelForCausalLM.from_pretrained(SHIPPED_DIR / "llm")
+    llm = AutoModelForCausalLM.from_pretrained(SHIPPED_DIR / "llm")
     tokenizer = AutoTokenizer.from_pretrained(SHIPPED_DIR / "llm")
     report = json.loads((SHIPPED_DIR / "pretraining.json").read_text())
     assert report["config"] == {**BasesConfig().__dict__}, "the shipped bases are what the defaults make"
     assert report["vision"]["probe_accuracy"]["shape_of_objects"] > 0.95
-    assert report["llm"]["text_mcq_accuracy"]["overall"] > 0.55  # measured 0.63; chance is about 0.3
+    accuracy = report["llm"]["text_mcq_accuracy"]
+    assert accuracy["overall"] > 0.9  # measured 0.932 on 1,000 questions; chance is about 0.27
+    for family in ("counting", "counting after removal", "color recognition", "shape recognition", "size comparison"):
+        assert accuracy[family] >= 0.95, (family, accuracy)
+    # spatial relation is not learned yet (0.379, chance 0.25): the open part of issue 28
+    # the weights shipped are the ones that scored: the first questions of the same probe, live
+    live = text_mcq_accuracy(llm, tokenizer, corpus.base_rng(BasesConfig().seed, "text-eval"), 150)
+    assert live["overall"] >= accuracy["overall"] - 0.06, (live, accuracy)
     # every text of a ShapesVQA data set is in the tokenizer's vocabulary
     write_shapesvqa(tmp_path, seed=5, num_pretrain=50, num_instruct=300, num_test=50, progress=False)
     for text in synth_corpus(tmp_path):
         assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
+
+
+def test_an_interrupted_run_continues_where_it_stopped(small_bases, tmp_path):
+    """SIGKILL in the middle of the language model's training; the same command again finishes
+    from the last checkpoint (the tower is not retrained) and ends where an uninterrupted run does."""
+    import os
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "bases"
+    command = [sys.executable, "-m", "llava_moslora", "pretrain-bases", "--out", str(out),
+               *[arg for key, value in SMALL.items() for arg in (f"--{key}", str(value))]]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((out / ".work" / "llm").glob("checkpoint-1[0-9]")) and first.poll() is None:
+        assert time.time() < deadline, "no language-model checkpoint within 300 s"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (out / "pretraining.json").exists()
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming from" in second.stdout and "checkpoint-" in second.stdout
+    assert not (out / ".work").exists(), "the work directory goes once the bases are written"
+    resumed, whole = (json.loads((d / "pretraining.json").read_text()) for d in (out, small_bases))
+    assert resumed["vision"] == whole["vision"]
+    assert resumed["llm"]["loss"] == pytest.approx(whole["llm"]["loss"], rel=1e-3)
+    for part in ("vision", "llm"):
+        mine, reference = (load_file(d / part / "model.safetensors") for d in (out, small_bases))
+        for name, tensor in reference.items():
+            torch.testing.assert_close(mine[name], tensor, rtol=1e-4, atol=1e-5)
