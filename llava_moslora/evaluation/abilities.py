@@ -26,6 +26,7 @@ from typing import Optional, Sequence, Union
 
 from .report import (FORMULA, ComparedAbility, ComparedBenchmark, Comparison, ReportFiles, normalize,
                      render_markdown, write_report)
+from .result_index import INDEX, indexed_results
 from .scores import AbilityScore, BenchmarkScores, CheckpointScores
 
 __all__ = ["AbilitiesError", "AbilityScore", "BenchmarkScores", "CheckpointScores", "ComparedAbility",
@@ -79,14 +80,18 @@ def benchmark_name(stem: str, prefixes: Sequence[str] = ()) -> str:
 
 
 def find_result_files(result_dir: Path, label: str) -> dict[str, list[Path]]:
-    """benchmark -> result files (symlinks resolved, each once), newest first."""
-    found: dict[Path, str] = {}
+    """benchmark -> result files (symlinks resolved, each once), newest first. Files an
+    evaluation index lists (result_index.py) are that benchmark's; others are named by parsing."""
+    indexed = indexed_results(result_dir)
+    found: dict[Path, str] = dict(indexed)
     for pattern in PATTERNS:
         for path in sorted(result_dir.rglob(pattern)):
             if not path.is_file() or any(tag in path.name for tag in INTERMEDIATE):
                 continue
             real = path.resolve()
             if real in found:  # run.py links {model}/X to {model}/T.../X
+                continue
+            if (path.parent / INDEX).is_file():  # our evaluation's folder: what it scored is indexed
                 continue
             stem = path.name[: -len(next(s for s in SUFFIXES if path.name.endswith(s)))]
             # The folders between RESULT_DIR and the file are likely model names (run.py: {work_dir}/{model}/).

@@ -2,8 +2,8 @@
 
 A type is VLMEvalKit's: "MCQ" (option columns A, B, ...), "Y/N" (answers Yes / No) or "VQA"
 (free-form answers). Official names get theirs from vlmeval (`vlmeval_type`); a local TSV gets
-it from its columns (`tsv_type`). Types decided once are remembered (`remember_type`) so the
-model class phrases rows the way the scorer expects, whichever entry point loaded it.
+it from its columns (`tsv_type`). The evaluation passes the types it planned to the model class
+(nothing is kept process-wide), so rows are phrased the way the scorer expects.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from .toolkit import vlmeval_available, vlmeval_knows, vlmeval_type
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"  # package data: found from a wheel install too
 SCORABLE_LOCALLY = ("MCQ", "Y/N")  # what exact matching scores in a custom TSV
-
-_known_types: dict[str, str] = {}
 
 
 def suites() -> dict[str, list[str]]:
@@ -71,22 +69,13 @@ def tsv_type(path: Path) -> str:
     return table_type(read_rows(path))
 
 
-def remember_type(name: str, kind: str) -> None:
-    _known_types[name] = kind
-
-
-def benchmark_type(name: Optional[str]) -> str:
-    """The type of a benchmark the model is asked about: as decided by the runner, else
-    vlmeval's for official names, else from its TSV in $LMUData (VLMEvalKit's run.py calls
-    every unknown name "MCQ", yes/no and free-form sets included), else "VQA"."""
+def benchmark_type(name: Optional[str], root: Optional[Path] = None) -> str:
+    """The type of a benchmark nobody planned (VLMEvalKit's run.py asking our model class):
+    vlmeval's for official names, else from its TSV in `root` (default: data_root's), else "VQA"
+    (run.py calls every unknown name "MCQ", yes/no and free-form sets included)."""
     if name is None:
         return "VQA"
-    if name in _known_types:
-        return _known_types[name]
     if vlmeval_available() and vlmeval_knows(name):
-        kind = vlmeval_type(name)
-    else:
-        tsv = local_tsv(name, data_root(None))
-        kind = tsv_type(tsv) if tsv else "VQA"
-    remember_type(name, kind)
-    return kind
+        return vlmeval_type(name)
+    tsv = local_tsv(name, root or data_root(None))
+    return tsv_type(tsv) if tsv else "VQA"

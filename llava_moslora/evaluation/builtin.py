@@ -19,12 +19,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .benchmarks import SCORABLE_LOCALLY, read_rows, remember_type, tsv_type
+from .benchmarks import SCORABLE_LOCALLY, read_rows, tsv_type
 from .vlm import options_of
 
 # VLMEvalKit's exact matching reads an option letter only among the last few words of an answer.
 LETTER_WINDOW = 5
-ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
+ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([A-Z])\**\b")
 
 
 def decode_image(data: str) -> Image.Image:
@@ -162,5 +162,5 @@ def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bo
     kind = tsv_type(tsv)
     if kind not in SCORABLE_LOCALLY:
         raise not_scorable(tsv)
-    remember_type(tsv.stem, kind)  # the model phrases rows for it
+    model.set_benchmark_kind(tsv.stem, kind)  # the model phrases rows for it
     return score_predictions(tsv, predict_tsv(lambda: model, tsv, work_dir, model_name, progress), kind)

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from .benchmarks import data_root, remember_type, resolve_benchmarks, suites
+from .benchmarks import data_root, resolve_benchmarks, suites
 from .plan import BenchmarkPlan, locate_local, make_plan, render_plan
+from .result_index import record_benchmark
 from .toolkit import load_vlmeval_env, vlmeval_available
 
 MARKER = "checkpoint.json"  # records which checkpoint a work directory belongs to
@@ -132,14 +133,13 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
     if skipped and strict:
         raise PlanRefused(f"--strict: {', '.join(skipped)} would be skipped (reasons above); nothing was run")
     claim_work_dir(work_dir, model_path)
-    for plan in plans:
-        if plan.kind:
-            remember_type(plan.name, plan.kind)  # the model phrases rows for the scorer's type
+    kinds = {plan.name: plan.kind for plan in plans if plan.kind}  # the model phrases rows for the scorer's type
 
     use_vlmeval = backend == "vlmeval"
     from .vlm import model_class
 
-    model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype, bits=bits), model_path)
+    model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype, bits=bits,
+                                                       benchmark_kinds=kinds, data_root=root), model_path)
     outcomes = {}
     for plan in plans:
         if not plan.runs:
@@ -149,7 +149,7 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
             if use_vlmeval:
                 from .vlmeval_backend import run_benchmark
 
-                files = run_benchmark(model, plan, work_dir, model_name, mode)
+                files = run_benchmark(model, plan, work_dir, model_name, mode, root)
             else:
                 files = run_builtin(model, plan, work_dir, model_name, mode, progress)
         except ModelLoadError:
@@ -159,6 +159,8 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
             log(f"[llava-moslora] {plan.name} failed: {describe_error(error)}")
             continue
         status = "predicted" if mode == "infer" else "scored"
+        if status == "scored":
+            record_benchmark(work_dir, model_path, model_name, plan.name, plan.kind, files)
         outcomes[plan.name] = Outcome(plan.name, status, str(files.get("acc") or files.get("score")
                                                           or files.get("predictions", "")), files)
     return outcomes

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import pandas as pd
 from PIL import Image
@@ -64,33 +64,50 @@ class ContractBase:
 
 
 def options_of(line) -> dict[str, str]:
-    """Letter -> option text of a benchmark row (empty cells are not options)."""
+    """Letter -> option text of a benchmark row: every letter column A-Z it has, empty cells left
+    out and gaps kept (VLMEvalKit's build_choices)."""
     return {letter: str(line[letter]) for letter in LETTERS if letter in line and not pd.isna(line[letter])}
 
 
 def is_multiple_choice(line) -> bool:
-    return "A" in line and "B" in line and not pd.isna(line["A"])
+    return bool(options_of(line))
 
 
 class LlavaMoSLoRAMixin:
-    """Loads a stage checkpoint or merged directory and answers benchmark messages with it."""
+    """Loads a stage checkpoint or merged directory and answers benchmark messages with it.
+    `benchmark_kinds` (name -> "MCQ" / "Y/N" / "VQA") are the types the evaluation planned; a
+    benchmark not among them (VLMEvalKit's run.py) gets its type from vlmeval or its TSV in
+    `data_root`."""
+
+    benchmark_kinds: Mapping[str, str] = {}  # replaced per instance, never changed in place
+    data_root: Optional[Path] = None
 
     def __init__(self, model_path: Union[str, Path], device: Optional[str] = None, dtype: str = "auto",
-                 bits: Optional[int] = None, **answer_kwargs) -> None:
+                 bits: Optional[int] = None, benchmark_kinds: Optional[Mapping[str, str]] = None,
+                 data_root: Optional[Path] = None, **answer_kwargs) -> None:
         super().__init__()
         self.model_path = str(model_path)
+        self.benchmark_kinds, self.data_root = dict(benchmark_kinds or {}), data_root
         device = inference_device(device)
         bundle = load_checkpoint(model_path, dtype=inference_dtype(dtype, device), quantization=loading_quantization(bits))
         self.answerer = Answerer(bundle, device=device, **answer_kwargs)
 
+    def set_benchmark_kind(self, name: str, kind: str) -> None:
+        self.benchmark_kinds = {**self.benchmark_kinds, name: kind}
+
+    def kind_of(self, dataset: Optional[str]) -> str:
+        if dataset not in self.benchmark_kinds:
+            self.set_benchmark_kind(dataset, benchmark_type(dataset, self.data_root))
+        return self.benchmark_kinds[dataset]
+
     def use_custom_prompt(self, dataset: Optional[str]) -> bool:
-        return benchmark_type(dataset) in ("MCQ", "Y/N")
+        return self.kind_of(dataset) in ("MCQ", "Y/N")
 
     def build_prompt(self, line, dataset: Optional[str] = None) -> list[dict]:
         images = self.dump_image(line, dataset)
         if is_multiple_choice(line):
             hint = line.get("hint")
-            text = mcq_prompt(str(line["question"]), list(options_of(line).values()), None if pd.isna(hint) else str(hint))
+            text = mcq_prompt(str(line["question"]), options_of(line), None if pd.isna(hint) else str(hint))
         else:
             text = short_prompt(str(line["question"]))
         return [{"type": "image", "value": path} for path in images] + [{"type": "text", "value": text}]
@@ -100,7 +117,7 @@ class LlavaMoSLoRAMixin:
         text = "\n".join(item["value"] for item in message if item["type"] == "text")
         # The LLaVA-1.5 layout this project trains on has one image per conversation: the first one.
         image = Image.open(images[0]).convert("RGB") if images else None
-        short = benchmark_type(dataset) in ("MCQ", "Y/N")
+        short = self.kind_of(dataset) in ("MCQ", "Y/N")
         return self.answerer(text, image, max_new_tokens=SHORT_ANSWER_TOKENS if short else FREE_ANSWER_TOKENS)
 
 

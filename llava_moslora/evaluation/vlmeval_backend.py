@@ -6,9 +6,10 @@ rows across ranks (it needs the process group initialised) and rank 0 scores.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -18,10 +19,23 @@ from .toolkit import import_vlmeval_quietly, vlmeval_knows, vlmeval_type
 
 
 def prepare(root: Path) -> None:
-    """Point VLMEvalKit at the data root (it reads $LMUData when it looks for and unpacks TSVs)."""
-    os.environ["LMUData"] = str(root)
     root.mkdir(parents=True, exist_ok=True)
     import_vlmeval_quietly()
+
+
+@contextlib.contextmanager
+def lmu_data(root: Path) -> Iterator[None]:
+    """$LMUData set to the data root while VLMEvalKit runs (it reads it to find, download and
+    unpack TSVs), and put back afterwards: nothing else in the process depends on it."""
+    previous = os.environ.get("LMUData")
+    os.environ["LMUData"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LMUData", None)
+        else:
+            os.environ["LMUData"] = previous
 
 
 def locate(name: str, root: Path) -> Located | str:
@@ -59,24 +73,26 @@ def build_benchmark(plan: BenchmarkPlan):
 
 
 def run_benchmark(get_model: Callable, plan: BenchmarkPlan, work_dir: Path, model_name: str,
-                  mode: str) -> dict[str, Path]:
-    """Predict (mode infer / all; VLMEvalKit keeps answered rows) and score on rank 0 (eval / all)."""
+                  mode: str, root: Path) -> dict[str, Path]:
+    """Predict (mode infer / all; VLMEvalKit keeps answered rows) and score on rank 0 (eval / all),
+    with VLMEvalKit reading its data from `root`."""
     from vlmeval.inference import infer_data_job
     from vlmeval.smp import get_pred_file_path
 
     rank, world = init_distributed()
-    dataset = build_benchmark(plan)
-    predictions = Path(get_pred_file_path(str(work_dir), model_name, dataset.dataset_name))
-    if mode != "eval":
-        infer_data_job(get_model(), work_dir=str(work_dir), model_name=model_name, dataset=dataset)
-    try:
-        if rank == 0 and mode != "infer":
-            if not predictions.is_file():
-                raise FileNotFoundError(f"no predictions at {predictions}; run with --mode infer or all first")
-            dataset.evaluate(str(predictions), model=plan.judge, nproc=1)
-    finally:
-        if world > 1:
-            torch.distributed.barrier()  # every rank waits for rank 0's scores, failed or not
+    with lmu_data(root):
+        dataset = build_benchmark(plan)
+        predictions = Path(get_pred_file_path(str(work_dir), model_name, dataset.dataset_name))
+        if mode != "eval":
+            infer_data_job(get_model(), work_dir=str(work_dir), model_name=model_name, dataset=dataset)
+        try:
+            if rank == 0 and mode != "infer":
+                if not predictions.is_file():
+                    raise FileNotFoundError(f"no predictions at {predictions}; run with --mode infer or all first")
+                dataset.evaluate(str(predictions), model=plan.judge, nproc=1)
+        finally:
+            if world > 1:
+                torch.distributed.barrier()  # every rank waits for rank 0's scores, failed or not
     return collect_files(work_dir, model_name, dataset.dataset_name, predictions, plan.judge)
 
 

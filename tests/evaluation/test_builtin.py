@@ -98,3 +98,51 @@ def test_a_tsv_that_is_neither_is_refused(tmp_path):
     pd.DataFrame([dict(index=0, image=png(), question="Read the sign.", answer="STOP")]).to_csv(tsv, sep="\t")
     with pytest.raises(ValueError, match="multiple-choice"):
         evaluate_tsv(Scripted({}), tsv, tmp_path / "work", "tiny", progress=False)
+
+
+class ReadsItsPrompt(LlavaMoSLoRAMixin, ContractBase):
+    """Answers with the letter its prompt shows beside the right option's text (a row's right
+    text is known by question), so a score below 100% means the prompt hid or re-lettered it."""
+
+    def __init__(self, right_texts):
+        ContractBase.__init__(self)
+        self.right_texts = right_texts
+
+    def generate_inner(self, message, dataset=None):
+        lines = message[-1]["value"].split("\n")
+        shown = dict(line.split(". ", 1) for line in lines[1:-1])
+        return next(letter for letter, text in shown.items() if text == self.right_texts[lines[0]])
+
+
+def option_rows():
+    """Rows as other benchmarks have them: five options (ScienceQA), nine (MMMU), and a gap."""
+    five = dict(question="five", A="ant", B="bee", C="cat", D="dog", E="eel", answer="E")
+    nine = dict(question="nine", **{letter: f"option {letter.lower()}" for letter in "ABCDEFGHI"}, answer="I")
+    gapped = dict(question="gapped", A="one", B="two", D="four", answer="D")
+    four = dict(question="four", A="w", B="x", C="y", D="z", answer="B")
+    return [dict(index=i, image=png(), hint=None, **row) for i, row in enumerate([five, nine, gapped, four])]
+
+
+def test_every_option_letter_a_row_has_is_shown_and_scored(tmp_path):
+    rows = option_rows()
+    tsv = tmp_path / "MY_SCIENCEQA.tsv"
+    pd.DataFrame(rows).to_csv(tsv, sep="\t", index=False)
+    model = ReadsItsPrompt({row["question"]: row[row["answer"]] for row in rows})
+    model.set_dump_image(lambda line: [])
+    prompt = model.build_prompt(pd.read_csv(tsv, sep="\t").iloc[2], "MY_SCIENCEQA")[-1]["value"]
+    assert prompt.split("\n")[1:4] == ["A. one", "B. two", "D. four"]  # its own letters, the gap kept
+    files = evaluate_tsv(model, tsv, tmp_path / "work", "tiny", progress=False)
+    assert list(pd.read_excel(files["predictions"])["prediction"]) == ["E", "I", "D", "B"]
+    assert pd.read_csv(files["acc"])["Overall"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("prediction, letter", [("E", "E"), ("(I) option i", "I"), ("The answer is G", "G"),
+                                                ("option h", "H"), ("J", None), ("The answer is blue", None)])
+def test_parse_choice_beyond_d(prediction, letter):
+    row = option_rows()[1]
+    assert parse_choice(prediction, row) == letter
+
+
+def test_parse_choice_on_a_gapped_row():
+    row = option_rows()[2]
+    assert parse_choice("D", row) == "D" and parse_choice("C", row) is None and parse_choice("four", row) == "D"

@@ -181,3 +181,24 @@ def test_dtype_choice(tiny_checkpoint, shapes_root, tmp_path, loads, monkeypatch
                                    root=str(shapes_root), dtype="bf16", device="cpu", log=lambda text: None,
                                    progress=False)
     assert loads[-1] == ("load", torch.bfloat16) and outcomes["ShapesVQA_YN"].status == "scored"
+
+
+def test_custom_names_are_read_back_by_the_work_dirs_index(tiny_checkpoint, shapes_root, tmp_path):
+    """Benchmarks and a model name nobody listed (underscores in both, a benchmark named like a
+    suffix of another): `abilities` finds each by the index the evaluation wrote, not by parsing."""
+    from llava_moslora.evaluation.abilities import read_result_dir
+    from llava_moslora.evaluation.result_index import INDEX
+
+    root = tmp_path / "lmu"
+    root.mkdir()
+    table = pd.read_csv(shapes_root / "ShapesVQA_MCQ.tsv", sep="\t").assign(E="none of these")
+    table.to_csv(root / "MY_SCIENCEQA.tsv", sep="\t", index=False)
+    shutil.copy(shapes_root / "ShapesVQA_YN.tsv", root / "QA.tsv")
+    work = tmp_path / "work"
+    result = cli("eval", "--model", str(tiny_checkpoint), "--benchmarks", "MY_SCIENCEQA,QA", "--work-dir", str(work),
+                 "--data-root", str(root), "--backend", "builtin", "--model-name", "lora_lr0.002_MY")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (work / "lora_lr0.002_MY_MY_SCIENCEQA_acc.csv").is_file() and (work / INDEX).is_file()
+    scores = read_result_dir(work, "lora/seed0")  # a label that is not the model name, as the study's
+    assert sorted(scores.benchmarks) == ["MY_SCIENCEQA", "QA"] and not scores.warnings
+    assert scores.benchmarks["QA"].kind == "yes_no"
