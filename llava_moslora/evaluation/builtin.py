@@ -24,7 +24,12 @@ from .vlm import options_of
 
 # VLMEvalKit's exact matching reads an option letter only among the last few words of an answer.
 LETTER_WINDOW = 5
-ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([A-Z])\**\b")
+# Its fallback for "The answer is X", exactly as it is (letters A-D only, any case, no word
+# boundary: "the answer is blue" picks B): the builtin backend must score as VLMEvalKit does.
+# Answers VLMEvalKit takes as declining to choose (its can_infer_option), like a lone "Z".
+REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+            "I'm sorry, but without the image provided", "Cannot determine the answer")
+ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 
 def decode_image(data: str) -> Image.Image:
@@ -35,9 +40,13 @@ def parse_choice(prediction: str, row) -> Optional[str]:
     """The option letter an answer picks, by VLMEvalKit's exact-matching rules, or None."""
     choices = options_of(row)
     words = re.sub(r"[.()\[\],:;!*#{}]", " ", prediction).split()
+    if any(refusal in prediction for refusal in REFUSALS):
+        return None  # VLMEvalKit's "Z": no option chosen, whatever else the answer says
     named = [letter for letter in choices if letter in words]
     if len(named) == 1 and words.index(named[0]) > len(words) - LETTER_WINDOW:
         return named[0]
+    if not named and "Z" in words:
+        return None  # a lone "Z" is VLMEvalKit's "none of the options"
     match = ANSWER_IS.search(prediction)
     if match and match.group(1).upper() in choices:
         return match.group(1).upper()

@@ -53,13 +53,26 @@ class Inputs:
                 "image_folder": str(self.image_folder) if self.image_folder else None, "launch": launch}
 
 
-# What the stage scripts read from the environment besides launch settings: the study sets all of
-# it through flags (or stage1.env), so a variable left in the user's shell must not reach a run.
-SCRIPT_SETTINGS = ("ADAPTER", "LR", "MM_PROJECTOR_LR", "LORA_R", "LORA_ALPHA", "LORA_DROPOUT", "MIXER_INIT",
-                   "NUM_EXPERTS", "TOP_K", "GATE_RESCALE", "ROUTER_LR", "RIEMANNIAN", "TEMPLATE", "EPOCHS",
-                   "MAX_LENGTH", "STAGE1_DIR", "DATA_PATH", "IMAGE_FOLDER", "OUTPUT_DIR")
-# Launch settings: the grid's `launch:` gives defaults, the environment overrides them.
-LAUNCH_SETTINGS = ("NUM_GPUS", "HOSTFILE", "ZERO", "GLOBAL_BATCH", "PER_DEVICE_BATCH", "MODEL", "VISION_TOWER")
+# A run's environment is built from an allow-list: what a variable left in the user's shell may
+# change is where and how the run is launched, never what it trains (ADAPTER, LR, BITS, ... are
+# the study's to set, through flags or stage1.env).
+# Launch settings (scripts/lib/launch.sh): the grid's `launch:` gives defaults, the environment
+# overrides them, and run.json records them.
+LAUNCH_SETTINGS = ("NUM_GPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "HOSTFILE", "LAUNCHER_ARGS",
+                   "SHUTDOWN_TIMEOUT", "ZERO", "GLOBAL_BATCH", "PER_DEVICE_BATCH", "MODEL", "VISION_TOWER", "PYTHON")
+# The system's own: the shell, locale, paths, and what the job scheduler, the accelerators, the
+# communication libraries and the Hugging Face caches are told.
+SYSTEM_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PWD",
+                    "HOSTNAME", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
+                    "LD_PRELOAD", "OMP_NUM_THREADS", "DISPLAY")
+SYSTEM_PREFIXES = ("LC_", "XDG_", "CONDA", "SLURM_", "PMI_", "PMIX_", "OMPI_", "CUDA_", "NVIDIA_", "ROCR_", "HIP_",
+                   "NCCL_", "GLOO_", "UCX_", "FI_", "TORCH", "PYTORCH_", "DS_", "MKL_", "KMP_", "HF_", "HUGGINGFACE_",
+                   "TRANSFORMERS_", "SSH_", "LLAVA_MOSLORA_")
+
+
+def inherited(name: str) -> bool:
+    """Whether a study run gets this variable of the user's environment."""
+    return name in LAUNCH_SETTINGS or name in SYSTEM_VARIABLES or name.startswith(SYSTEM_PREFIXES)
 
 
 @dataclass
@@ -71,7 +84,7 @@ class Launcher:
     stop_requested: list = field(default_factory=list)
 
     def environment(self, **paths) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if key not in SCRIPT_SETTINGS}
+        env = {key: value for key, value in os.environ.items() if inherited(key)}
         env = {**self.launch_env, **env}
         env.update({key: str(value) for key, value in paths.items() if value is not None})
         return env

@@ -45,15 +45,19 @@ def root(shapes_root, tmp_path):
     table = pd.read_csv(shapes_root / "ShapesVQA_MCQ.tsv", sep="\t")
     free = table.drop(columns=[c for c in "ABCD" if c in table]).assign(answer="circle")
     free.to_csv(root / "ShapesVQA_Free.tsv", sep="\t", index=False)
+    # a set of one's own, with a fifth option that is sometimes the answer, and a gap
+    own = table.assign(E="none of these")
+    own.loc[0, "E"], own.loc[0, "answer"] = own.loc[0, own.loc[0, "answer"]], "E"
+    own.loc[1, "C"] = None
+    own.to_csv(root / "MY_SCIENCEQA.tsv", sep="\t", index=False)
     return root
 
 
 def test_vlmeval_and_builtin_backends_agree(tiny_checkpoint, root, tmp_path):
-    real = evaluate_checkpoint(tiny_checkpoint, list(SHAPES), tmp_path / "vlmeval", backend="vlmeval", root=str(root),
-                               **QUIET)
-    ours = evaluate_checkpoint(tiny_checkpoint, list(SHAPES), tmp_path / "builtin", backend="builtin", root=str(root),
-                               **QUIET)
-    for name, kind in (("ShapesVQA_MCQ", "acc"), ("ShapesVQA_YN", "score")):
+    names = [*SHAPES, "MY_SCIENCEQA"]
+    real = evaluate_checkpoint(tiny_checkpoint, names, tmp_path / "vlmeval", backend="vlmeval", root=str(root), **QUIET)
+    ours = evaluate_checkpoint(tiny_checkpoint, names, tmp_path / "builtin", backend="builtin", root=str(root), **QUIET)
+    for name, kind in (("ShapesVQA_MCQ", "acc"), ("ShapesVQA_YN", "score"), ("MY_SCIENCEQA", "acc")):
         assert real[name].files[kind].read_text() == ours[name].files[kind].read_text(), name
     # vlmeval's own exact-matching record exists: its evaluate really ran
     assert (tmp_path / "vlmeval" / f"{tiny_checkpoint.name}_ShapesVQA_MCQ_exact_matching_result.xlsx").is_file()
@@ -136,3 +140,41 @@ def test_vlmevalkits_run_py_scores_as_eval_does(tiny_checkpoint, root, tmp_path)
             assert found[-1].read_text() == ours[name].files[kind].read_text(), (model, name)
         scores = read_result_dir(work / model, model)  # `abilities` reads run.py's layout
         assert set(SHAPES) <= set(scores.benchmarks)
+
+
+def test_prompts_and_answer_parsing_are_vlmevalkits_on_rows_beyond_four_options():
+    """Our MCQ prompt equals VLMEvalKit's own LLaVA class's build_prompt, and parse_choice equals
+    its can_infer, on rows with 5 and 9 options, a gap (A, B, D) and a hint."""
+    from test_builtin import option_rows
+    from vlmeval.dataset.utils.multiple_choice import build_choices
+    from vlmeval.utils.matching_util import can_infer
+    from vlmeval.vlm.llava.llava import LLaVA
+
+    from llava_moslora.evaluation.builtin import parse_choice
+    from llava_moslora.evaluation.vlm import model_class
+
+    class Bare(model_class(False)):
+        def __init__(self):  # the prompt building only: no checkpoint
+            self.benchmark_kinds = {"MY_SCIENCEQA": "MCQ"}
+
+        def dump_image(self, line, dataset=None):
+            return []
+
+    class TheirLlava:  # what LLaVA.build_prompt uses of its instance
+        def use_custom_prompt(self, dataset):
+            return True
+
+        def dump_image(self, line, dataset=None):
+            return []
+
+    rows = [pd.Series(row) for row in option_rows()]
+    rows.append(pd.Series({**option_rows()[0], "hint": "Think of water."}))
+    for row in rows:
+        assert Bare().build_prompt(row, "MY_SCIENCEQA") == LLaVA.build_prompt(TheirLlava(), row, "MY_SCIENCEQA")
+    predictions = ["E", "(I) option i", "The answer is G", "option h", "J", "The answer is blue", "H because it fits",
+                   "B", "the answer is a dog", "option b or option c", "D", "C", "four", "Answer: D", "Z", "z",
+                   "Cannot determine the answer: B"]
+    for row in rows:
+        for prediction in predictions:
+            theirs = can_infer(prediction, build_choices(row)) or None
+            assert parse_choice(prediction, row) == (None if theirs == "Z" else theirs), (row["question"], prediction)

@@ -1,5 +1,6 @@
 """The study's grid, budgets and plan: what makes the comparison fair, checked without training."""
 import json
+import os
 
 import pytest
 import yaml
@@ -147,12 +148,23 @@ def test_runs_get_the_launch_settings_but_not_the_shells_training_variables(monk
 
     monkeypatch.setenv("RIEMANNIAN", "1")  # finetune.sh would turn it into --riemannian True for every run
     monkeypatch.setenv("LORA_R", "8")
+    monkeypatch.setenv("BITS", "4")  # would quantize every run
+    monkeypatch.setenv("SOME_FUTURE_SCRIPT_SETTING", "x")  # nobody listed it: not passed either
     monkeypatch.setenv("NUM_GPUS", "4")
-    monkeypatch.delenv("ZERO", raising=False)
+    monkeypatch.setenv("NNODES", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    for name in ("ZERO", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "HOSTFILE", "LAUNCHER_ARGS", "SHUTDOWN_TIMEOUT",
+                 "GLOBAL_BATCH", "PER_DEVICE_BATCH", "MODEL", "VISION_TOWER", "PYTHON"):
+        monkeypatch.delenv(name, raising=False)
     launcher = Launcher({"NUM_GPUS": "2", "ZERO": "2"})
     env = launcher.environment(OUTPUT_DIR="/tmp/x")
-    assert "RIEMANNIAN" not in env and "LORA_R" not in env and env["OUTPUT_DIR"] == "/tmp/x"
-    assert launcher.settings() == {"NUM_GPUS": "4", "ZERO": "2"}  # the environment wins over the grid
+    for name in ("RIEMANNIAN", "LORA_R", "BITS", "SOME_FUTURE_SCRIPT_SETTING"):
+        assert name not in env, name
+    assert env["OUTPUT_DIR"] == "/tmp/x" and env["PATH"] == os.environ["PATH"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["SLURM_JOB_ID"] == "77"
+    # what run.json records: every launch setting the run gets, the environment winning over the grid
+    assert launcher.settings() == {"NUM_GPUS": "4", "NNODES": "1", "ZERO": "2"}
 
 
 def test_a_run_made_from_another_stage1_is_refused(tmp_path):

@@ -80,7 +80,7 @@ def test_4bit_moslora_trains_with_two_processes_and_reloads_quantized(tiny_bases
 
     base, export = tmp_path / "stage1-merged", tmp_path / "peft"
     for command in (["merge", "--checkpoint", str(stage1), "--out", str(base)],
-                    ["export-peft", "--checkpoint", str(out), "--out", str(export)]):
+                    ["export-peft", "--checkpoint", str(out), "--out", str(export), "--base", str(base)]):
         subprocess.run([sys.executable, "-m", "llava_moslora", *command], check=True, capture_output=True, text=True)
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=torch.float32,

@@ -150,11 +150,48 @@ def test_export_peft_loads_on_the_base_with_the_same_logits(stage1, stage2_moslo
     out, _ = stage2_moslora
     base, export = tmp_path / "stage1-merged", tmp_path / "peft"
     for command in (["merge", "--checkpoint", str(stage1), "--out", str(base)],
-                    ["export-peft", "--checkpoint", str(out), "--out", str(export)]):
+                    ["export-peft", "--checkpoint", str(out), "--out", str(export), "--base", str(base)]):
         subprocess.run([sys.executable, "-m", "llava_moslora", *command], check=True, capture_output=True, text=True)
+    config = json.loads((export / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base.resolve())
+    assert config["modules_to_save"] == ["model.multi_modal_projector"]  # the LLM weights stage 1 trained are in base
     peft_model = PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(base), str(export))
     torch.testing.assert_close(reference_logits(peft_model), reference_logits(load_checkpoint(out).model),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_export_peft_carries_a_trained_vision_tower_or_refuses(stage1, shapes_data, tmp_path):
+    """A stage 2 that also trains the whole vision tower: the export carries the tower, PEFT's
+    model computes what ours does; over a base that lacks stage 1's LLM weights, the export
+    refuses and names them (they sit inside LoRA-adapted layers, which PEFT keeps frozen)."""
+    from peft import PeftModel
+    from transformers import LlavaForConditionalGeneration
+
+    from llava_moslora.model import load_checkpoint
+    out, base, export = tmp_path / "stage2-tower", tmp_path / "stage1-merged", tmp_path / "peft"
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, out, ADAPTER="lora"), "--max_steps", "2",
+               "--tune_vision_tower", "full", *FAST)
+    assert any(n.startswith("model.vision_tower.") for n in json.loads((out / "llava_moslora.json").read_text())
+               ["trained_tensors"])
+    for command in (["merge", "--checkpoint", str(stage1), "--out", str(base)],
+                    ["export-peft", "--checkpoint", str(out), "--out", str(export), "--base", str(base)]):
+        subprocess.run([sys.executable, "-m", "llava_moslora", *command], check=True, capture_output=True, text=True)
+    config = json.loads((export / "adapter_config.json").read_text())
+    assert sorted(config["modules_to_save"]) == ["model.multi_modal_projector", "model.vision_tower"]
+    peft_model = PeftModel.from_pretrained(LlavaForConditionalGeneration.from_pretrained(base), str(export))
+    torch.testing.assert_close(reference_logits(peft_model), reference_logits(load_checkpoint(out).model),
+                               rtol=1e-4, atol=1e-4)
+
+    # a base without stage 1's training: the LLM weights it changed cannot travel
+    raw, other = tmp_path / "raw-base", LlavaForConditionalGeneration.from_pretrained(base)
+    with torch.no_grad():
+        other.model.language_model.layers[0].self_attn.q_proj.weight += 1.0
+    other.save_pretrained(raw)
+    refused = subprocess.run([sys.executable, "-m", "llava_moslora", "export-peft", "--checkpoint", str(out), "--out",
+                              str(tmp_path / "peft-refused"), "--base", str(raw)], capture_output=True, text=True)
+    assert refused.returncode != 0, refused.stdout
+    assert "model.language_model.layers.0.self_attn.q_proj.weight" in refused.stderr
+    assert not (tmp_path / "peft-refused" / "adapter_model.safetensors").exists()
 
 
 def test_moelora_refuses_to_merge(stage1, shapes_data, tmp_path):
