@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 from .images import ImageError, load_image, preprocess_image
 from .record_cache import SampleTable, open_samples
 from .records import DataError, Sample
-from .templates import Template, get_template
+from .own_chat_template import template_for
+from .templates import Template
 from .tokenize import check_tokenizer, encode_conversation
 from .validate import SampleChecker
 
@@ -34,7 +35,7 @@ class LlavaDataset(Dataset):
                  model_max_length: int = 2048, system: Optional[str] = None, collect_rejected: bool = False,
                  skip_bad_samples: bool = False) -> None:
         self.data_path = data_path
-        self.template = get_template(template) if isinstance(template, str) else template
+        self.template = template_for(template, tokenizer) if isinstance(template, str) else template
         check_tokenizer(self.template, tokenizer)
         self.tokenizer = tokenizer
         self.image_processor = image_processor

@@ -101,6 +101,11 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+# --template of chat, eval and web: what the flag means wherever it is offered.
+TEMPLATE_HELP = ("conversation template to prompt with: vicuna_v1, llama3, chatml (default: the one the checkpoint "
+                 "was trained with; a llava-hf directory of its own: its chat template)")
+
+
 def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 import torch
 from PIL import Image
 
-from ..data import IMAGE_TOKEN, encode_conversation, get_template, preprocess_image
+from ..data import IMAGE_TOKEN, encode_conversation, preprocess_image
+from ..data.own_chat_template import template_for
 from ..data.tokenize import token_id
 from ..model import LlavaBundle, inference_device
 
@@ -20,7 +21,7 @@ class Answerer:
         self.bundle = bundle
         self.device = inference_device(device)
         self.model = bundle.model.to(self.device).eval()
-        self.template = get_template(bundle.recipe.template)
+        self.template = template_for(bundle.recipe.template, bundle.tokenizer)
         self.max_new_tokens = max_new_tokens
         stops = {bundle.tokenizer.eos_token_id, token_id(bundle.tokenizer, self.template.end_of_turn)}
         self.stop_ids = sorted(i for i in stops if i is not None)

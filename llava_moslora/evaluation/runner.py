@@ -114,7 +114,7 @@ def plan_checkpoint(benchmarks: list[str], backend: str, root: Path, judge: Opti
 def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend: str = "auto",
                         judge: Optional[str] = None, root: Optional[str] = None, model_name: Optional[str] = None,
                         device: Optional[str] = None, dtype: str = "auto", bits: Optional[int] = None,
-                        mode: str = "all", strict: bool = False,
+                        template: Optional[str] = None, mode: str = "all", strict: bool = False,
                         progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Outcome]:
     """Evaluate one checkpoint on each benchmark; returns benchmark -> Outcome. Raises PlanRefused
     (strict) or ValueError / FileNotFoundError for bad input before anything runs."""
@@ -139,7 +139,8 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
     from .vlm import model_class
 
     model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype, bits=bits,
-                                                       benchmark_kinds=kinds, data_root=root), model_path)
+                                                       template=template, benchmark_kinds=kinds, data_root=root),
+                      model_path)
     outcomes = {}
     for plan in plans:
         if not plan.runs:
@@ -232,6 +233,10 @@ def add_arguments(parser, name: str = "eval") -> None:
     parser.add_argument("--model-name", "--model_name", dest="model_name", default=None,
                         help="prefix of the result files (default: the checkpoint directory's name)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: CUDA when present)")
+    # data.templates.TEMPLATE_HELP, written out: importing the data room here would slow `eval --help` by 1.4 s
+    parser.add_argument("--template", default=None,
+                        help="conversation template to prompt with: vicuna_v1, llama3, chatml (default: the one the "
+                             "checkpoint was trained with; a llava-hf directory of its own: its chat template)")
 
 
 def run(args, name: str = "eval") -> int:
@@ -239,7 +244,7 @@ def run(args, name: str = "eval") -> int:
         outcomes = evaluate_checkpoint(args.model, resolve_benchmarks(args.benchmarks), args.work_dir,
                                        backend=args.backend, judge=args.judge, root=args.data_root,
                                        model_name=args.model_name, device=args.device, dtype=args.dtype, bits=args.bits,
-                                       mode=args.mode, strict=args.strict)
+                                       template=args.template, mode=args.mode, strict=args.strict)
     except (FileNotFoundError, ValueError, ModelLoadError) as error:
         print(f"llava-moslora eval: {error}")
         return 2

@@ -84,12 +84,13 @@ class LlavaMoSLoRAMixin:
 
     def __init__(self, model_path: Union[str, Path], device: Optional[str] = None, dtype: str = "auto",
                  bits: Optional[int] = None, benchmark_kinds: Optional[Mapping[str, str]] = None,
-                 data_root: Optional[Path] = None, **answer_kwargs) -> None:
+                 data_root: Optional[Path] = None, template: Optional[str] = None, **answer_kwargs) -> None:
         super().__init__()
         self.model_path = str(model_path)
         self.benchmark_kinds, self.data_root = dict(benchmark_kinds or {}), data_root
         device = inference_device(device)
-        bundle = load_checkpoint(model_path, dtype=inference_dtype(dtype, device), quantization=loading_quantization(bits))
+        bundle = load_checkpoint(model_path, dtype=inference_dtype(dtype, device), quantization=loading_quantization(bits),
+                                 template=template)
         self.answerer = Answerer(bundle, device=device, **answer_kwargs)
 
     def set_benchmark_kind(self, name: str, kind: str) -> None:

@@ -18,6 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
+from ..data.own_chat_template import OWN, own_template, recognise
+from ..data.templates import IMAGE_TOKEN, TEMPLATES, get_template
 from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
 from .quantize import Quantization
 from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
@@ -71,23 +73,36 @@ def _is_merged(path: Path) -> bool:
 
 def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
                     vision_tower: Optional[str] = None, language_model: Optional[str] = None,
-                    weights: bool = True, quantization="recorded") -> LlavaBundle:
+                    weights: bool = True, quantization="recorded", template: Optional[str] = None) -> LlavaBundle:
     """Load a stage checkpoint or a merged llava-hf directory.
 
     vision_tower / language_model override the base checkpoints the recipe names (say, after
     moving them to another cluster). weights=False builds the model on the meta device from the
     configs alone (see build_llava). quantization: "recorded" loads the language model as the
     checkpoint was trained (quantized after QLoRA), None in float, a quantize.Quantization so.
+    template: the conversation template to prompt with instead of the recorded one; a llava-hf
+    directory this project did not write keeps its own chat template (own_chat_template.py), and
+    one without any needs it (ValueError otherwise).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if (path / TRAINABLE_FILE).is_file():
-        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
-    if _is_merged(path):
-        return _load_merged(path, dtype, weights)
-    if (path / RECIPE_FILE).is_file():  # a stage checkpoint that lost its tensors: say which file
-        return _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
+        bundle = _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
+    elif _is_merged(path):
+        bundle = _load_merged(path, dtype, weights)
+    elif (path / RECIPE_FILE).is_file():  # a stage checkpoint that lost its tensors: say which file
+        bundle = _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
+    else:
+        bundle = None
+    if bundle is not None:
+        if template is not None:
+            get_template(template)  # a known name, or ValueError listing them
+            bundle = replace(bundle, recipe=replace(bundle.recipe, template=template))
+            set_chat_template(bundle.tokenizer, template)
+        elif bundle.recipe.template == OWN:
+            _check_own_template(path, bundle.tokenizer)
+        return bundle
     raise FileNotFoundError(
         f"{path} is neither a stage checkpoint ({RECIPE_FILE} + {TRAINABLE_FILE}) nor a merged LLaVA "
         "directory (config.json with model_type 'llava')")
@@ -196,9 +211,38 @@ def _load_merged(path: Path, dtype, weights: bool = True) -> LlavaBundle:
         with torch.device("meta"):
             model = LlavaForConditionalGeneration._from_config(AutoConfig.from_pretrained(path), dtype=dtype)
     ours = (path / RECIPE_FILE).is_file()
-    recipe = (Recipe.load(path) if ours else Recipe(vision_tower=str(path), language_model=str(path),
-                                                    num_image_tokens=model.config.image_seq_length))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if ours:
+        recipe = Recipe.load(path)
         set_chat_template(tokenizer, recipe.template)
+    else:  # a llava-hf directory of its own: prompted the way its chat template says
+        tokenizer.chat_template = tokenizer.chat_template or _processor_chat_template(path)
+        recipe = Recipe(vision_tower=str(path), language_model=str(path), num_image_tokens=model.config.image_seq_length,
+                        template=recognise(tokenizer) or OWN)
     return LlavaBundle(model, tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
+
+
+def _processor_chat_template(path: Path) -> Optional[str]:
+    """A chat template kept beside the processor (chat_template.json, processor_config.json), as
+    llava-hf's own repositories keep it, rather than in the tokenizer's files."""
+    for name in ("chat_template.json", "processor_config.json"):
+        try:
+            found = json.loads((path / name).read_text()).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if found:
+            return found
+    return None
+
+
+def _check_own_template(path: Path, tokenizer) -> None:
+    """A directory prompted with its own chat template must have one that renders a conversation."""
+    if not tokenizer.chat_template:
+        raise ValueError(f"{path} is a llava-hf directory without a chat template (none in its tokenizer or "
+                         f"processor files), so how to prompt it is unknown: pass --template "
+                         f"({', '.join(name for name in TEMPLATES if name != 'plain')})")
+    try:
+        own_template(tokenizer).render([(f"{IMAGE_TOKEN}\nHi", "Hello."), ("Bye", None)])
+    except Exception as error:  # noqa: BLE001 - whatever the Jinja raises, say what to do
+        raise ValueError(f"{path}: its chat template cannot render a conversation ({error}); pass --template "
+                         f"({', '.join(name for name in TEMPLATES if name != 'plain')})") from None

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..evaluation.answer import Answerer
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
+from ..data.templates import TEMPLATE_HELP
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
 
 HELP = "commands: /image PATH (switch image, new conversation), /reset, /exit"
@@ -143,6 +144,7 @@ def add_arguments(parser, name: str = "chat") -> None:
                         help="auto: bfloat16 on a GPU that has it, else float32")
     parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
     parser.add_argument("--stats", action="store_true", help="report tokens per second after each answer")
+    parser.add_argument("--template", default=None, help=TEMPLATE_HELP)
 
 
 def run(args, name: str = "chat") -> int:
@@ -150,7 +152,7 @@ def run(args, name: str = "chat") -> int:
     start = time.perf_counter()
     try:
         bundle = load_checkpoint(args.model, dtype=inference_dtype(args.dtype, device),
-                                 quantization=loading_quantization(args.bits))
+                                 quantization=loading_quantization(args.bits), template=args.template)
     except (FileNotFoundError, ValueError) as error:
         print(f"llava-moslora chat: {error}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from typing import Iterator, Optional
 
 from PIL import Image, UnidentifiedImageError
 
+from ..data.templates import TEMPLATE_HELP
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
 from .chat import ChatSession, Reply
@@ -44,7 +45,8 @@ class Model:
         return self.path
 
 
-def load_models(paths: list[str], device: str, dtype: str, bits: Optional[int] = None) -> list[Model]:
+def load_models(paths: list[str], device: str, dtype: str, bits: Optional[int] = None,
+                template: Optional[str] = None) -> list[Model]:
     """Each model loaded, or its error kept for the page (the server starts either way)."""
     from ..evaluation.answer import Answerer
 
@@ -52,7 +54,8 @@ def load_models(paths: list[str], device: str, dtype: str, bits: Optional[int] =
     for path in paths:
         start = time.perf_counter()
         try:
-            bundle = load_checkpoint(path, dtype=inference_dtype(dtype, device), quantization=loading_quantization(bits))
+            bundle = load_checkpoint(path, dtype=inference_dtype(dtype, device), quantization=loading_quantization(bits),
+                                     template=template)
             models.append(Model(path, answerer=Answerer(bundle, device=device)))
             print(f"web: loaded {path} ({bundle.recipe.template} template) on {device} in "
                   f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -277,6 +280,7 @@ def add_arguments(parser, name: str = "web") -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: bfloat16 on a GPU that has it, else float32")
     parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
+    parser.add_argument("--template", default=None, help=TEMPLATE_HELP + "; for every --model")
     parser.add_argument("--examples", default=None,
                         help=f"folder of test_*.png example images [{QUICKSTART_IMAGES} when present]")
 
@@ -288,7 +292,7 @@ def run(args, name: str = "web") -> int:
               "(bash scripts/setup.sh installs it)", file=sys.stderr)
         return 2
     device = inference_device(args.device)
-    demo = Demo(load_models(args.model, device, args.dtype, args.bits))
+    demo = Demo(load_models(args.model, device, args.dtype, args.bits, args.template))
     page = build_page(demo, example_images(args.examples))
     page.queue(default_concurrency_limit=1)  # one generation at a time; other tabs wait their turn
     print(f"web: serving on http://{args.host}:{args.port} (from a laptop: ssh -L {args.port}:localhost:{args.port} "

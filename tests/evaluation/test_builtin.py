@@ -136,11 +136,11 @@ def test_every_option_letter_a_row_has_is_shown_and_scored(tmp_path):
     assert pd.read_csv(files["acc"])["Overall"].tolist() == [1.0]
 
 
-# VLMEvalKit's own rules, checked against its can_infer on the same row (commit e8e78f05): its
-# "answer is X" fallback knows A-D only, and reads the "b" of "blue".
-@pytest.mark.parametrize("prediction, letter", [("E", "E"), ("(I) option i", "I"), ("The answer is G", None),
+# VLMEvalKit's own rules, checked against its can_infer on the same row (commit e8e78f05): a
+# letter among the last four words counts; its "answer is X" fallback reads the "b" of "blue".
+@pytest.mark.parametrize("prediction, letter", [("E", "E"), ("(I) option i", "I"), ("The answer is G", "G"),
                                                 ("option h", "H"), ("J", None), ("The answer is blue", "B"),
-                                                ("H because it fits", None)])
+                                                ("H because it fits", "H"), ("H because it fits best", None)])
 def test_parse_choice_beyond_d(prediction, letter):
     row = option_rows()[1]
     assert parse_choice(prediction, row) == letter

@@ -172,8 +172,8 @@ def test_prompts_and_answer_parsing_are_vlmevalkits_on_rows_beyond_four_options(
     for row in rows:
         assert Bare().build_prompt(row, "MY_SCIENCEQA") == LLaVA.build_prompt(TheirLlava(), row, "MY_SCIENCEQA")
     predictions = ["E", "(I) option i", "The answer is G", "option h", "J", "The answer is blue", "H because it fits",
-                   "B", "the answer is a dog", "option b or option c", "D", "C", "four", "Answer: D", "Z", "z",
-                   "Cannot determine the answer: B"]
+                   "H because it fits best", "B", "the answer is a dog", "option b or option c", "D", "C", "four",
+                   "Answer: D", "Z", "z", "Cannot determine the answer: B"]
     for row in rows:
         for prediction in predictions:
             theirs = can_infer(prediction, build_choices(row)) or None
