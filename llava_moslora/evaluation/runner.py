@@ -80,22 +80,36 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__} in {function} ({Path(frame.f_code.co_filename).name}:{line})"
 
 
+def keep_traceback(error: BaseException, path: Path) -> Path:
+    """Write the error's whole traceback to `path` (the one-line summary names that file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(traceback.format_exception(error)))
+    return path
+
+
 class ModelLoadError(RuntimeError):
     """The checkpoint could not be loaded: every benchmark would fail the same way."""
 
 
 class LazyModel:
-    """The model, loaded on first use: --mode eval and fully reused predictions load nothing."""
+    """The model, loaded on first use: --mode eval and fully reused predictions load nothing. A
+    failure to load says why in one line when the checkpoint itself is at fault (the project's
+    own CheckpointError, a missing file); anything else keeps its traceback in `error_log`."""
 
-    def __init__(self, load: Callable[[], object], what: Path) -> None:
-        self._load, self._model, self._what = load, None, what
+    def __init__(self, load: Callable[[], object], what: Path, error_log: Path) -> None:
+        self._load, self._model, self._what, self._error_log = load, None, what, error_log
 
     def __call__(self):
         if self._model is None:
+            from ..model import CheckpointError
+
             try:
                 self._model = self._load()
+            except (CheckpointError, FileNotFoundError) as error:
+                raise ModelLoadError(f"cannot load {self._what}: {error}") from error
             except Exception as error:
-                raise ModelLoadError(f"cannot load {self._what}: {describe_error(error)}") from error
+                log = keep_traceback(error, self._error_log)
+                raise ModelLoadError(f"cannot load {self._what}: {describe_error(error)} (traceback: {log})") from error
         return self._model
 
 
@@ -140,7 +154,7 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
 
     model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype, bits=bits,
                                                        template=template, benchmark_kinds=kinds, data_root=root),
-                      model_path)
+                      model_path, work_dir / "model.error.log")
     outcomes = {}
     for plan in plans:
         if not plan.runs:
@@ -156,9 +170,11 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
         except ModelLoadError:
             raise
         except Exception as error:  # noqa: BLE001 - one benchmark's failure must not stop the others
-            outcomes[plan.name] = Outcome(plan.name, "failed", describe_error(error))
-            log(f"[llava-moslora] {plan.name} failed: {describe_error(error)}")
+            traceback_file = keep_traceback(error, work_dir / f"{plan.name}.error.log")
+            outcomes[plan.name] = Outcome(plan.name, "failed", f"{describe_error(error)} (traceback: {traceback_file})")
+            log(f"[llava-moslora] {plan.name} failed: {describe_error(error)}; traceback: {traceback_file}")
             continue
+        (work_dir / f"{plan.name}.error.log").unlink(missing_ok=True)  # an earlier failure, fixed since
         status = "predicted" if mode == "infer" else "scored"
         if status == "scored":
             record_benchmark(work_dir, model_path, model_name, plan.name, plan.kind, files)

@@ -22,7 +22,7 @@ from ..data.own_chat_template import OWN, own_template, recognise
 from ..data.templates import IMAGE_TOKEN, TEMPLATES, get_template
 from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
 from .quantize import Quantization
-from .recipe import RECIPE_FILE, TRAINABLE_FILE, Recipe
+from .recipe import RECIPE_FILE, TRAINABLE_FILE, CheckpointError, Recipe
 from .tuning import apply_tuning
 
 
@@ -97,7 +97,10 @@ def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
         bundle = None
     if bundle is not None:
         if template is not None:
-            get_template(template)  # a known name, or ValueError listing them
+            try:
+                get_template(template)
+            except ValueError as error:  # an unknown name: the message lists the known ones
+                raise CheckpointError(str(error)) from None
             bundle = replace(bundle, recipe=replace(bundle.recipe, template=template))
             set_chat_template(bundle.tokenizer, template)
         elif bundle.recipe.template == OWN:
@@ -117,7 +120,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
     if quantization == "recorded":
         quantization = Quantization.from_dict(recipe.quantization)
     if quantization is not None and recipe.tune_language_model == "full":
-        raise ValueError(f"{path} trained the language model's own weights (tune_language_model full), and a "
+        raise CheckpointError(f"{path} trained the language model's own weights (tune_language_model full), and a "
                          "quantized language model is built from the base's files: merge it first "
                          "(llava-moslora merge) and train from the merged model, or load it with --bits 16")
     recipe = replace(recipe, vision_tower=vision_tower or recipe.vision_tower,
@@ -129,7 +132,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
                          template=recipe.template, dtype=dtype, weights=weights, quantization=quantization)
     saved_tokenizer = AutoTokenizer.from_pretrained(path)
     if len(saved_tokenizer) != len(bundle.tokenizer):
-        raise ValueError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "
+        raise CheckpointError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "
                          f"model {recipe.language_model} gives {len(bundle.tokenizer)}; is it the same base model?")
     set_chat_template(saved_tokenizer, recipe.template)  # checkpoints written before templates were saved
     bundle = LlavaBundle(bundle.model, saved_tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
@@ -182,7 +185,7 @@ def check_resumable(path: Union[str, Path], model: torch.nn.Module, recipe: Reci
     differences = checkpoint_mismatch(path, model, recipe)
     if differences:
         shown = "\n  ".join(differences[:12]) + (f"\n  ... and {len(differences) - 12} more" if len(differences) > 12 else "")
-        raise ValueError(f"cannot resume from {path}: it was written by a different setup.\n  {shown}")
+        raise CheckpointError(f"cannot resume from {path}: it was written by a different setup.\n  {shown}")
 
 
 def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[str] = ()) -> None:
@@ -193,13 +196,13 @@ def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[
     missing = [name for name in expected if name not in tensors]
     unknown = [name for name in tensors if name not in parameters]
     if missing or unknown:
-        raise KeyError(f"{file} does not match its recipe and model: missing {missing[:5]}, "
+        raise CheckpointError(f"{file} does not match its recipe and model: missing {missing[:5]}, "
                        f"not in the model {unknown[:5]} (a different adapter kind, rank or base model?)")
     with torch.no_grad():
         for name, tensor in tensors.items():
             target = parameters[name]
             if target.shape != tensor.shape:
-                raise ValueError(f"{file}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, the model expects "
                                  f"{tuple(target.shape)} (a different rank, expert count or base model?)")
             target.copy_(tensor.to(target.dtype))
 
@@ -238,11 +241,11 @@ def _processor_chat_template(path: Path) -> Optional[str]:
 def _check_own_template(path: Path, tokenizer) -> None:
     """A directory prompted with its own chat template must have one that renders a conversation."""
     if not tokenizer.chat_template:
-        raise ValueError(f"{path} is a llava-hf directory without a chat template (none in its tokenizer or "
+        raise CheckpointError(f"{path} is a llava-hf directory without a chat template (none in its tokenizer or "
                          f"processor files), so how to prompt it is unknown: pass --template "
                          f"({', '.join(name for name in TEMPLATES if name != 'plain')})")
     try:
         own_template(tokenizer).render([(f"{IMAGE_TOKEN}\nHi", "Hello."), ("Bye", None)])
     except Exception as error:  # noqa: BLE001 - whatever the Jinja raises, say what to do
-        raise ValueError(f"{path}: its chat template cannot render a conversation ({error}); pass --template "
+        raise CheckpointError(f"{path}: its chat template cannot render a conversation ({error}); pass --template "
                          f"({', '.join(name for name in TEMPLATES if name != 'plain')})") from None

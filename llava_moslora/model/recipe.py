@@ -17,6 +17,11 @@ TUNE_MODES = {"vision_tower": ("frozen", "full", "adapter"), "mm_projector": ("f
               "language_model": ("frozen", "full", "adapter")}
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded or used as asked; the message says what and why (one of
+    the project's own errors: reported in one line, without a traceback)."""
+
+
 def check_tune_modes(settings: dict[str, str]) -> None:
     """ValueError unless every tune_<component> value is one of that component's modes."""
     for component, modes in TUNE_MODES.items():
@@ -56,7 +61,7 @@ class Recipe:
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
         known = {f.name for f in fields(cls)}
         if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise ValueError(f"recipe format {data['format_version']} is newer than this llava-moslora "
+            raise CheckpointError(f"recipe format {data['format_version']} is newer than this llava-moslora "
                              f"understands ({FORMAT_VERSION}); upgrade llava-moslora")
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -71,4 +76,4 @@ class Recipe:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
+            raise CheckpointError(f"{path} is not valid JSON: {error}") from None

@@ -124,7 +124,7 @@ def full_weights(training_args):
 def build(model_args, training_args, weights: bool = True):
     """The bundle for this stage: from a stage-1 checkpoint when given, else from the bases.
     weights=False: on the meta device, from the configs alone (--dry_run)."""
-    from ..model import Recipe, build_llava, load_checkpoint, select_dtype
+    from ..model import CheckpointError, Recipe, build_llava, load_checkpoint, select_dtype
     from .projector import load_projector
 
     dtype = select_dtype(training_args.bf16, training_args.fp16)
@@ -134,7 +134,7 @@ def build(model_args, training_args, weights: bool = True):
             bundle = load_checkpoint(start, dtype=dtype, vision_tower=model_args.vision_tower,
                                      language_model=model_args.model_name_or_path, weights=weights,
                                      quantization=model_args.quantization())
-        except ValueError as error:  # a checkpoint that cannot start this run: say why, no traceback
+        except (CheckpointError, FileNotFoundError) as error:  # ours: what is wrong with it, in one line
             raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: {error}") from None
     else:
         if not (model_args.model_name_or_path and model_args.vision_tower):

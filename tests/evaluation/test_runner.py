@@ -1,6 +1,7 @@
 """`llava-moslora eval`: suites, one work directory per checkpoint, the plan printed before any
 model is loaded, failures that do not stop the others, modes and dtypes, the builtin backend end
 to end."""
+import json
 import os
 import shutil
 import subprocess
@@ -144,6 +145,8 @@ def test_a_failing_benchmark_does_not_stop_the_others(tiny_checkpoint, shapes_ro
     assert "2 scored, 1 failed" in summary
     broken = next(line for line in summary.splitlines() if line.startswith("Broken_MCQ"))
     assert "failed" in broken and "Error" in broken
+    traceback_file = tmp_path / "w" / "Broken_MCQ.error.log"  # the whole cause is kept, and named
+    assert str(traceback_file) in broken and traceback_file.read_text().startswith("Traceback (most recent call last)")
     assert (tmp_path / "w" / f"{tiny_checkpoint.name}_ShapesVQA_YN_score.csv").is_file()
     strict = cli(*args, "--work-dir", str(tmp_path / "w"), "--strict")
     assert strict.returncode == 1 and "2 scored, 1 failed" in strict.stdout
@@ -202,3 +205,19 @@ def test_custom_names_are_read_back_by_the_work_dirs_index(tiny_checkpoint, shap
     scores = read_result_dir(work, "lora/seed0")  # a label that is not the model name, as the study's
     assert sorted(scores.benchmarks) == ["MY_SCIENCEQA", "QA"] and not scores.warnings
     assert scores.benchmarks["QA"].kind == "yes_no"
+
+
+def test_a_model_that_fails_to_load_keeps_its_traceback(tiny_checkpoint, shapes_root, tmp_path):
+    """A checkpoint fault of our own kind is one line; any other error keeps its traceback."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "llava_moslora.json").write_text("{not json")
+    args = ["--benchmarks", "ShapesVQA_YN", "--data-root", str(shapes_root), "--backend", "builtin"]
+    result = cli("eval", "--model", str(broken), *args, "--work-dir", str(tmp_path / "w1"))
+    assert result.returncode == 2 and "is not valid JSON" in result.stdout and "traceback" not in result.stdout
+    recipe = json.loads((tiny_checkpoint / "llava_moslora.json").read_text())
+    (broken / "llava_moslora.json").write_text(json.dumps({**recipe, "projector_type": "no-such-projector"}))
+    result = cli("eval", "--model", str(broken), *args, "--work-dir", str(tmp_path / "w2"))
+    assert result.returncode == 2 and "unknown projector_type" in result.stdout, result.stdout + result.stderr
+    log = tmp_path / "w2" / "model.error.log"
+    assert f"traceback: {log}" in result.stdout and "Traceback (most recent call last)" in log.read_text()

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import randomize_adapters
-from llava_moslora.model import (RECIPE_FILE, TRAINABLE_FILE, Recipe, apply_tuning, build_llava, load_checkpoint,
+from llava_moslora.model import (RECIPE_FILE, TRAINABLE_FILE, CheckpointError, Recipe, apply_tuning, build_llava, load_checkpoint,
                                  save_checkpoint)
 from llava_moslora.adapters import AdapterConfig
 
@@ -93,7 +93,7 @@ def test_a_tensor_the_model_lacks_is_named(tiny_bases, tmp_path):
     tensors = load_file(str(path))
     tensors["model.language_model.layers.0.self_attn.q_proj.lora_X"] = torch.zeros(1)
     save_file(tensors, str(path))
-    with pytest.raises(KeyError, match="lora_X"):
+    with pytest.raises(CheckpointError, match="lora_X"):
         load_checkpoint(tmp_path / "ckpt")
 
 
