@@ -8,10 +8,19 @@
   every rank has finished, so a kill during saving leaves only complete checkpoint-N folders;
 - samples the dataset skipped (--skip_bad_samples) are counted; tokens and the data order are
   recorded (train/metrics.py), the record kept in every checkpoint-N;
-- the modality-length grouped sampler for --group_by_modality_length.
+- the modality-length grouped sampler for --group_by_modality_length, told each epoch by a
+  callback (SamplerEpoch).
+
+Public hooks are used where transformers has them (callbacks, create_optimizer, compute_loss,
+log, save_model, get_train_dataloader). Four private methods are still overridden, for want of
+a public way to do the same: _get_train_sampler (our sampler), _get_output_dir and
+_save_checkpoint (atomic checkpoints), _load_from_checkpoint (our checkpoint format).
+PRIVATE_OVERRIDES records their signatures; pyproject.toml pins transformers to the minor
+version they were checked on, and tests/train/test_trainer_hooks.py fails if one changes.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections import defaultdict
@@ -19,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..adapters import MoELoraLinear, moe_aux_loss
@@ -55,10 +64,35 @@ def gather_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.
     return gathered
 
 
+# The Trainer's private methods LlavaTrainer overrides, with the parameters it relies on.
+PRIVATE_OVERRIDES = {
+    "_get_train_sampler": ("self", "train_dataset"),
+    "_get_output_dir": ("self", "trial"),
+    "_save_checkpoint": ("self", "model", "trial"),
+    "_load_from_checkpoint": ("self", "resume_from_checkpoint", "model"),
+}
+
+
+class SamplerEpoch(TrainerCallback):
+    """Tells the grouped sampler the epoch at each epoch's start, resumed epochs included: the
+    Trainer reaches a sampler's set_epoch through accelerate's wrappers, which the batch-skipping
+    loader of a resumed epoch hides, so a run resumed in epoch 2 or later would redraw epoch 1's
+    order. on_epoch_begin runs just before the epoch's data loader is iterated."""
+
+    def __init__(self, trainer: "LlavaTrainer") -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer.grouped_sampler is not None:
+            # state.epoch is the float progress: 1.4 while resuming epoch 1, exactly k at epoch k's start
+            self.trainer.grouped_sampler.set_epoch(math.floor(state.epoch + 1e-9))
+
+
 class LlavaTrainer(Trainer):
     def __init__(self, *args, bundle: LlavaBundle, **kwargs) -> None:
         self.grouped_sampler: Optional[ModalityLengthGroupedSampler] = None
         super().__init__(*args, **kwargs)
+        self.add_callback(SamplerEpoch(self))
         self.bundle = bundle
         self._moe_layers = [m for m in bundle.model.modules() if isinstance(m, MoELoraLinear)]
         self._expert_load_sum: Optional[torch.Tensor] = None
@@ -158,14 +192,6 @@ class LlavaTrainer(Trainer):
                 world_size=self.args.world_size * self.args.gradient_accumulation_steps, seed=self.args.seed)
             return self.grouped_sampler
         return super()._get_train_sampler(train_dataset)
-
-    def _run_epoch(self, *args, **kwargs):
-        # The Trainer reaches the sampler's set_epoch through accelerate's wrappers, which the
-        # batch-skipping loader of a resumed epoch hides: a run resumed in epoch 2 or later then
-        # redrew epoch 1's order. Set it here, where the epoch is known.
-        if self.grouped_sampler is not None:
-            self.grouped_sampler.set_epoch(kwargs["epoch"])
-        return super()._run_epoch(*args, **kwargs)
 
     # --- checkpoints --------------------------------------------------------------------------
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
