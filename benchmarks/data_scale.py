@@ -94,7 +94,7 @@ def tokenizer_dir(work: Path, seed: int) -> Path:
     if not (out / "tokenizer.json").exists():
         from tokenizers import AddedToken
 
-        from llava_moslora.model.tiny import train_tokenizer
+        from llava_moslora.demo.tiny import train_tokenizer
         pool = word_pool(random.Random(seed), 1 << 21)  # the same words, in the same frequencies
         tokenizer = train_tokenizer([" ".join(pool[i:i + 100]) + "." for i in range(0, len(pool), 100)],
                                     style="llama", vocab_size=32000)

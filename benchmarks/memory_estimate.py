@@ -39,7 +39,7 @@ BASELINE = ("import resource, torch, transformers, deepspeed, llava_moslora.trai
 def make_bases(work: Path, hidden: int, layers: int) -> dict:
     from PIL import Image
 
-    from llava_moslora.model.tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
+    from llava_moslora.demo.tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
 
     texts = ["What color is the image? The image is red, green, blue or yellow.", "Describe the image."] * 50
     tokenizer = train_tokenizer(texts, style="llama", vocab_size=512)
@@ -63,7 +63,7 @@ def llava_7b_configs(work: Path) -> dict:
     """Configs and tokenizer of LLaVA-1.5-7B's bases, without weights."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
 
-    from llava_moslora.model.tiny import train_tokenizer
+    from llava_moslora.demo.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(["What color is the image? Describe the image."] * 20, style="llama", vocab_size=512)
     tokenizer.add_tokens([f"<w{i}>" for i in range(32000 - len(tokenizer))])  # Vicuna's vocabulary size

@@ -12,4 +12,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$root/.venv/bin/python}"
 [ -x "$PY" ] || PY=python
-exec "$PY" -m llava_moslora web "$@"
+# The quickstart's held-out images as examples, unless --examples says otherwise (test_* sort first).
+examples=()
+if [[ " $* " != *" --examples "* && -d "$root/runs/quickstart/data/images" ]]; then
+  examples=(--examples "$root/runs/quickstart/data/images")
+fi
+exec "$PY" -m llava_moslora web "${examples[@]}" "$@"

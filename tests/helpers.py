@@ -55,7 +55,7 @@ CORPUS = [
 
 def save_bases(root, style="llama", architecture="llama"):
     """A tiny CLIP tower and a tiny causal LM with a trained tokenizer, saved under root."""
-    from llava_moslora.model.tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
+    from llava_moslora.demo.tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
     tokenizer = train_tokenizer(CORPUS * 4, style=style, vocab_size=400)
     lm = save_tiny_lm(root / f"{architecture}-{style}", tokenizer, architecture=architecture)
     tower = root / "clip"

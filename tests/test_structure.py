@@ -7,7 +7,7 @@ from pathlib import Path
 from helpers import ROOT
 
 PACKAGE = ROOT / "llava_moslora"
-ROOMS = ["adapters", "optim", "data", "model", "train", "evaluation", "serve", "study"]
+ROOMS = ["adapters", "optim", "data", "model", "train", "evaluation", "serve", "demo", "study"]
 
 
 def imports(path: Path) -> set[str]:

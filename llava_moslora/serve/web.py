@@ -29,8 +29,8 @@ from ..model.quantize import BITS, BITS_HELP, loading_quantization
 from .chat import ChatSession, Reply
 
 EXAMPLE_QUESTION = "How many shapes are in the image?"
-QUICKSTART_IMAGES = Path("runs/quickstart/data/images")  # held-out ShapesVQA images, after the quickstart
 EXAMPLES_SHOWN = 4
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass
@@ -212,9 +212,15 @@ def stream_together(sessions: dict, question: str) -> Iterator[tuple[int, object
 
 
 def example_images(folder: Optional[str]) -> list[str]:
-    """A few held-out ShapesVQA images (the quickstart's test_*.png), when present."""
-    root = Path(folder) if folder else QUICKSTART_IMAGES
-    return [str(p) for p in sorted(root.glob("test_*.png"))[:EXAMPLES_SHOWN]] if root.is_dir() else []
+    """The first few images (by name) of --examples DIR; none without the flag. FileNotFoundError
+    when DIR is not a folder of images."""
+    if not folder:
+        return []
+    root = Path(folder)
+    found = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"--examples {folder}: not a folder with images ({', '.join(IMAGE_SUFFIXES)})")
+    return [str(p) for p in found[:EXAMPLES_SHOWN]]
 
 
 def tolerant(image_box):
@@ -282,7 +288,8 @@ def add_arguments(parser, name: str = "web") -> None:
     parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
     parser.add_argument("--template", default=None, help=TEMPLATE_HELP + "; for every --model")
     parser.add_argument("--examples", default=None,
-                        help=f"folder of test_*.png example images [{QUICKSTART_IMAGES} when present]")
+                        help=f"folder whose first {EXAMPLES_SHOWN} images (by name) are offered as examples "
+                             "[none; scripts/web.sh passes the quickstart's held-out images when they exist]")
 
 
 def run(args, name: str = "web") -> int:
@@ -291,9 +298,14 @@ def run(args, name: str = "web") -> int:
         print("llava-moslora web needs gradio: pip install 'llava-moslora[web]' "
               "(bash scripts/setup.sh installs it)", file=sys.stderr)
         return 2
+    try:
+        examples = example_images(args.examples)
+    except FileNotFoundError as error:
+        print(f"llava-moslora web: {error}", file=sys.stderr)
+        return 2
     device = inference_device(args.device)
     demo = Demo(load_models(args.model, device, args.dtype, args.bits, args.template))
-    page = build_page(demo, example_images(args.examples))
+    page = build_page(demo, examples)
     page.queue(default_concurrency_limit=1)  # one generation at a time; other tabs wait their turn
     print(f"web: serving on http://{args.host}:{args.port} (from a laptop: ssh -L {args.port}:localhost:{args.port} "
           f"NODE, then open http://localhost:{args.port})", file=sys.stderr, flush=True)

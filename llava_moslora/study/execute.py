@@ -162,7 +162,7 @@ def prepare_inputs(grid: Grid, out: Path, launcher: Launcher, stage1_override: O
 
 
 def _synth(settings: dict, data_dir: Path, log) -> Path:
-    from ..data.synth import write_shapesvqa
+    from ..demo.synth import write_shapesvqa
 
     marker = data_dir / "synth.json"
     if marker.is_file():

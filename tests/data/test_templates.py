@@ -4,7 +4,7 @@ import pytest
 from helpers import CORPUS
 from llava_moslora.data import IGNORE_INDEX, SampleTooLong, check_tokenizer, encode_conversation, get_template
 from llava_moslora.model.builder import prepare_tokenizer
-from llava_moslora.model.tiny import train_tokenizer
+from llava_moslora.demo.tiny import train_tokenizer
 
 TWO_TURNS = [("<image>\nWhat color is the circle?", "The circle is red."),
              ("How many shapes are there?", "There are 3 shapes.")]

@@ -160,3 +160,21 @@ def test_regenerate_repeats_a_greedy_answer_and_clear_starts_over(server, images
     assert again[:2] == first[:2] and again[-1] == "done"  # the last turn replaced, not appended
     cleared = client.predict(api_name="/clear")
     assert cleared[0] in ([], None) and cleared[-1] == "new conversation"
+
+
+def test_examples_come_from_the_flag_only(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from llava_moslora.serve.web import example_images
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("b.jpg", "a.PNG", "c.webp", "d.png", "e.png", "notes.txt"):
+        (folder / name).write_bytes(b"") if name.endswith(".txt") else Image.new("RGB", (4, 4)).save(
+            folder / name, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[name.rsplit(".", 1)[1].lower()])
+    assert [p.rsplit("/", 1)[1] for p in example_images(str(folder))] == ["a.PNG", "b.jpg", "c.webp", "d.png"]
+    monkeypatch.chdir(tmp_path)  # nothing is looked for relative to where the command runs
+    (tmp_path / "runs" / "quickstart" / "data" / "images").mkdir(parents=True)
+    assert example_images(None) == []
+    with pytest.raises(FileNotFoundError, match="--examples"):
+        example_images(str(tmp_path / "nowhere"))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from llava_moslora.data import load_samples
 from llava_moslora.data.prompts import MCQ_SUFFIX
-from llava_moslora.data.synth import ABILITIES, write_shapesvqa
+from llava_moslora.demo.synth import ABILITIES, write_shapesvqa
 
 MCQ_COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
 
@@ -95,7 +95,7 @@ def test_synth_and_init_tiny_commands(tmp_path):
 def test_training_conversations_favour_the_families_learned_last():
     import random
 
-    from llava_moslora.data.synth import TRAINING_WEIGHTS, Question, _weighted_sample
+    from llava_moslora.demo.synth import TRAINING_WEIGHTS, Question, _weighted_sample
 
     pool = [Question(category, "q", "a", []) for category in TRAINING_WEIGHTS]
     rng = random.Random(0)

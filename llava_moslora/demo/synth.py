@@ -17,7 +17,7 @@ from typing import Optional
 
 from PIL import Image, ImageDraw
 
-from .prompts import LETTERS, mcq_prompt, short_prompt
+from ..data.prompts import LETTERS, mcq_prompt, short_prompt
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 from helpers import ROOT
-from llava_moslora.data import base_corpus as corpus
+from llava_moslora.demo import base_corpus as corpus
 from llava_moslora.data.prompts import mcq_prompt
-from llava_moslora.data.synth import write_shapesvqa
+from llava_moslora.demo.synth import write_shapesvqa
 from llava_moslora.data.templates import IMAGE_TOKEN, get_template
-from llava_moslora.model.bases import tokenizer_texts
-from llava_moslora.model.tiny import train_tokenizer
+from llava_moslora.demo.bases import tokenizer_texts
+from llava_moslora.demo.tiny import train_tokenizer
 
 TEMPLATE = get_template("vicuna_v1")
 OPTION_LINE = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)

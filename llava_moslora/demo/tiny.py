@@ -97,7 +97,7 @@ def save_tiny_clip(out_dir: Union[str, Path], *, image_size: int = 32, patch_siz
     torch.manual_seed(seed)
     out = Path(out_dir)
     CLIPVisionModel(config).save_pretrained(out)
-    from .builder import image_processor_class  # the PIL processor where torchvision is missing
+    from ..model.builder import image_processor_class  # the PIL processor where torchvision is missing
 
     image_processor_class("CLIPImageProcessor")(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
@@ -110,7 +110,7 @@ def init_tiny(data_dir: Union[str, Path], out_dir: Union[str, Path], *, image_si
               vision_hidden: int = 64, vision_layers: int = 3, hidden_size: int = 128, num_layers: int = 4,
               vocab_size: int = 512, seed: int = 0) -> dict:
     """Tiny CLIP tower + tiny Llama whose tokenizer is trained on the data set's text (ShapesVQA)."""
-    from ..data.synth import corpus
+    from .synth import corpus
     from ..data.templates import TEMPLATES
 
     # Template text occurs in every sample at training time but only once in the data files:

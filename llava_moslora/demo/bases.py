@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import base_corpus as corpus
+from . import base_corpus as corpus
 from ..data.collator import LlavaCollator
-from ..data.synth import COLORS, SHAPES, as_mcq, questions
+from .synth import COLORS, SHAPES, as_mcq, questions
 from ..data.templates import TEMPLATES, get_template
 from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
 

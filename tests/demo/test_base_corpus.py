@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from llava_moslora.data import base_corpus as corpus
-from llava_moslora.data.synth import (Shape, random_scene, reserved_for_benchmarks, scene_key, write_shapesvqa)
-from llava_moslora.model.bases import BasesConfig
+from llava_moslora.demo import base_corpus as corpus
+from llava_moslora.demo.synth import (Shape, random_scene, reserved_for_benchmarks, scene_key, write_shapesvqa)
+from llava_moslora.demo.bases import BasesConfig
 
 SHIPPED = BasesConfig()  # the settings the shipped bases were made with
 
