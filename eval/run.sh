@@ -7,6 +7,7 @@
 # names [paper]. WORK_DIR defaults to eval_results/<checkpoint name> (one per checkpoint).
 # With several GPUs, NUM_GPUS=8 runs VLMEvalKit's data-parallel inference under torchrun.
 # Extra flags for `llava-moslora eval` go in EVAL_ARGS (e.g. "--data-root DIR --backend builtin").
+# BATCH_SIZE: rows per generation [16] (the answers equal one-at-a-time ones).
 set -euo pipefail
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit $(( $# < 1 ? 2 : 0 ))
@@ -21,5 +22,5 @@ else
   launch=("$PY" -m llava_moslora)
 fi
 # shellcheck disable=SC2086
-"${launch[@]}" eval --model "$model" --benchmarks "$suite" --work-dir "$work" ${EVAL_ARGS:-}
+"${launch[@]}" eval --model "$model" --benchmarks "$suite" --work-dir "$work" --batch-size "${BATCH_SIZE:-16}" ${EVAL_ARGS:-}
 "$PY" -m llava_moslora abilities "$work" --out "$work/abilities"

@@ -1,8 +1,9 @@
 """The builtin backend: VLMEvalKit-format local TSVs (multiple choice, yes/no) scored without vlmeval.
 
-It drives the same model class as the vlmeval backend (build_prompt, then generate) and writes
-VLMEvalKit's files with its exact-matching rules, so both backends give the same scores:
+It drives the same model class as the vlmeval backend (build_prompt, then batched generation)
+and writes VLMEvalKit's files with its exact-matching rules, so both backends give the same scores:
   {model}_{dataset}.xlsx      the rows without images, plus `prediction` (answered rows are reused)
+  {model}_{dataset}.partial.jsonl  answers saved batch by batch while a run goes (removed at its end)
   {model}_{dataset}_acc.csv   MCQ: one row per split; split, Overall, l2-categories, categories (0-1)
   {model}_{dataset}_score.csv yes/no: one row; Overall, categories, l2-categories (0-100)
 """
@@ -11,14 +12,16 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
+import os
 import re
 from pathlib import Path
 from typing import Callable, Optional
 
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
+from .batching import DEFAULT_BATCH_SIZE, answer_rows
 from .benchmarks import SCORABLE_LOCALLY, read_rows, tsv_type
 from .vlm import options_of
 
@@ -93,11 +96,16 @@ def prediction_file(work_dir: Path, model_name: str, dataset: str) -> Path:
     return Path(work_dir) / f"{model_name}_{dataset}.xlsx"
 
 
-def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str, progress: bool = True) -> Path:
+def partial_file(predictions: Path) -> Path:
+    return predictions.with_suffix(".partial.jsonl")
+
+
+def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str, progress: bool = True,
+                batch_size: int = DEFAULT_BATCH_SIZE) -> Path:
     """Answer every row of a local benchmark with `get_model()` (VLMEvalKit contract; asked for
-    only when a row needs answering) and write the rows without images plus `prediction`. Rows an
-    earlier run already answered are kept (as VLMEvalKit's inference does), so an interrupted or
-    --mode infer run continues."""
+    only when a row needs answering), `batch_size` rows per generation, and write the rows without
+    images plus `prediction`. Answers are saved after every batch and rows an earlier run answered
+    are kept (as VLMEvalKit's inference does), so an interrupted or --mode infer run continues."""
     dataset = tsv.stem
     table = pd.read_csv(tsv, sep="\t")
     image_dir = work_dir / "images" / dataset
@@ -110,22 +118,49 @@ def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str,
             data = str(line["image"])
             # As in VLMEvalKit, a short value is the index of the row that holds the image.
             data = str(images[type(line["index"])(data)]) if len(data) <= 64 else data
-            decode_image(data).save(path)
+            path.write_bytes(base64.b64decode(data))  # the file as it came (PIL reads it by its content)
         return [str(path)]
 
     out = prediction_file(work_dir, model_name, dataset)
-    done = earlier_predictions(out)
+    partial = partial_file(out)
+    done = {**earlier_predictions(out), **saved_answers(partial)}
     todo = table[~table["index"].isin(list(done))]
     if done and len(todo) < len(table):
-        print(f"[llava-moslora] {dataset}: reusing {len(table) - len(todo)} predictions from {out}")
-    model = get_model() if len(todo) else None
-    if model is not None:
+        print(f"[llava-moslora] {dataset}: reusing {len(table) - len(todo)} predictions from {out.parent}")
+    if len(todo):
+        model = get_model()
         model.set_dump_image(dump_image)
-    for _, line in tqdm(todo.iterrows(), total=len(todo), desc=dataset, unit="row", disable=not progress or todo.empty):
-        done[line["index"]] = str(model.generate(model.build_prompt(line, dataset), dataset))
+        rows = [(line["index"], model.build_prompt(line, dataset)) for _, line in todo.iterrows()]
+        with open(partial, "a") as saved:
+            def save(batch: dict) -> None:
+                saved.writelines(json.dumps({"index": _plain(i), "prediction": str(a)}) + "\n" for i, a in batch.items())
+                saved.flush()
+                os.fsync(saved.fileno())  # a SIGKILL right after loses nothing answered
+            answers = answer_rows(model, rows, dataset, batch_size, on_batch=save, progress=progress)
+        done.update({index: str(answer) for index, answer in answers.items()})
     scored = table.drop(columns=["image"]).assign(prediction=[done[i] for i in table["index"]])
     scored.to_excel(out, index=False)
+    partial.unlink(missing_ok=True)
     return out
+
+
+def _plain(index):
+    """A row index as JSON keeps it (numpy integers as int)."""
+    return index.item() if hasattr(index, "item") else index
+
+
+def saved_answers(path: Path) -> dict:
+    """The answers an interrupted run saved batch by batch (a line cut by a kill is ignored)."""
+    if not path.is_file():
+        return {}
+    answers = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            answers[entry["index"]] = entry["prediction"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return answers
 
 
 def earlier_predictions(path: Path) -> dict:
@@ -166,10 +201,11 @@ def score_predictions(tsv: Path, predictions: Path, kind: str) -> dict[str, Path
     return {"predictions": predictions, "score": path}
 
 
-def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bool = True) -> dict[str, Path]:
+def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bool = True,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Path]:
     """Predict (reusing earlier answers) and score one local benchmark; returns its files."""
     kind = tsv_type(tsv)
     if kind not in SCORABLE_LOCALLY:
         raise not_scorable(tsv)
     model.set_benchmark_kind(tsv.stem, kind)  # the model phrases rows for it
-    return score_predictions(tsv, predict_tsv(lambda: model, tsv, work_dir, model_name, progress), kind)
+    return score_predictions(tsv, predict_tsv(lambda: model, tsv, work_dir, model_name, progress, batch_size), kind)

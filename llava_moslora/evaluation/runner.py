@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from .benchmarks import data_root, resolve_benchmarks, suites
+from .batching import DEFAULT_BATCH_SIZE, check_batch_size
 from .plan import BenchmarkPlan, locate_local, make_plan, render_plan
 from .result_index import record_benchmark
 from .toolkit import load_vlmeval_env, vlmeval_available
@@ -128,8 +129,9 @@ def plan_checkpoint(benchmarks: list[str], backend: str, root: Path, judge: Opti
 def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend: str = "auto",
                         judge: Optional[str] = None, root: Optional[str] = None, model_name: Optional[str] = None,
                         device: Optional[str] = None, dtype: str = "auto", bits: Optional[int] = None,
-                        template: Optional[str] = None, mode: str = "all", strict: bool = False,
-                        progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Outcome]:
+                        template: Optional[str] = None, batch_size: int = DEFAULT_BATCH_SIZE, mode: str = "all",
+                        strict: bool = False, progress: bool = True,
+                        log: Callable[[str], None] = print) -> dict[str, Outcome]:
     """Evaluate one checkpoint on each benchmark; returns benchmark -> Outcome. Raises PlanRefused
     (strict) or ValueError / FileNotFoundError for bad input before anything runs."""
     model_path, work_dir = Path(model_path).resolve(), Path(work_dir).resolve()
@@ -137,11 +139,13 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
         raise FileNotFoundError(f"checkpoint directory not found: {model_path}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    check_batch_size(batch_size)
     backend, root = choose_backend(backend), data_root(root)
     model_name = model_name or model_path.name
     plans = plan_checkpoint(benchmarks, backend, root, judge)
     if os.environ.get("RANK", "0") == "0":
-        log(f"[llava-moslora] evaluation plan ({backend} backend, mode {mode}, judge: {judge or 'per benchmark'}):\n"
+        log(f"[llava-moslora] evaluation plan ({backend} backend, mode {mode}, batch size {batch_size}, "
+            f"judge: {judge or 'per benchmark'}):\n"
             + render_plan(plans))
     skipped = [plan.name for plan in plans if not plan.runs]
     if skipped and strict:
@@ -164,9 +168,9 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
             if use_vlmeval:
                 from .vlmeval_backend import run_benchmark
 
-                files = run_benchmark(model, plan, work_dir, model_name, mode, root)
+                files = run_benchmark(model, plan, work_dir, model_name, mode, root, batch_size, progress)
             else:
-                files = run_builtin(model, plan, work_dir, model_name, mode, progress)
+                files = run_builtin(model, plan, work_dir, model_name, mode, progress, batch_size)
         except ModelLoadError:
             raise
         except Exception as error:  # noqa: BLE001 - one benchmark's failure must not stop the others
@@ -184,13 +188,13 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
 
 
 def run_builtin(model: LazyModel, plan: BenchmarkPlan, work_dir: Path, model_name: str, mode: str,
-                progress: bool) -> dict[str, Path]:
+                progress: bool, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Path]:
     from .builtin import predict_tsv, prediction_file, score_predictions
 
     tsv = Path(plan.source)
     predictions = prediction_file(work_dir, model_name, plan.name)
     if mode != "eval":
-        predictions = predict_tsv(model, tsv, work_dir, model_name, progress)
+        predictions = predict_tsv(model, tsv, work_dir, model_name, progress, batch_size)
     if mode == "infer":
         return {"predictions": predictions}
     if not predictions.is_file():
@@ -198,8 +202,9 @@ def run_builtin(model: LazyModel, plan: BenchmarkPlan, work_dir: Path, model_nam
     return score_predictions(tsv, predictions, plan.kind)
 
 
-def summary(outcomes: Mapping[str, Outcome]) -> str:
-    """Each benchmark's status; headline score on 0-100 (read back the way `abilities` reads it)."""
+def summary(outcomes: Mapping[str, Outcome], batch_size: Optional[int] = None) -> str:
+    """Each benchmark's status; headline score on 0-100 (read back the way `abilities` reads it);
+    the batch size the answers were generated with."""
     from .abilities import read_result_file
 
     width = max([len(name) for name in outcomes] + [9]) + 2
@@ -212,7 +217,8 @@ def summary(outcomes: Mapping[str, Outcome]) -> str:
         lines.append(f"{name:<{width}}{outcome.status:<11}{score:>8}  {outcome.detail}")
     counts = {status: sum(o.status == status for o in outcomes.values())
               for status in ("scored", "predicted", "skipped", "failed")}
-    lines.append(", ".join(f"{count} {status}" for status, count in counts.items() if count))
+    lines.append(", ".join(f"{count} {status}" for status, count in counts.items() if count)
+                 + (f" (batch size {batch_size})" if batch_size else ""))
     return "\n".join(lines)
 
 
@@ -249,6 +255,10 @@ def add_arguments(parser, name: str = "eval") -> None:
     parser.add_argument("--model-name", "--model_name", dest="model_name", default=None,
                         help="prefix of the result files (default: the checkpoint directory's name)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: CUDA when present)")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="rows answered per generation, prompts of like length together; the answers equal "
+                             "one-at-a-time ones (on a GPU, a batch out of memory is halved and retried) "
+                             "(default: %(default)s)")
     # data.templates.TEMPLATE_HELP, written out: importing the data room here would slow `eval --help` by 1.4 s
     parser.add_argument("--template", default=None,
                         help="conversation template to prompt with: vicuna_v1, llama3, chatml (default: the one the "
@@ -260,10 +270,11 @@ def run(args, name: str = "eval") -> int:
         outcomes = evaluate_checkpoint(args.model, resolve_benchmarks(args.benchmarks), args.work_dir,
                                        backend=args.backend, judge=args.judge, root=args.data_root,
                                        model_name=args.model_name, device=args.device, dtype=args.dtype, bits=args.bits,
-                                       template=args.template, mode=args.mode, strict=args.strict)
+                                       template=args.template, batch_size=args.batch_size, mode=args.mode,
+                                       strict=args.strict)
     except (FileNotFoundError, ValueError, ModelLoadError) as error:
         print(f"llava-moslora eval: {error}")
         return 2
     if os.environ.get("RANK", "0") == "0":
-        print(summary(outcomes))
+        print(summary(outcomes, args.batch_size))
     return exit_code(outcomes, args.strict)

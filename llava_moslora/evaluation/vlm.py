@@ -50,7 +50,8 @@ class ContractBase:
     def use_custom_prompt(self, dataset: Optional[str]) -> bool:
         return False
 
-    def generate(self, message, dataset: Optional[str] = None) -> str:
+    def normalize(self, message) -> list[dict]:
+        """A message as generate_inner takes it: a list of {"type", "value"} items."""
         if isinstance(message, str):
             message = [{"type": "text", "value": message}]
         items = []
@@ -60,7 +61,10 @@ class ContractBase:
             if item.get("type") not in self.allowed_types:
                 raise ValueError(f"unsupported message item {item!r}; expected types {self.allowed_types}")
             items.append(item)
-        return self.generate_inner(items, dataset)
+        return items
+
+    def generate(self, message, dataset: Optional[str] = None) -> str:
+        return self.generate_inner(self.normalize(message), dataset)
 
 
 def options_of(line) -> dict[str, str]:
@@ -113,13 +117,31 @@ class LlavaMoSLoRAMixin:
             text = short_prompt(str(line["question"]))
         return [{"type": "image", "value": path} for path in images] + [{"type": "text", "value": text}]
 
-    def generate_inner(self, message: list[dict], dataset: Optional[str] = None) -> str:
+    @staticmethod
+    def question(message: list[dict]) -> tuple[str, Optional[str]]:
+        """(text, image path) of a normalised message. The LLaVA-1.5 layout this project trains on
+        has one image per conversation: the first one."""
         images = [item["value"] for item in message if item["type"] == "image"]
-        text = "\n".join(item["value"] for item in message if item["type"] == "text")
-        # The LLaVA-1.5 layout this project trains on has one image per conversation: the first one.
-        image = Image.open(images[0]).convert("RGB") if images else None
-        short = self.kind_of(dataset) in ("MCQ", "Y/N")
-        return self.answerer(text, image, max_new_tokens=SHORT_ANSWER_TOKENS if short else FREE_ANSWER_TOKENS)
+        return "\n".join(item["value"] for item in message if item["type"] == "text"), (images[0] if images else None)
+
+    def answer_tokens(self, dataset: Optional[str]) -> int:
+        return SHORT_ANSWER_TOKENS if self.kind_of(dataset) in ("MCQ", "Y/N") else FREE_ANSWER_TOKENS
+
+    def generate_inner(self, message: list[dict], dataset: Optional[str] = None) -> str:
+        text, image = self.question(message)
+        return self.answerer(text, Image.open(image).convert("RGB") if image else None,
+                             max_new_tokens=self.answer_tokens(dataset))
+
+    def prompt_length(self, message, dataset: Optional[str] = None) -> int:
+        """Tokens of the prompt a message becomes (to batch prompts of like length)."""
+        text, image = self.question(self.normalize(message))
+        return len(self.answerer.prompt_ids(text, image is not None))
+
+    def generate_batch(self, messages: list, dataset: Optional[str] = None) -> list[str]:
+        """generate() of each message, the greedy generations run as one batch."""
+        questions = [self.question(self.normalize(message)) for message in messages]
+        requests = [(text, Image.open(image).convert("RGB") if image else None) for text, image in questions]
+        return self.answerer.answer_batch(requests, max_new_tokens=self.answer_tokens(dataset))
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,5 +153,7 @@ def model_class(use_vlmeval: Optional[bool] = None) -> type:
         import_vlmeval_quietly()
         from vlmeval.vlm.base import BaseModel
 
-        return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, BaseModel), {"INTERLEAVE": False})
+        # vlmeval's own message normalisation (its generate's), for the batched route too
+        return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, BaseModel),
+                    {"INTERLEAVE": False, "normalize": lambda self, message: self.preproc_content(message)})
     return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, ContractBase), {})

@@ -3,6 +3,12 @@
 Local yes/no TSVs go through ImageYORNDataset: VLMEvalKit's build_dataset makes any unknown
 non-MCQ TSV a free-form VQA set, which it cannot score. Under torchrun, VLMEvalKit splits the
 rows across ranks (it needs the process group initialised) and rank 0 scores.
+
+Inference is batched: each rank's rows get the prompts VLMEvalKit's infer_data would build
+(dataset or model prompt, by its rules), are answered a batch at a time, and are saved after
+every batch in the file infer_data keeps for that rank ({rank}{world}_{dataset}.pkl). Then
+infer_data_job finds every row answered, generates nothing, and writes the prediction file
+VLMEvalKit's evaluate (and run.py, which reuses it) reads.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .batching import DEFAULT_BATCH_SIZE, answer_rows
 from .benchmarks import local_tsv, tsv_type
 from .plan import BenchmarkPlan, Located
 from .toolkit import import_vlmeval_quietly, vlmeval_knows, vlmeval_type
@@ -72,10 +79,52 @@ def build_benchmark(plan: BenchmarkPlan):
     return dataset
 
 
+def vlmeval_message(model, dataset, line) -> list:
+    """The prompt VLMEvalKit's infer_data builds for a row (the same rules, in the same order)."""
+    if getattr(dataset, "force_use_dataset_prompt", False):
+        return dataset.build_prompt(line)
+    if model.use_custom_prompt(dataset.dataset_name):
+        return model.build_prompt(line, dataset=dataset.dataset_name)
+    return dataset.build_prompt(line)
+
+
+def answer_in_batches(get_model: Callable, dataset, work_dir: Path, model_name: str, rank: int, world: int,
+                      batch_size: int, progress: bool) -> None:
+    """This rank's rows answered in batches into infer_data's file for the rank, saved after each
+    batch; rows already in it or in an earlier prediction file (failed API answers aside, as
+    infer_data_job does) are not asked again."""
+    from vlmeval.inference import FAIL_MSG
+    from vlmeval.smp import dump, get_pred_file_path, load
+
+    name = dataset.dataset_name
+    rank_file = work_dir / f"{rank}{world}_{name}.pkl"
+    earlier = Path(get_pred_file_path(str(work_dir), model_name, name, use_env_format=True))
+    done = {}
+    if earlier.is_file():
+        table = load(str(earlier))
+        done = {k: v for k, v in zip(table["index"], table["prediction"]) if FAIL_MSG not in str(v)}
+    if rank_file.is_file():
+        done.update(load(str(rank_file)))
+    rows = dataset.data.iloc[list(range(rank, len(dataset), world))]
+    todo = rows[~rows["index"].isin(list(done))]
+    if todo.empty:
+        return
+    model = get_model()
+    model.set_dump_image(dataset.dump_image)
+    messages = [(line["index"], vlmeval_message(model, dataset, line)) for _, line in todo.iterrows()]
+
+    def save(batch: dict) -> None:
+        done.update(batch)
+        dump(done, str(rank_file))
+
+    answer_rows(model, messages, name, batch_size, on_batch=save, progress=progress,
+                desc=f"{name} (rank {rank}/{world})" if world > 1 else name)
+
+
 def run_benchmark(get_model: Callable, plan: BenchmarkPlan, work_dir: Path, model_name: str,
-                  mode: str, root: Path) -> dict[str, Path]:
-    """Predict (mode infer / all; VLMEvalKit keeps answered rows) and score on rank 0 (eval / all),
-    with VLMEvalKit reading its data from `root`."""
+                  mode: str, root: Path, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> dict[str, Path]:
+    """Predict (mode infer / all, in batches; answered rows are kept) and score on rank 0
+    (eval / all), with VLMEvalKit reading its data from `root`."""
     from vlmeval.inference import infer_data_job
     from vlmeval.smp import get_pred_file_path
 
@@ -84,7 +133,9 @@ def run_benchmark(get_model: Callable, plan: BenchmarkPlan, work_dir: Path, mode
         dataset = build_benchmark(plan)
         predictions = Path(get_pred_file_path(str(work_dir), model_name, dataset.dataset_name))
         if mode != "eval":
-            infer_data_job(get_model(), work_dir=str(work_dir), model_name=model_name, dataset=dataset)
+            answer_in_batches(get_model, dataset, work_dir, model_name, rank, world, batch_size, progress)
+            # every row is answered: infer_data_job builds no model and only gathers the ranks' files
+            infer_data_job(get_model, work_dir=str(work_dir), model_name=model_name, dataset=dataset)
         try:
             if rank == 0 and mode != "infer":
                 if not predictions.is_file():

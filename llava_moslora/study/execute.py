@@ -259,6 +259,7 @@ def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Input
     """Score a trained run on the test or validation benchmarks (once); returns its scores,
     labelled variant/seedN, as `abilities` reads them from the work dir."""
     from ..evaluation.abilities import read_result_dir
+    from ..evaluation.batching import DEFAULT_BATCH_SIZE
     from ..evaluation.runner import evaluate_checkpoint, resolve_benchmarks
 
     work_dir = run.folder(out) / f"eval-{split}"
@@ -279,6 +280,7 @@ def evaluate_run(run: Run, out: Path, split: str, benchmarks: str, inputs: Input
     outcomes = evaluate_checkpoint(run.folder(out) / "model", resolve_benchmarks(benchmarks), work_dir,
                                    backend=evaluation["backend"], judge=evaluation.get("judge"),
                                    root=str(inputs.data_root) if inputs.data_root else None, model_name=name,
+                                   batch_size=evaluation.get("batch_size", DEFAULT_BATCH_SIZE),
                                    progress=progress, strict=True)
     failed = {name: o.detail for name, o in outcomes.items() if o.status != "scored"}
     if failed:

@@ -46,7 +46,17 @@ def png() -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-class Scripted(LlavaMoSLoRAMixin, ContractBase):
+class OneAtATime:
+    """The batched route over a fake network: each message answered by generate_inner."""
+
+    def prompt_length(self, message, dataset=None):
+        return 0
+
+    def generate_batch(self, messages, dataset=None):
+        return [self.generate(message, dataset) for message in messages]
+
+
+class Scripted(OneAtATime, LlavaMoSLoRAMixin, ContractBase):
     """The real prompt building over a fake network: answers come from a table by question."""
 
     def __init__(self, answers):
@@ -100,7 +110,7 @@ def test_a_tsv_that_is_neither_is_refused(tmp_path):
         evaluate_tsv(Scripted({}), tsv, tmp_path / "work", "tiny", progress=False)
 
 
-class ReadsItsPrompt(LlavaMoSLoRAMixin, ContractBase):
+class ReadsItsPrompt(OneAtATime, LlavaMoSLoRAMixin, ContractBase):
     """Answers with the letter its prompt shows beside the right option's text (a row's right
     text is known by question), so a score below 100% means the prompt hid or re-lettered it."""
 

@@ -178,3 +178,16 @@ def test_prompts_and_answer_parsing_are_vlmevalkits_on_rows_beyond_four_options(
         for prediction in predictions:
             theirs = can_infer(prediction, build_choices(row)) or None
             assert parse_choice(prediction, row) == (None if theirs == "Z" else theirs), (row["question"], prediction)
+
+
+def test_batch_sizes_give_identical_files_through_vlmevalkit(tiny_checkpoint, root, tmp_path):
+    """Batched inference behind VLMEvalKit's own evaluate: batch 16 and batch 1 write the same
+    scores; a run killed after its rank file was saved generates nothing more when run again."""
+    names = [*SHAPES, "MY_SCIENCEQA"]
+    runs = {size: evaluate_checkpoint(tiny_checkpoint, names, tmp_path / f"b{size}", backend="vlmeval",
+                                      root=str(root), batch_size=size, **QUIET) for size in (1, 16)}
+    for name, kind in (("ShapesVQA_MCQ", "acc"), ("ShapesVQA_YN", "score"), ("MY_SCIENCEQA", "acc")):
+        assert runs[1][name].files[kind].read_bytes() == runs[16][name].files[kind].read_bytes(), name
+    again = evaluate_checkpoint(tiny_checkpoint, names, tmp_path / "b16", backend="vlmeval", root=str(root),
+                                batch_size=16, **QUIET)  # every row answered: nothing is generated, same files
+    assert {n: o.status for n, o in again.items()} == {n: "scored" for n in names}
