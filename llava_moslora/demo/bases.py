@@ -1,7 +1,7 @@
 """`llava-moslora pretrain-bases`: the tiny pretrained bases the quickstart starts from.
 
 LLaVA aligns a pretrained CLIP with a pretrained LLM. At toy scale this command makes both, on
-ShapesVQA's domain (data/base_corpus.py), as ordinary `save_pretrained` directories:
+ShapesVQA's domain (demo/base_corpus.py), as ordinary `save_pretrained` directories:
 
 - `vision/`: a CLIP vision tower whose patch features (the layer LLaVA reads, -2 by default)
   are trained to name the object in their grid cell (shape, colour, size), the cell itself and

@@ -1,4 +1,4 @@
-"""Model: LLaVA built from a vision tower and an LLM, tune modes, stage checkpoints, tiny bases."""
+"""Model: LLaVA built from a vision tower and an LLM, tune modes, stage checkpoints, merge and export."""
 from .arguments import ModelArguments
 from .builder import LlavaBundle, build_llava, make_processor
 from .checkpoint import load_checkpoint, save_checkpoint, trained_tensor_names
