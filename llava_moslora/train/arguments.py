@@ -21,6 +21,7 @@ class LlavaTrainingArguments(TrainingArguments):
     group_by_modality_length: bool = field(default=False, metadata={"help": "Draw each batch from image or text-only samples alone, grouped by length (LLaVA)."})
     mm_projector_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the projector (default: --learning_rate)."})
     router_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of MoE-LoRA routers (default: --learning_rate; the paper used a far smaller one)."})
+    logits_at_labels: bool = field(default=True, metadata={"help": "Compute the language-model head only at positions that predict a label (not at image tokens or prompts): the same loss and gradients, a fraction of the logits' memory. False: every position, as LLaVA does."})
     riemannian: bool = field(default=False, metadata={"help": "Riemannian-precondition adapter gradients (with SGD: RSGD; AdamW: scaled AdamW). ZeRO-1/2 only."})
     riemannian_reg: float = field(default=1e-6, metadata={"help": "Damping added to the r x r preconditioner Gram matrices."})
     pretrain_mm_mlp_adapter: Optional[str] = field(default=None, metadata={"help": "Stage-1 checkpoint directory, or a projector file (LLaVA's mm_projector.bin / .safetensors)."})

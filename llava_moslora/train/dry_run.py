@@ -14,7 +14,7 @@ estimate of per-GPU memory under ZeRO-2 and ZeRO-3. The estimate counts, per pro
   12 bytes per parameter, partitioned;
 - activations, a rough term at full --model_max_length: with activation checkpointing each
   layer keeps its input and one layer is recomputed at a time; the logits are held in fp32 for
-  the loss. Real batches are shorter, so this is an upper bound; attention scores are left out
+  the loss (with --logits_at_labels, at most at the positions that are not image tokens). Real batches are shorter, so this is an upper bound; attention scores are left out
   (SDPA / flash attention do not store them).
 """
 from __future__ import annotations
@@ -61,14 +61,16 @@ class Batches:
                 f"{length} -> {self.total_steps} steps")
 
 
-def activation_bytes(text_config, per_device: int, max_length: int, width: int, checkpointing: bool) -> int:
-    """The rough activation term for the language model (see the module docstring)."""
+def activation_bytes(text_config, per_device: int, max_length: int, width: int, checkpointing: bool,
+                     image_tokens: int = 0) -> int:
+    """The rough activation term for the language model (see the module docstring); logits at
+    every position but `image_tokens` per sequence (--logits_at_labels: those carry no label)."""
     tokens = per_device * max_length
     hidden, layers = text_config.hidden_size, text_config.num_hidden_layers
     intermediate = getattr(text_config, "intermediate_size", 4 * hidden)
     one_layer = tokens * (10 * hidden + 3 * intermediate) * width  # q/k/v/o, norms, MLP in and out
     kept = layers * tokens * hidden * width + one_layer if checkpointing else layers * one_layer
-    logits = 2 * tokens * text_config.vocab_size * 4  # fp32 logits and their gradient
+    logits = 2 * per_device * max(max_length - image_tokens, 1) * text_config.vocab_size * 4  # fp32, and its gradient
     return kept + logits
 
 
@@ -154,7 +156,8 @@ def dry_run(bundle, training_args, data_path: str, world: int, half: bool) -> st
     batches = Batches(world, training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
                       count_records(data_path), training_args.num_train_epochs, training_args.max_steps)
     activations = activation_bytes(text_config, batches.per_device,
-                                   training_args.model_max_length, width, training_args.activation_checkpointing)
+                                   training_args.model_max_length, width, training_args.activation_checkpointing,
+                                   bundle.recipe.num_image_tokens if training_args.logits_at_labels else 0)
     quantization = bundle.recipe.quantization
     estimates = estimate(trainable, frozen, world, width, activations,
                          *zero_settings(training_args.deepspeed, text_config.hidden_size),

@@ -9,7 +9,8 @@
 - samples the dataset skipped (--skip_bad_samples) are counted; tokens and the data order are
   recorded (train/metrics.py), the record kept in every checkpoint-N;
 - the modality-length grouped sampler for --group_by_modality_length, told each epoch by a
-  callback (SamplerEpoch).
+  callback (SamplerEpoch);
+- the LM head only at positions that predict a label (--logits_at_labels, on by default).
 
 Public hooks are used where transformers has them (callbacks, create_optimizer, compute_loss,
 log, save_model, get_train_dataloader). Four private methods are still overridden, for want of
@@ -39,6 +40,19 @@ from .interrupt import ShieldedWorkerInit
 from .metrics import RunRecord
 
 STAGING_DIR = ".staging"
+IGNORE_INDEX = -100
+
+
+def labelled_logits(labels: torch.Tensor) -> dict:
+    """Model inputs that make the head compute logits only where a next-token label exists: the
+    positions (over the batch) whose shifted label is not ignored, and those shifted labels, which
+    transformers' causal-LM loss then uses as they are. The ignored positions add nothing to the
+    loss, so loss and gradients are the full head's (up to summation order)."""
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    if keep.numel() == 0:  # a fully masked batch: one position, whose labels are all ignored
+        keep = torch.tensor([labels.shape[1] - 1], device=labels.device)
+    return {"logits_to_keep": keep, "shift_labels": shifted[:, keep]}
 
 
 def barrier() -> None:
@@ -142,6 +156,8 @@ class LlavaTrainer(Trainer):
         if counts is not None and model.training:
             self.label_counts = [total + count for total, count in zip(self.label_counts, counts)]
         self._idle_pending = "pixel_values" not in inputs and model.training
+        if self.args.logits_at_labels and model.training and inputs.get("labels") is not None:
+            inputs = {**inputs, **labelled_logits(inputs["labels"])}
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         extra, self._idle_loss, self._idle_pending = self._idle_loss, None, False
