@@ -21,6 +21,7 @@ version they were checked on, and tests/train/test_trainer_hooks.py fails if one
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -43,16 +44,42 @@ STAGING_DIR = ".staging"
 IGNORE_INDEX = -100
 
 
-def labelled_logits(labels: torch.Tensor) -> dict:
-    """Model inputs that make the head compute logits only where a next-token label exists: the
-    positions (over the batch) whose shifted label is not ignored, and those shifted labels, which
-    transformers' causal-LM loss then uses as they are. The ignored positions add nothing to the
-    loss, so loss and gradients are the full head's (up to summation order)."""
+def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, positions, their next-token labels as one (1, N) row) of every position whose next
+    token carries a label; a batch without any gives one position, its label ignored."""
     shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    if keep.numel() == 0:  # a fully masked batch: one position, whose labels are all ignored
-        keep = torch.tensor([labels.shape[1] - 1], device=labels.device)
-    return {"logits_to_keep": keep, "shift_labels": shifted[:, keep]}
+    rows, positions = (shifted != IGNORE_INDEX).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        rows = torch.zeros(1, dtype=torch.long, device=labels.device)
+        positions = torch.full((1,), labels.shape[1] - 1, dtype=torch.long, device=labels.device)
+    return rows, positions, shifted[rows, positions][None]
+
+
+class HeadAtLabels:
+    """Makes a model's LM head compute logits only where labels are, while `at(labels)` is active:
+    a forward pre-hook hands the head the hidden states of those (row, position) pairs alone, and
+    transformers' causal-LM loss gets their labels as `shift_labels`. The positions left out carry
+    no label and add nothing to the loss: loss and gradients are the full head's (up to summation
+    order), the logits a fraction (576 image tokens and the prompts have none)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        self.positions: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        head.register_forward_pre_hook(self._gather)
+
+    def _gather(self, module, args):
+        if self.positions is None:
+            return None
+        rows, positions = self.positions
+        return (args[0][rows, positions][None], *args[1:])
+
+    @contextlib.contextmanager
+    def at(self, labels: torch.Tensor):
+        rows, positions, shifted = labelled_positions(labels)
+        self.positions = (rows, positions)
+        try:
+            yield {"shift_labels": shifted}
+        finally:
+            self.positions = None
 
 
 def barrier() -> None:
@@ -107,6 +134,7 @@ class LlavaTrainer(Trainer):
         self.grouped_sampler: Optional[ModalityLengthGroupedSampler] = None
         super().__init__(*args, **kwargs)
         self.add_callback(SamplerEpoch(self))
+        self.head_at_labels = HeadAtLabels(bundle.model.lm_head) if self.args.logits_at_labels else None
         self.bundle = bundle
         self._moe_layers = [m for m in bundle.model.modules() if isinstance(m, MoELoraLinear)]
         self._expert_load_sum: Optional[torch.Tensor] = None
@@ -156,10 +184,13 @@ class LlavaTrainer(Trainer):
         if counts is not None and model.training:
             self.label_counts = [total + count for total, count in zip(self.label_counts, counts)]
         self._idle_pending = "pixel_values" not in inputs and model.training
-        if self.args.logits_at_labels and model.training and inputs.get("labels") is not None:
-            inputs = {**inputs, **labelled_logits(inputs["labels"])}
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
+        if self.head_at_labels is not None and model.training and inputs.get("labels") is not None:
+            with self.head_at_labels.at(inputs["labels"]) as labelled:
+                result = super().compute_loss(model, {**inputs, **labelled}, return_outputs=return_outputs,
+                                              num_items_in_batch=num_items_in_batch)
+        else:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
         extra, self._idle_loss, self._idle_pending = self._idle_loss, None, False
         aux = moe_aux_loss(self.bundle.model) if self._moe_layers else None
         if aux is not None:

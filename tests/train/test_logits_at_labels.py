@@ -5,7 +5,7 @@ import torch
 from helpers import randomize_adapters
 from llava_moslora.adapters import AdapterConfig
 from llava_moslora.model import Recipe, apply_tuning, build_llava
-from llava_moslora.train.trainer import IGNORE_INDEX, labelled_logits
+from llava_moslora.train.trainer import IGNORE_INDEX, HeadAtLabels, labelled_positions
 
 
 def tuned(tiny_bases):
@@ -42,20 +42,24 @@ def loss_and_grads(model, inputs):
 def test_same_loss_and_gradients_with_logits_only_at_labels(tiny_bases):
     model = tuned(tiny_bases)
     inputs = batch(model)
+    head = HeadAtLabels(model.lm_head)
     full, full_grads = loss_and_grads(model, inputs)
-    part, part_grads = loss_and_grads(model, {**inputs, **labelled_logits(inputs["labels"])})
+    with head.at(inputs["labels"]) as labelled:
+        part, part_grads = loss_and_grads(model, {**inputs, **labelled})
+    again, _ = loss_and_grads(model, inputs)  # outside `at`, the whole head again
     torch.testing.assert_close(part.loss, full.loss, rtol=1e-5, atol=0)
     assert full_grads.keys() == part_grads.keys() and any("lora_M" in n for n in full_grads)
     for name, grad in full_grads.items():
         torch.testing.assert_close(part_grads[name], grad, rtol=1e-5, atol=1e-8, msg=name)
-    # logits for the positions that predict a label (8 + 8, at different places), not for 16 + 24 x 2
-    assert part.logits.shape[1] == 16 and full.logits.shape[1] == inputs["input_ids"].shape[1]
+    # logits for the 8 + 8 positions that predict a label, not for every position of both rows
+    assert part.logits.shape[:2] == (1, 16) and full.logits.shape[:2] == inputs["input_ids"].shape
+    assert again.logits.shape == full.logits.shape
 
 
 def test_a_batch_without_labels_keeps_one_position(tiny_bases):
     model = tuned(tiny_bases)
     inputs = batch(model)
     inputs["labels"][:] = IGNORE_INDEX
-    kept = labelled_logits(inputs["labels"])
-    assert kept["logits_to_keep"].tolist() == [inputs["labels"].shape[1] - 1]
-    assert (kept["shift_labels"] == IGNORE_INDEX).all()
+    rows, positions, shifted = labelled_positions(inputs["labels"])
+    assert rows.tolist() == [0] and positions.tolist() == [inputs["labels"].shape[1] - 1]
+    assert shifted.tolist() == [[IGNORE_INDEX]]
