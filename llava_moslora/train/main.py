@@ -241,6 +241,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           trainable, resume)
     if main_process:
         write_metrics(training_args.output_dir, metrics)
+        print(f"[llava-moslora] {metrics['tokens']} tokens trained on, {metrics['processed_tokens']} processed with "
+              f"padding ({metrics['processed_per_real_token']} per token), {metrics['tokens_per_second']} tokens/s",
+              flush=True)
         print(f"[llava-moslora] stage checkpoint written to {training_args.output_dir}", flush=True)
     shut_down_process_group()
     return 0

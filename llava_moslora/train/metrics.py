@@ -22,25 +22,33 @@ RECORD_FILE = "run_record_rank{rank}.json"  # inside checkpoint-N, one per rank
 
 
 class RunRecord:
-    """One rank's running record: tokens trained on (non-padding) and the data-order chain."""
+    """One rank's running record: tokens trained on (non-padding), tokens processed (padding
+    included) and the data-order chain."""
 
     def __init__(self) -> None:
         self.order = ""
-        self.tokens_before = 0  # restored from a checkpoint
+        self.tokens_before = self.processed_before = 0  # restored from a checkpoint
         self._tokens: Optional[torch.Tensor] = None  # this process's, summed on the device (no sync per step)
+        self._processed = 0  # known from the shape: no sync
 
     def update(self, sample_ids: list, attention_mask: torch.Tensor) -> None:
         text = self.order + "|" + "\x1f".join(str(i) for i in sample_ids)
         self.order = hashlib.sha256(text.encode()).hexdigest()
         count = attention_mask.sum()
         self._tokens = count if self._tokens is None else self._tokens + count
+        self._processed += attention_mask.numel()
 
     @property
     def tokens_this_process(self) -> int:
         return int(self._tokens.item()) if self._tokens is not None else 0
 
+    @property
+    def processed_this_process(self) -> int:
+        return self._processed
+
     def save(self, checkpoint_dir: Path, rank: int) -> None:
-        state = {"order": self.order, "tokens": self.tokens_before + self.tokens_this_process}
+        state = {"order": self.order, "tokens": self.tokens_before + self.tokens_this_process,
+                 "processed": self.processed_before + self.processed_this_process}
         (Path(checkpoint_dir) / RECORD_FILE.format(rank=rank)).write_text(json.dumps(state) + "\n")
 
     def load(self, checkpoint_dir: Path, rank: int) -> None:
@@ -48,6 +56,7 @@ class RunRecord:
         if path.is_file():
             state = json.loads(path.read_text())
             self.order, self.tokens_before = state["order"], int(state["tokens"])
+            self.processed_before = int(state.get("processed", state["tokens"]))  # older records: no padding known
         else:  # a checkpoint from before records were kept: the fingerprint covers only this part
             self.order = "incomplete:" + self.order
 
@@ -100,15 +109,21 @@ def run_metrics(record: RunRecord, args, state, train_runtime: float, trainable:
 
     memory, measure = peak_memory()
     ranks = gather_lists([{"order": record.order, "tokens": record.tokens_this_process,
-                            "tokens_before": record.tokens_before, "memory": memory}])
+                            "tokens_before": record.tokens_before, "processed": record.processed_this_process,
+                            "processed_before": record.processed_before, "memory": memory}])
     tokens = sum(r["tokens"] for r in ranks)
+    all_tokens = tokens + sum(r["tokens_before"] for r in ranks)
+    processed = sum(r["processed"] + r["processed_before"] for r in ranks)
     return {
         "global_step": state.global_step,
         "max_steps": state.max_steps,
         "world_size": args.world_size,
         "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "train_runtime_s": round(train_runtime, 3),
-        "tokens": tokens + sum(r["tokens_before"] for r in ranks),
+        "tokens": all_tokens,
+        # positions the model ran, padding included, and how many per real token (1.0: no padding)
+        "processed_tokens": processed,
+        "processed_per_real_token": round(processed / all_tokens, 4) if all_tokens else None,
         "tokens_per_second": round(tokens / train_runtime, 1) if train_runtime > 0 else None,
         "peak_memory_bytes": max(r["memory"] for r in ranks),
         "peak_memory_measure": f"{measure}, highest rank",

@@ -1,5 +1,6 @@
-"""train_metrics.json's peak memory is the training phase's: on the CPU the RSS high-water mark is
-reset when training begins, so the copies made while loading do not count."""
+"""train_metrics.json: the peak memory is the training phase's (on the CPU the RSS high-water mark
+is reset when training begins, so the copies made while loading do not count); real and processed
+tokens are counted and carried over a resume."""
 import resource
 import sys
 
@@ -24,3 +25,18 @@ def test_peak_memory_counts_from_the_reset():
     peak, _ = peak_memory()
     assert peak >= after_reset + 190 * MB
     del training
+
+
+def test_the_record_counts_real_and_processed_tokens_and_keeps_them_over_a_resume(tmp_path):
+    import torch
+
+    from llava_moslora.train.metrics import RunRecord
+
+    record = RunRecord()
+    record.update(["a", "b"], torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]))  # 5 real, 8 processed
+    record.save(tmp_path, rank=0)
+    resumed = RunRecord()
+    resumed.load(tmp_path, rank=0)
+    resumed.update(["c"], torch.tensor([[1, 1, 1]]))
+    assert (resumed.tokens_before + resumed.tokens_this_process, resumed.processed_before
+            + resumed.processed_this_process) == (8, 11)

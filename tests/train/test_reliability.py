@@ -92,6 +92,8 @@ def resume_and_compare(shapes_data, stage1, out, uninterrupted, expected_start):
     assert metrics["resumed_from"] == str(out / f"checkpoint-{expected_start}")
     assert metrics["data_order"] == whole_metrics["data_order"]
     assert metrics["tokens"] == whole_metrics["tokens"] and metrics["global_step"] == 10
+    assert metrics["processed_tokens"] == whole_metrics["processed_tokens"] >= metrics["tokens"]
+    assert metrics["processed_per_real_token"] == round(metrics["processed_tokens"] / metrics["tokens"], 4)
 
 
 def test_sigint_to_the_launcher_only_saves_and_auto_resume_matches(shapes_data, stage1, uninterrupted, tmp_path):

@@ -51,6 +51,7 @@ def test_stage2_moslora_zero2_learns(stage2_moslora, stage1):
     out, result = stage2_moslora
     assert "no CUDA device: training on the CPU" in result.stdout or torch.cuda.is_available()
     assert "mm_projector" in result.stdout and "language_model" in result.stdout  # the trainable table
+    assert "processed with padding" in result.stdout  # the end-of-run summary: real and processed tokens
     recipe = assert_checkpoint_contract(out)
     assert recipe["stage"] == 2 and recipe["llm_adapter"]["kind"] == "moslora"
     stored = load_file(str(out / "trainable.safetensors"))
