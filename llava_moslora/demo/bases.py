@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import base_corpus as corpus
 from ..data.collator import LlavaCollator
-from .synth import COLORS, SHAPES, as_mcq, questions
 from ..data.templates import TEMPLATES, get_template
+from ..model.checkpoint import newest_complete_checkpoint
+from . import base_corpus as corpus
+from .synth import COLORS, SHAPES, as_mcq, questions
 from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
 
 TEMPLATE = "vicuna_v1"
@@ -270,25 +271,11 @@ def _train(model, dataset, collate, work: Path, *, steps: int, batch: int, lr: f
         train_sampling_strategy="sequential" if in_order else "random", disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available())
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
-    last = _last_complete_checkpoint(work)
+    last = newest_complete_checkpoint(work)
     if last and progress:
         print(f"resuming from {last}")
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
     return [round(entry["loss"], 4) for entry in trainer.state.log_history if "loss" in entry]
-
-
-def _last_complete_checkpoint(work: Path) -> Optional[str]:
-    """The newest checkpoint-N in `work` whose trainer state (the Trainer writes it last) reads
-    back; one a kill cut short in the middle of saving is passed over."""
-    found = sorted(((int(p.name.split("-")[1]), p) for p in work.glob("checkpoint-*") if p.name.split("-")[1].isdigit()),
-                   reverse=True)
-    for _, path in found:
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        return str(path)
-    return None
 
 
 def _work_dir(work: Path, config: BasesConfig) -> Path:

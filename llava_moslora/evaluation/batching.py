@@ -13,7 +13,7 @@ DEFAULT_BATCH_SIZE = 16  # rows per generation; see README (Evaluation) for why 
 
 
 def check_batch_size(batch_size: int) -> int:
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"--batch-size must be a whole number >= 1, got {batch_size!r}")
     return batch_size
 

@@ -188,6 +188,22 @@ def check_resumable(path: Union[str, Path], model: torch.nn.Module, recipe: Reci
         raise CheckpointError(f"cannot resume from {path}: it was written by a different setup.\n  {shown}")
 
 
+def newest_complete_checkpoint(directory: Union[str, Path]) -> Optional[Path]:
+    """The Trainer's checkpoint-N in `directory` with the highest N whose trainer state (written
+    last) reads back: one a kill cut short while saving, or another tool left unfinished, is
+    passed over. None when there is none."""
+    root = Path(directory)
+    found = sorted(((int(p.name.split("-")[1]), p) for p in root.glob("checkpoint-*")
+                    if p.name.split("-")[1].isdigit()), reverse=True) if root.is_dir() else []
+    for _, path in found:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return path
+    return None
+
+
 def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[str] = ()) -> None:
     """Copy a trainable.safetensors file into the model (canonical names); every `expected`
     name must be in the file, and every tensor of the file must exist in the model."""

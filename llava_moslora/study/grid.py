@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..evaluation.batching import DEFAULT_BATCH_SIZE
+from ..evaluation.batching import DEFAULT_BATCH_SIZE, check_batch_size
 
 GRIDS_DIR = Path(__file__).resolve().parents[2] / "studies"
 DEFAULT_GRID = GRIDS_DIR / "shapes.yaml"
@@ -166,9 +166,10 @@ def _build(path: Path, raw: dict) -> Grid:
                         f"(benchmarks apart from the test split to choose on)")
     if evaluation.get("validation") and evaluation["validation"] == evaluation["test"]:
         raise GridError(f"{where}: evaluation.validation must not be the test split")
-    batch_size = evaluation.get("batch_size", DEFAULT_BATCH_SIZE)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise GridError(f"{where}: evaluation.batch_size must be a whole number >= 1, got {batch_size!r}")
+    try:
+        check_batch_size(evaluation.get("batch_size", DEFAULT_BATCH_SIZE))
+    except ValueError as error:
+        raise GridError(f"{where}: evaluation.batch_size: {error}") from None
     return Grid(path, str(raw.get("name") or path.stem), dict(raw["data"]), dict(raw["stage1"]), evaluation,
                 seeds, launch, budget, flags, variants, raw)
 

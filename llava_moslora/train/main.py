@@ -283,15 +283,12 @@ def resolve_resume(value: Optional[str], output_dir: str, verbose: bool) -> Opti
 
 
 def newest_checkpoint(output_dir: str) -> Optional[Path]:
-    """The checkpoint-N with the highest N that holds a trainer state. Checkpoints are renamed
-    into place only when complete (.staging/ holds unfinished ones); the trainer-state test also
-    passes over incomplete ones that older versions or other tools left."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    steps = [(int(p.name.split("-")[1]), p) for p in root.glob("checkpoint-*")
-             if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(steps)[1] if steps else None
+    """The checkpoint-N to resume from. Checkpoints are renamed into place only when complete
+    (.staging/ holds unfinished ones); the trainer-state check also passes over incomplete ones
+    that older versions or other tools left."""
+    from ..model.checkpoint import newest_complete_checkpoint
+
+    return newest_complete_checkpoint(output_dir)
 
 
 def shut_down_process_group() -> None:
