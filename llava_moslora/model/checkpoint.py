@@ -39,9 +39,14 @@ def parameters_by_name(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def trained_tensor_names(model: torch.nn.Module, recipe: Recipe) -> list[str]:
-    """What a checkpoint must store (canonical names): tensors trained now, plus those earlier
-    stages changed."""
-    names = [name for name, parameter in parameters_by_name(model).items() if parameter.requires_grad]
+    """What a checkpoint must store (canonical names): tensors trained now, those earlier stages
+    changed, and every adapter tensor, trained or not: a frozen mixer keeps its random init,
+    which loading could not draw again."""
+    from ..adapters.inject import iter_adapter_layers
+
+    adapter = {id(t) for _, layer in iter_adapter_layers(model) for t in layer.adapter_tensors().values()}
+    names = [name for name, parameter in parameters_by_name(model).items()
+             if parameter.requires_grad or id(parameter) in adapter]
     return sorted(set(names) | set(recipe.trained_tensors))
 
 
