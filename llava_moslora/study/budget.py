@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
@@ -27,8 +28,13 @@ class Allocation:
     alpha: float
     num_experts: int  # 1 unless MoE-LoRA
     adapter_parameters: int
-    budget: int  # the reference's adapter parameters
+    budget: int  # the reference's adapter parameters (a grid's tolerance may let a variant exceed it)
     matched: bool  # False when the grid pinned lora_r for this variant
+    unfit: Optional[str] = None  # why the variant cannot run within this budget (then r is 0)
+
+    @property
+    def fits(self) -> bool:
+        return self.unfit is None
 
     @property
     def ratio(self) -> float:
@@ -37,6 +43,10 @@ class Allocation:
     @property
     def rank_text(self) -> str:
         return f"{self.num_experts} x {self.r}" if self.kind == "moelora" else str(self.r)
+
+
+class OverBudget(ValueError):
+    """Even rank 1 of a variant costs more than the budget."""
 
 
 @lru_cache(maxsize=4)
@@ -64,7 +74,7 @@ def match_rank(llm_path: str, config: AdapterConfig, budget: int) -> int:
         return adapter_parameters(llm_path, AdapterConfig.from_dict({**config.to_dict(), "r": r}))
 
     if cost(1) > budget:
-        raise ValueError(f"a {config.kind} adapter of rank 1 already costs {cost(1):,} parameters, over the "
+        raise OverBudget(f"a {config.kind} adapter of rank 1 already costs {cost(1):,} parameters, over the "
                          f"budget of {budget:,}; raise budget.r or use fewer experts")
     low, high = 1, 2
     while cost(high) <= budget:  # costs grow with r: double, then bisect

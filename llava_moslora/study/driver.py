@@ -10,7 +10,7 @@ from typing import Optional
 
 from .execute import Launcher, StudyStopped, check_record, evaluate_run, prepare_inputs, train_run
 from .grid import Grid, GridError, load_grid
-from .plan import allocate, candidate_runs, check_flags, final_runs, search_runs
+from .plan import allocate, candidate_runs, check_flags, chosen_rates, final_runs, group_of, search_runs
 from .report import load_finished, write_study_report
 
 
@@ -26,21 +26,26 @@ def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: b
         grid.evaluation["backend"] = choose_backend(grid.evaluation.get("backend", "auto"))  # said once
     inputs = prepare_inputs(grid, out, launcher, stage1) if not dry_run else None
     llm = inputs.llm_path if inputs else _llm_for_dry_run(grid, stage1)
-    allocations = allocate(grid, llm)
-    log("budgets: " + ", ".join(f"{a.variant} r={a.rank_text} ({a.adapter_parameters:,} adapter parameters, "
-                                f"{a.ratio:.3f} of {grid.budget['reference']}'s)" for a in allocations.values()))
-    search = search_runs(grid, allocations)
-    provisional = final_runs(grid, allocations, {v.name: v.lr_grid[0] for v in grid.variants})
+    allocations = {budget.name: allocate(grid, llm, budget) for budget in grid.budgets}
+    for budget in grid.budgets:
+        log(f"budget {budget.name}: " + ", ".join(
+            f"{a.variant} r={a.rank_text} ({a.adapter_parameters:,} adapter parameters, {a.ratio:.3f} of "
+            f"{budget.reference}'s)" if a.fits else f"{a.variant} not run ({a.unfit})"
+            for a in allocations[budget.name].values()))
+    search = [run for budget in grid.budgets for run in search_runs(grid, budget, allocations[budget.name])]
+    provisional = _finals(grid, allocations, {b.name: {v.name: grid.rates(v, b)[0] for v in grid.variants}
+                                              for b in grid.budgets})
     check_flags(search + provisional)
     if dry_run:
         for run in search or provisional:
             log(f"{run.key}: bash scripts/finetune.sh {' '.join(run.flags)}")
-        reused = len(grid.variants) if search else 0
+        reused = len({(r.group, r.variant) for r in search})
         log(f"{len(search)} search run(s), then {len(provisional)} final run(s), {reused} of them a search run: "
             f"{len(search) + len(provisional) - reused} stage-2 launches")
         return out
-    for run in candidate_runs(grid, allocations):  # what is on disk fits this study, or it stops now
-        check_record(run, out, inputs, launcher)
+    for budget in grid.budgets:  # what is on disk fits this study, or it stops now
+        for run in candidate_runs(grid, budget, allocations[budget.name]):
+            check_record(run, out, inputs, launcher)
 
     def step(index: int, total: int, what: str) -> None:
         log(f"[{index}/{total}] {what} ({time.time() - started:.0f} s)")
@@ -48,29 +53,35 @@ def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: b
             name = signal.Signals(launcher.stop_requested[0]).name
             raise StudyStopped(f"stopped by {name} before {what}; run the same command again to go on", 128 + launcher.stop_requested[0])
 
-    search_scores: dict[str, dict[float, float]] = {}
+    search_scores: dict[str, dict[str, dict[float, float]]] = {b.name: {} for b in grid.budgets}
     searched = []
+    group_budget = {group_of(grid, b): b.name for b in grid.budgets}
     for index, run in enumerate(search, 1):
         step(index, len(search), f"search {run.key}")
         record = train_run(run, out, inputs, launcher)
         scores = evaluate_run(run, out, "validation", grid.evaluation["validation"], inputs, grid.evaluation)
-        searched.append(load_finished(run, run.folder(out), record, scores))
-        search_scores.setdefault(run.variant, {})[run.lr] = searched[-1].average
+        searched.append(load_finished(run, run.folder(out), record, scores, group_budget[run.group]))
+        search_scores[group_budget[run.group]].setdefault(run.variant, {})[run.lr] = searched[-1].average
         log(f"  validation: {searched[-1].average:.1f}")
-    # The best validation score; on a tie, the first rate in the grid.
-    chosen = {v.name: (max(v.lr_grid, key=lambda lr: (search_scores[v.name][lr], -v.lr_grid.index(lr)))
-                       if search else v.lr_grid[0]) for v in grid.variants}
-    finals = final_runs(grid, allocations, chosen)
+    chosen = {b.name: chosen_rates(grid, b, allocations[b.name], search_scores[b.name]) for b in grid.budgets}
+    finals = _finals(grid, allocations, chosen)
     finished = []
     for index, run in enumerate(finals, 1):
         step(index, len(finals), f"final {run.key}")
         record = train_run(run, out, inputs, launcher)
         scores = evaluate_run(run, out, "test", grid.evaluation["test"], inputs, grid.evaluation)
-        finished.append(load_finished(run, run.folder(out), record, scores))
+        finished.append(load_finished(run, run.folder(out), record, scores, group_budget[run.group]))
         log(f"  test: {finished[-1].average:.1f} (trained in {record['wall_s']:.0f} s)")
     path = write_study_report(out, grid, allocations, finished, searched, search_scores, chosen, plots=plots)
     log(f"study done in {time.time() - started:.0f} s; report: {path}")
     return path
+
+
+def _finals(grid: Grid, allocations: dict, chosen: dict) -> list:
+    """Final runs seed by seed (every budget's, then the next seed): a study stopped part-way has
+    whole seeds to report on."""
+    per_budget = {b.name: final_runs(grid, b, allocations[b.name], chosen[b.name]) for b in grid.budgets}
+    return [run for seed in grid.seeds for b in grid.budgets for run in per_budget[b.name] if run.seed == seed]
 
 
 def _llm_for_dry_run(grid: Grid, stage1: Optional[str]) -> str:
@@ -102,7 +113,8 @@ def add_arguments(parser, name: str = "study") -> None:
     parser.add_argument("--quick", action="store_true", help="apply the grid's `quick:` overrides (a first look)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grid's")
     parser.add_argument("--variants", default=None,
-                        help="comma-separated variants to run (the budget's reference variant is always kept)")
+                        help="comma-separated variants to run (each budget's reference, and the variants whose "
+                             "rate they take, are always kept)")
     parser.add_argument("--stage1", default=None, help="stage-1 checkpoint to start from instead of the grid's")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="print the budgets and each run's trainer flags, check them, launch nothing")

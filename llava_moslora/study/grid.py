@@ -2,10 +2,12 @@
 
 A grid names the data, the stage-1 checkpoint (or how to train it), the benchmarks (a test split
 and a validation split for the learning-rate search), the seeds, the launch settings, the
-parameter budget, the learning-rate grid, trainer flags for every run and the variants, each a
-set of `llava-moslora train` flags. `quick:` holds overrides for --quick (mappings merge key by
-key; null removes a key, e.g. a variant). Relative paths are
-relative to the grid file's folder.
+parameter budgets (`budget:` one, or `budgets:` several by name, e.g. LoRA at r = 32 and r = 4;
+every variant runs under each), the learning-rate grid, trainer flags for every run and the
+variants, each a set of `llava-moslora train` flags (`lr_from: <variant>` trains at the rate
+chosen for that variant instead of searching: an ablation changes one thing). `quick:` holds
+overrides for --quick (mappings merge key by key; null removes a key, e.g. a variant). Relative
+paths are relative to the grid file's folder.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from ..evaluation.batching import DEFAULT_BATCH_SIZE, check_batch_size
 
 GRIDS_DIR = Path(__file__).resolve().parents[2] / "studies"
 DEFAULT_GRID = GRIDS_DIR / "shapes.yaml"
-TOP_LEVEL = {"name", "data", "stage1", "evaluation", "seeds", "launch", "budget", "lr_grid", "flags",
+TOP_LEVEL = {"name", "data", "stage1", "evaluation", "seeds", "launch", "budget", "budgets", "lr_grid", "flags",
              "variants", "quick"}
 # Set per run by the study itself; a grid that sets them would break the comparison's pairing.
 RESERVED_FLAGS = {"seed", "data_seed", "output_dir", "learning_rate", "resume_from_checkpoint",
@@ -40,7 +42,20 @@ class GridError(ValueError):
 class Variant:
     name: str
     flags: dict[str, Any]  # trainer flags of this variant (adapter, riemannian, optim, ...)
-    lr_grid: list[float]
+    lr_grid: Optional[list[float]]  # its own rates (e.g. SGD's), else its budget's or the grid's
+    lr_from: Optional[str] = None  # trains at the rate chosen for this variant (not searched)
+
+
+@dataclass
+class Budget:
+    """Adapter parameters every variant may spend: those of `reference` at rank `r`."""
+
+    name: str  # names the report's section (and, with several budgets, a folder of runs)
+    reference: str
+    r: int
+    alpha_over_r: float = 2.0
+    lr_grid: Optional[list[float]] = None  # rates for this budget (a lower rank may want higher ones)
+    tolerance: float = 0.0  # a variant may cost up to (1 + tolerance) x the reference's parameters
 
 
 @dataclass
@@ -52,10 +67,16 @@ class Grid:
     evaluation: dict[str, Any]
     seeds: list[int]
     launch: dict[str, str]
-    budget: dict[str, Any]
+    budgets: list[Budget]
     flags: dict[str, Any]
     variants: list[Variant]
+    lr_grid: list[float] = field(default_factory=list)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def rates(self, variant: Variant, budget: Budget) -> list[float]:
+        """The learning rates `variant` is searched over under `budget` (its lr_from source's)."""
+        source = self.variant(variant.lr_from or variant.name)
+        return source.lr_grid or budget.lr_grid or self.lr_grid
 
     def resolve(self, value: Optional[str]) -> Optional[Path]:
         """A path of the grid, relative to the grid file's folder."""
@@ -64,9 +85,13 @@ class Grid:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.path.parent / path).resolve()
 
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
     @property
-    def reference(self) -> Variant:
-        return next(v for v in self.variants if v.name == self.budget["reference"])
+    def nested(self) -> bool:
+        """Several budgets: each has its own folder of runs (runs/<budget>/<variant>/...)."""
+        return len(self.budgets) > 1
 
 
 def read_grid_file(path: Path) -> dict:
@@ -117,14 +142,15 @@ def load_grid(path=None, quick: bool = False, seeds: Optional[list[int]] = None,
         missing = sorted(set(variants) - {v.name for v in grid.variants})
         if missing:
             raise GridError(f"no variant(s) {missing} in {path}; it has {[v.name for v in grid.variants]}")
-        keep = set(variants) | {grid.budget["reference"]}  # the reference stays: differences are taken to it
+        keep = set(variants) | {b.reference for b in grid.budgets}  # differences are taken to the reference
+        keep |= {v.lr_from for v in grid.variants if v.name in keep and v.lr_from}  # and rates come from there
         grid.variants = [v for v in grid.variants if v.name in keep]
     return grid
 
 
 def _build(path: Path, raw: dict) -> Grid:
     where = str(path)
-    for key in ("data", "stage1", "evaluation", "budget", "variants"):
+    for key in ("data", "stage1", "evaluation", "variants"):
         if not isinstance(raw.get(key), dict):
             raise GridError(f"{where}: `{key}:` must be a mapping")
     seeds = raw.get("seeds", [0])
@@ -140,6 +166,7 @@ def _build(path: Path, raw: dict) -> Grid:
             raise GridError(f"{where}: variant name {name!r} must be letters, digits, '_', '.', '-' (it names a folder)")
         spec = dict(spec or {})
         own_grid = spec.pop("lr_grid", None)
+        lr_from = spec.pop("lr_from", None)
         _check_flags(spec, f"{where}: variants.{name}")
         shared = sorted(set(spec) & SHARED_FLAGS)
         if shared:
@@ -147,16 +174,22 @@ def _build(path: Path, raw: dict) -> Grid:
                             f"and schedule for a fair comparison); put them under `flags:`")
         if "adapter" not in spec and "adapter" not in flags:
             raise GridError(f"{where}: variants.{name} needs `adapter:` (lora | moslora | moelora)")
-        variant_grid = _lr_grid(own_grid, f"{where}: variants.{name}.lr_grid") if own_grid is not None else lr_grid
-        if len(variant_grid) != len(lr_grid):
+        variant_grid = _lr_grid(own_grid, f"{where}: variants.{name}.lr_grid") if own_grid is not None else None
+        if lr_from is not None and own_grid is not None:
+            raise GridError(f"{where}: variants.{name} has both lr_from and lr_grid; lr_from takes another "
+                            "variant's chosen rate, so it is not searched")
+        if variant_grid is not None and len(variant_grid) != len(lr_grid):
             raise GridError(f"{where}: variants.{name}.lr_grid has {len(variant_grid)} values and lr_grid "
                             f"{len(lr_grid)}: every variant gets the same search budget")
-        variants.append(Variant(str(name), spec, variant_grid))
-    budget = dict(raw["budget"])
-    if budget.get("reference") not in {v.name for v in variants}:
-        raise GridError(f"{where}: budget.reference must name a variant, got {budget.get('reference')!r}")
-    if not isinstance(budget.get("r"), int) or budget["r"] <= 0:
-        raise GridError(f"{where}: budget.r (the reference variant's rank) must be a positive integer")
+        variants.append(Variant(str(name), spec, variant_grid, None if lr_from is None else str(lr_from)))
+    names = {v.name for v in variants}
+    for variant in variants:
+        source = next((v for v in variants if v.name == variant.lr_from), None)
+        if variant.lr_from is not None and (source is None or source.lr_from is not None):
+            raise GridError(f"{where}: variants.{variant.name}.lr_from must name a variant that searches its own "
+                            f"rate, one of {sorted(v.name for v in variants if v.lr_from is None)}; "
+                            f"got {variant.lr_from!r}")
+    budgets = _budgets(raw, where, names, len(lr_grid))
     launch = {str(k): str(v) for k, v in (raw.get("launch") or {}).items()}
     evaluation = dict(raw["evaluation"])
     if not evaluation.get("test"):
@@ -171,7 +204,50 @@ def _build(path: Path, raw: dict) -> Grid:
     except ValueError as error:
         raise GridError(f"{where}: evaluation.batch_size: {error}") from None
     return Grid(path, str(raw.get("name") or path.stem), dict(raw["data"]), dict(raw["stage1"]), evaluation,
-                seeds, launch, budget, flags, variants, raw)
+                seeds, launch, budgets, flags, variants, lr_grid, raw)
+
+
+def _budgets(raw: dict, where: str, variants: set[str], search_size: int) -> list[Budget]:
+    """`budget:` (one mapping) or `budgets:` (name -> mapping), each {reference, r, alpha_over_r,
+    lr_grid}."""
+    if ("budget" in raw) == ("budgets" in raw):
+        raise GridError(f"{where}: give `budget:` (one) or `budgets:` (several, by name), not "
+                        f"{'both' if 'budget' in raw else 'neither'}")
+    if "budget" in raw:
+        if not isinstance(raw["budget"], dict):
+            raise GridError(f"{where}: `budget:` must be a mapping (reference, r, alpha_over_r)")
+        specs = {f"r{raw['budget'].get('r')}": raw["budget"]}
+    else:
+        specs = raw["budgets"]
+        if not isinstance(specs, dict) or not specs or not all(isinstance(s, dict) for s in specs.values()):
+            raise GridError(f"{where}: `budgets:` must map names to budgets, e.g. "
+                            "{r32: {reference: lora, r: 32}, r4: {reference: lora, r: 4}}")
+    budgets = []
+    for name, spec in specs.items():
+        at = f"{where}: budget" if "budget" in raw else f"{where}: budgets.{name}"
+        if not VARIANT_NAME.match(str(name)):
+            raise GridError(f"{at}: a budget name must be letters, digits, '_', '.', '-' (it names a folder)")
+        unknown = sorted(set(spec) - {"reference", "r", "alpha_over_r", "lr_grid", "tolerance"})
+        if unknown:
+            raise GridError(f"{at}: unknown keys {unknown}; known: reference, r, alpha_over_r, lr_grid, tolerance")
+        if spec.get("reference") not in variants:
+            raise GridError(f"{at}.reference must name a variant, got {spec.get('reference')!r}")
+        if not isinstance(spec.get("r"), int) or isinstance(spec.get("r"), bool) or spec["r"] <= 0:
+            raise GridError(f"{at}.r (the reference variant's rank) must be a positive integer, got {spec.get('r')!r}")
+        try:
+            scale, tolerance = float(spec.get("alpha_over_r", 2.0)), float(spec.get("tolerance", 0.0))
+        except (TypeError, ValueError):
+            raise GridError(f"{at}: alpha_over_r and tolerance must be numbers, got "
+                            f"{spec.get('alpha_over_r')!r} and {spec.get('tolerance')!r}") from None
+        if not 0 <= tolerance < 1:
+            raise GridError(f"{at}.tolerance is the fraction a variant may cost beyond the budget, in [0, 1); "
+                            f"got {tolerance}")
+        rates = _lr_grid(spec["lr_grid"], f"{at}.lr_grid") if "lr_grid" in spec else None
+        if rates is not None and len(rates) != search_size:
+            raise GridError(f"{at}.lr_grid has {len(rates)} values and lr_grid {search_size}: every budget gets "
+                            "the same search budget")
+        budgets.append(Budget(str(name), spec["reference"], spec["r"], scale, rates, tolerance))
+    return budgets
 
 
 def _lr_grid(value, where: str) -> list[float]:

@@ -2,9 +2,10 @@
 
 Fair by construction: every run of one seed gets the same seed and data seed (so the same data
 order), the same steps, batch and launch settings (the grid's `flags:` and `launch:`, shared by
-all), and its variant's rank from budget.py. The learning-rate search trains every (variant,
-learning rate) once, on the first seed, and scores it on the validation split; the final runs
-train the chosen rate on every seed (the search's run on the first seed is one of them).
+all), and its variant's rank from budget.py, per budget. The learning-rate search trains every
+(variant, learning rate) once per budget, on the first seed, and scores it on the validation
+split; a variant with `lr_from` is not searched and takes its source's chosen rate. The final
+runs train the chosen rate on every seed (the search's run on the first seed is one of them).
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters import AdapterConfig
-from .budget import Allocation, adapter_parameters, match_rank
-from .grid import Grid, Variant, flag_list
+from .budget import Allocation, OverBudget, adapter_parameters, match_rank
+from .grid import Budget, Grid, Variant, flag_list
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,18 @@ class Run:
     lr: float
     seed: int
     flags: tuple[str, ...] = field(compare=False)
+    group: str = ""  # the budget's name when the grid has several (a folder level), else ""
 
     @property
     def key(self) -> str:
-        return f"{self.variant}/lr{self.lr:g}-seed{self.seed}"
+        return f"{self.group + '/' if self.group else ''}{self.variant}/lr{self.lr:g}-seed{self.seed}"
 
     def folder(self, study_dir: Path) -> Path:
-        return Path(study_dir) / "runs" / self.variant / f"lr{self.lr:g}-seed{self.seed}"
+        return Path(study_dir) / "runs" / self.group / self.variant / f"lr{self.lr:g}-seed{self.seed}"
+
+
+def group_of(grid: Grid, budget: Budget) -> str:
+    return budget.name if grid.nested else ""
 
 
 def variant_settings(grid: Grid, variant: Variant) -> dict[str, Any]:
@@ -48,24 +54,40 @@ def parse_model_arguments(settings: dict[str, Any]):
     return model_args
 
 
-def allocate(grid: Grid, llm_path: str) -> dict[str, Allocation]:
+def allocate(grid: Grid, llm_path: str, budget_spec: Budget) -> dict[str, Allocation]:
     """Each variant's rank and adapter parameters under the reference variant's budget."""
-    scale = float(grid.budget.get("alpha_over_r", 2.0))
-    reference = parse_model_arguments({**variant_settings(grid, grid.reference), "lora_r": grid.budget["r"]})
+    scale = budget_spec.alpha_over_r
+    reference = parse_model_arguments({**variant_settings(grid, grid.variant(budget_spec.reference)),
+                                       "lora_r": budget_spec.r})
     budget = adapter_parameters(llm_path, reference.adapter_config("language_model"))
     allocations = {}
     for variant in grid.variants:
         settings = variant_settings(grid, variant)
         pinned = "lora_r" in settings
-        config = parse_model_arguments({**settings, "lora_r": settings.get("lora_r", grid.budget["r"])}
+        config = parse_model_arguments({**settings, "lora_r": settings.get("lora_r", budget_spec.r)}
                                        ).adapter_config("language_model")
-        r = config.r if pinned or variant.name == grid.reference.name else match_rank(llm_path, config, budget)
+        try:
+            r = (config.r if pinned or variant.name == budget_spec.reference
+                 else match_rank(llm_path, config, int(budget * (1 + budget_spec.tolerance))))
+        except OverBudget as error:
+            allocations[variant.name] = Allocation(variant.name, config.kind, 0, 0.0, config.num_experts, 0, budget,
+                                                   matched=False, unfit=str(error))
+            continue
         sized = AdapterConfig.from_dict({**config.to_dict(), "r": r})
         alpha = float(settings["lora_alpha"]) if "lora_alpha" in settings else scale * r
         allocations[variant.name] = Allocation(
             variant.name, config.kind, r, alpha, config.num_experts if config.kind == "moelora" else 1,
             adapter_parameters(llm_path, sized), budget, matched=not pinned)
+    for variant in grid.variants:  # a variant taking an unfit variant's rate has no rate to take
+        source = allocations[variant.lr_from or variant.name]
+        if not source.fits and allocations[variant.name].fits:
+            allocations[variant.name].unfit = f"takes its rate from {variant.lr_from}, which does not fit"
     return allocations
+
+
+def running(grid: Grid, allocations: dict[str, Allocation]) -> list[Variant]:
+    """The variants that fit the budget (the others are named in the report, not run)."""
+    return [v for v in grid.variants if allocations[v.name].fits]
 
 
 def run_flags(grid: Grid, variant: Variant, allocation: Allocation, lr: float, seed: int) -> tuple[str, ...]:
@@ -77,26 +99,47 @@ def run_flags(grid: Grid, variant: Variant, allocation: Allocation, lr: float, s
     return tuple(flag_list(settings))
 
 
-def search_runs(grid: Grid, allocations: dict[str, Allocation]) -> list[Run]:
+def searched(grid: Grid, allocations: dict[str, Allocation]) -> list[Variant]:
+    """The variants that run and choose their own rate (not lr_from)."""
+    return [v for v in running(grid, allocations) if v.lr_from is None]
+
+
+def search_runs(grid: Grid, budget: Budget, allocations: dict[str, Allocation]) -> list[Run]:
     """(variant, learning rate) on the first seed; empty when every variant has one rate."""
-    if all(len(v.lr_grid) == 1 for v in grid.variants):
+    if all(len(grid.rates(v, budget)) == 1 for v in searched(grid, allocations)):
         return []
-    seed = grid.seeds[0]
-    return [Run(v.name, lr, seed, run_flags(grid, v, allocations[v.name], lr, seed))
-            for v in grid.variants for lr in v.lr_grid]
+    seed, group = grid.seeds[0], group_of(grid, budget)
+    return [Run(v.name, lr, seed, run_flags(grid, v, allocations[v.name], lr, seed), group)
+            for v in searched(grid, allocations) for lr in grid.rates(v, budget)]
 
 
-def final_runs(grid: Grid, allocations: dict[str, Allocation], chosen: dict[str, float]) -> list[Run]:
+def chosen_rates(grid: Grid, budget: Budget, allocations: dict[str, Allocation],
+                 scores: dict[str, dict[float, float]]) -> dict[str, float]:
+    """Each variant's rate: the best validation score of its grid (on a tie, the first rate in
+    the grid; its only rate without a search), or its lr_from source's."""
+    def best(variant: Variant) -> float:
+        rates = grid.rates(variant, budget)
+        if variant.name not in scores:
+            return rates[0]
+        return max(rates, key=lambda lr: (scores[variant.name][lr], -rates.index(lr)))
+
+    chosen = {v.name: best(v) for v in searched(grid, allocations)}
+    return {v.name: chosen[v.lr_from or v.name] for v in running(grid, allocations)}
+
+
+def final_runs(grid: Grid, budget: Budget, allocations: dict[str, Allocation], chosen: dict[str, float]) -> list[Run]:
     """Every variant at its chosen learning rate on every seed, seed by seed."""
-    return [Run(v.name, chosen[v.name], seed, run_flags(grid, v, allocations[v.name], chosen[v.name], seed))
-            for seed in grid.seeds for v in grid.variants]
+    group = group_of(grid, budget)
+    return [Run(v.name, chosen[v.name], seed, run_flags(grid, v, allocations[v.name], chosen[v.name], seed), group)
+            for seed in grid.seeds for v in running(grid, allocations)]
 
 
-def candidate_runs(grid: Grid, allocations: dict[str, Allocation]) -> list[Run]:
+def candidate_runs(grid: Grid, budget: Budget, allocations: dict[str, Allocation]) -> list[Run]:
     """Every run the study could make (each variant, rate and seed): what is on disk is checked
     against all of them before the first launch, not when the study reaches them."""
-    return [Run(v.name, lr, seed, run_flags(grid, v, allocations[v.name], lr, seed))
-            for v in grid.variants for lr in v.lr_grid for seed in grid.seeds]
+    group = group_of(grid, budget)
+    return [Run(v.name, lr, seed, run_flags(grid, v, allocations[v.name], lr, seed), group)
+            for v in running(grid, allocations) for lr in grid.rates(v, budget) for seed in grid.seeds]
 
 
 def check_flags(runs: list[Run]) -> None:

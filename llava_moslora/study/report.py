@@ -1,10 +1,13 @@
-"""The study's report: per-ability scores of every variant (mean over seeds, normalized across
-variants, radar), one table of costs and scores with paired differences to the reference
-variant, the learning-rate search, the fairness checks, and the loss curves.
+"""The study's report, a section per budget: per-ability scores of every variant (mean over
+seeds, normalized across variants, radar), one table of costs and scores with paired differences
+to the reference variant (intervals over seeds and questions, minimum detectable effects,
+compare.py), a sentence per comparison, the learning-rate search with rates chosen at an edge of
+their grid flagged; then the fairness checks and the loss curves.
 
-Writes under <out>/report/: study.md, study.json, abilities/ (mean over seeds: abilities.md,
-abilities.json, radar_*.png, one polygon per variant), abilities_all/ (every final run), and
-loss_curves.png. Scores are read back from the evaluation files, as `llava-moslora abilities` does.
+Writes under <out>/report/: study.md, study.json, and per budget (with several budgets, each
+name below gets a _<budget> suffix) abilities/ (mean over seeds: abilities.md, abilities.json,
+radar_*.png, one polygon per variant), abilities_all/ (every final run) and loss_curves.png.
+Scores are read back from the evaluation files, as `llava-moslora abilities` does.
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from ..evaluation.abilities import AbilityScore, BenchmarkScores, CheckpointScor
 from ..evaluation.report import markdown_table, normalize, write_report
 from ..train.metrics import METRICS_FILE
 from .budget import Allocation
-from .stats import PairedDifference, Summary, paired_difference, summarize
+from .compare import Difference, compare, sentence
+from .questions import QuestionOutcomes, read_outcomes
+from .stats import Summary, summarize
 
 GIB = 1024 ** 3
 
@@ -31,6 +36,15 @@ class FinishedRun:
     record: dict  # run.json
     metrics: dict  # train_metrics.json
     scores: CheckpointScores  # test split (validation for a search run)
+    budget: str = ""  # the budget's name
+    _outcomes: Optional[QuestionOutcomes] = None
+
+    @property
+    def outcomes(self) -> QuestionOutcomes:
+        """Which test questions this run answered right (read once, from its prediction files)."""
+        if self._outcomes is None:
+            self._outcomes = read_outcomes(self.scores)
+        return self._outcomes
 
     @property
     def average(self) -> float:
@@ -43,9 +57,9 @@ class FinishedRun:
         return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
 
 
-def load_finished(run, folder: Path, record: dict, scores: CheckpointScores) -> FinishedRun:
+def load_finished(run, folder: Path, record: dict, scores: CheckpointScores, budget: str = "") -> FinishedRun:
     metrics = json.loads((folder / "model" / METRICS_FILE).read_text())
-    return FinishedRun(run.variant, run.seed, run.lr, folder, record, metrics, scores)
+    return FinishedRun(run.variant, run.seed, run.lr, folder, record, metrics, scores, budget)
 
 
 def columns(runs: list[FinishedRun]) -> list[tuple[str, str]]:
@@ -114,16 +128,13 @@ def build_tables(runs_by_variant: dict[str, list[FinishedRun]], allocations: dic
     """The main table (a row per variant) and the paired-difference table; also their numbers."""
     all_runs = [r for runs in runs_by_variant.values() for r in runs]
     picked = columns(all_runs)
-    reference_runs = {r.seed: r for r in runs_by_variant[reference]}
     header = ["variant", "rank", "adapter params (vs ref.)", "trainable", "lr", "wall s", "tokens/s",
-              "peak GiB"] + [f"{b}: {a}" for b, a in picked] + ["overall", f"overall vs {reference} (95% CI)"]
+              "peak GiB"] + [f"{b}: {a}" for b, a in picked] + ["overall", f"overall vs {reference} (95% CI, MDE)"]
     rows, numbers = [], {}
     for variant, runs in runs_by_variant.items():
         allocation = allocations[variant]
-        paired = [r for r in runs if r.seed in reference_runs]
         overall = summarize([r.average for r in runs])
-        difference = (paired_difference([r.average for r in paired], [reference_runs[r.seed].average for r in paired])
-                      if variant != reference and paired else None)
+        difference = compare(runs, runs_by_variant[reference]) if variant != reference else None
         cells = {f"{b}: {a}": summarize([_score(r, b, a) for r in runs]) for b, a in picked}
         wall, speed, memory = (summarize([r.record["wall_s"] for r in runs]),
                                summarize([r.metrics["tokens_per_second"] for r in runs]),
@@ -137,35 +148,57 @@ def build_tables(runs_by_variant: dict[str, list[FinishedRun]], allocations: dic
                             "trainable_parameters": runs[0].metrics["trainable_parameters"], "lr": runs[0].lr,
                             "seeds": [r.seed for r in runs], "wall_s": _plain(wall), "tokens_per_second": _plain(speed),
                             "peak_memory_gib": _plain(memory), "overall": _plain(overall),
-                            "overall_vs_reference": _plain(difference),
+                            "overall_vs_reference": difference.plain() if difference else None,
                             "abilities": {c: _plain(s) for c, s in cells.items()},
                             "per_seed_overall": {r.seed: r.average for r in runs}}
     lines = markdown_table(header, rows)
-    lines += ["", f"Paired differences to {reference} per ability (same seed; mean over seeds, 95% t interval; "
-                  "'includes 0' means no difference shown at that level):", ""]
     others = [v for v in runs_by_variant if v != reference]
+    methods = set()
     diff_rows = []
     for b, a in picked:
         row = [f"{b}: {a}"]
         for variant in others:
-            paired = [r for r in runs_by_variant[variant] if r.seed in reference_runs]
-            difference = paired_difference([_score(r, b, a) for r in paired],
-                                           [_score(reference_runs[r.seed], b, a) for r in paired])
-            numbers[variant].setdefault("abilities_vs_reference", {})[f"{b}: {a}"] = _plain(difference)
+            difference = compare(runs_by_variant[variant], runs_by_variant[reference], b, a)
+            methods.add(difference.method)
+            numbers[variant].setdefault("abilities_vs_reference", {})[f"{b}: {a}"] = difference.plain()
             row.append(difference.text())
         diff_rows.append(row)
+    how = " and ".join(sorted(methods)) or "seeds and questions"
+    lines += ["", f"Paired differences to {reference} per ability (same seed and question; mean, 95% interval over "
+                  f"{how}, minimum detectable effect at 80% power; 'includes 0' means no difference shown):", ""]
     lines += markdown_table(["ability"] + others, diff_rows) if others else ["(no variant besides the reference)"]
     return lines, numbers
 
 
+def comparisons(grid, runs_by_variant: dict[str, list[FinishedRun]], reference: str) -> list[tuple[str, str]]:
+    """Pairs to conclude on: every variant against the reference, and an ablation (a variant
+    taking another's rate with lr_from) against the variant it ablates."""
+    pairs = [(v, reference) for v in runs_by_variant if v != reference]
+    for variant in runs_by_variant:
+        source = grid.variant(variant).lr_from
+        if source and source in runs_by_variant and source != reference:
+            pairs.append((variant, source))
+    return pairs
+
+
+def conclusions(grid, runs_by_variant: dict[str, list[FinishedRun]], reference: str) -> tuple[list[str], dict]:
+    """A sentence per comparison, on the overall score and each benchmark's headline."""
+    lines, numbers = [], {}
+    first = next(iter(runs_by_variant.values()))[0].scores.benchmarks
+    for variant, other in comparisons(grid, runs_by_variant, reference):
+        differences = [compare(runs_by_variant[variant], runs_by_variant[other])]
+        differences += [compare(runs_by_variant[variant], runs_by_variant[other], b, first[b].headline)
+                        for b in sorted(first)]
+        lines.append(f"- {sentence(differences)}")
+        numbers[f"{variant} vs {other}"] = {d.metric: d.plain() for d in differences}
+    return lines, numbers
+
+
 def _plain(value) -> Optional[dict]:
-    if value is None:
-        return None
     if isinstance(value, Summary):
         return {"mean": value.mean, "std": value.std, "n": value.n}
-    if isinstance(value, PairedDifference):
-        return {"mean": value.mean, "low": value.low, "high": value.high, "n": value.n,
-                "includes_zero": value.includes_zero}
+    if isinstance(value, Difference):
+        return value.plain()
     return value
 
 
@@ -206,55 +239,100 @@ def plot_losses(runs_by_variant: dict[str, list[FinishedRun]], path: Path, windo
     return path
 
 
-def write_study_report(out: Path, grid, allocations: dict[str, Allocation], finished: list[FinishedRun],
-                       search: list[FinishedRun], search_scores: dict, chosen: dict[str, float],
-                       plots: bool = True) -> Path:
-    report = Path(out) / "report"
-    report.mkdir(parents=True, exist_ok=True)
+def edges(grid, budget, search_scores: dict[str, dict[float, float]], chosen: dict[str, float]) -> dict[str, str]:
+    """Variants whose chosen rate is the lowest or highest of a searched grid: the best rate may
+    lie beyond it, so the variant may be under-tuned."""
+    flagged = {}
+    for variant, scores in search_scores.items():
+        rates = grid.rates(grid.variant(variant), budget)
+        if len(rates) < 2:
+            continue
+        if chosen[variant] == max(rates):
+            flagged[variant] = f"chose {chosen[variant]:g}, the highest of {sorted(rates)}: widen the grid upwards"
+        elif chosen[variant] == min(rates):
+            flagged[variant] = f"chose {chosen[variant]:g}, the lowest of {sorted(rates)}: widen the grid downwards"
+    return flagged
+
+
+def budget_section(grid, budget, allocations: dict[str, Allocation], finished: list[FinishedRun],
+                   search_scores: dict, chosen: dict[str, float], report: Path, plots: bool) -> tuple[list[str], dict]:
+    """The report's section on one budget, and its numbers for study.json."""
+    suffix = f"_{budget.name}" if grid.nested else ""
     runs_by_variant: dict[str, list[FinishedRun]] = {}
     for run in finished:
         runs_by_variant.setdefault(run.variant, []).append(run)
-    reference = grid.budget["reference"]
-    means = [mean_over_seeds(v, runs) for v, runs in runs_by_variant.items()]
-    write_report(normalize(means), report / "abilities", plots=plots)
-    write_report(normalize([r.scores for r in finished]), report / "abilities_all", plots=False)
+    reference = budget.reference
+    lines = [f"## Budget {budget.name}: {reference} at rank {budget.r}", ""]
+    not_run = {v: a.unfit for v, a in allocations.items() if not a.fits}
+    if reference not in runs_by_variant:
+        return lines + ["No finished run of the reference variant yet."], {"not_run": not_run}
+    write_report(normalize([mean_over_seeds(v, runs) for v, runs in runs_by_variant.items()]),
+                 report / f"abilities{suffix}", plots=plots)
+    write_report(normalize([r.scores for r in finished]), report / f"abilities_all{suffix}", plots=False)
     if plots:
-        plot_losses(runs_by_variant, report / "loss_curves.png")
+        plot_losses(runs_by_variant, report / f"loss_curves{suffix}.png")
     table, numbers = build_tables(runs_by_variant, allocations, reference)
+    sentences, comparison_numbers = conclusions(grid, runs_by_variant, reference)
+    flagged = edges(grid, budget, search_scores, chosen)
+    lines += ["### Results", ""] + table
+    lines += ["", f"Budget: {reference} at rank {budget.r} = {allocations[reference].adapter_parameters:,} adapter "
+              f"parameters; every other variant has the largest rank costing at most {1 + budget.tolerance:g} x that "
+              f"(alpha = {budget.alpha_over_r:g} x rank, so every scale alpha / r is the same): "
+              + ", ".join(f"{a.variant} {a.rank_text} ({a.ratio:.3f})" for a in allocations.values() if a.fits)]
+    lines += [f"- not run: {v} ({why})" for v, why in not_run.items()]
+    lines += ["", "### What it shows", ""] + sentences
+    lines += ["", "### Learning-rate search", ""]
+    if search_scores:
+        lines += [f"Each variant trained once per rate on seed {grid.seeds[0]}, scored on the validation split "
+                  f"({grid.evaluation.get('validation')}, mean headline score); the best rate is used for every "
+                  "seed. A variant with lr_from takes its source's rate.", ""]
+        rates = sorted({lr for scores in search_scores.values() for lr in scores})
+        lines += markdown_table(["variant"] + [f"lr {lr:g}" for lr in rates] + ["chosen", "edge of its grid"],
+                                [[v] + [f"{search_scores[v][lr]:.1f}" if lr in search_scores[v] else "" for lr in rates]
+                                 + [f"{chosen[v]:g}", f"**yes**: {flagged[v]}" if v in flagged else "no"]
+                                 for v in search_scores])
+        lines += ["", "Chosen at an edge (possibly under-tuned): "
+                  + ("; ".join(f"**{v}** {why}" for v, why in flagged.items()) if flagged else "none.")]
+    else:
+        lines += ["One learning rate per variant (no search): " + ", ".join(f"{v} {lr:g}" for v, lr in chosen.items())]
+    lines += ["", f"Figures: abilities{suffix}/radar_*.png (normalized per-ability scores, one polygon per variant), "
+              f"loss_curves{suffix}.png.", ""]
+    return lines, {"reference": reference, "r": budget.r, "chosen_lr": chosen, "edges": flagged, "not_run": not_run,
+                   "search": {v: {f"{lr:g}": s for lr, s in scores.items()} for v, scores in search_scores.items()},
+                   "variants": numbers, "comparisons": comparison_numbers}
+
+
+def write_study_report(out: Path, grid, allocations: dict[str, dict[str, Allocation]], finished: list[FinishedRun],
+                       search: list[FinishedRun], search_scores: dict, chosen: dict, plots: bool = True) -> Path:
+    """allocations, search_scores and chosen are per budget name."""
+    report = Path(out) / "report"
+    report.mkdir(parents=True, exist_ok=True)
     seeds = sorted({r.seed for r in finished})
     lines = [f"# Study: {grid.name}", "",
              f"Grid: `{grid.path}`. Seeds: {seeds}. Every variant is stage 2 from the same stage-1 checkpoint; "
-             f"scores are on the test split ({grid.evaluation['test']}), 0-100, mean ± std over seeds.", "",
-             "## Results", ""] + table
-    lines += ["", "Columns: rank (MoE-LoRA: experts x rank per expert); adapter params: adapter tensors on the "
-              f"language model and their ratio to {reference}'s budget; trainable: everything trained (adapters, "
-              "projector); wall s: the stage-2 launch from start to exit (startup included); tokens/s: non-padding "
-              "tokens over training time, all ranks; peak GiB: highest rank's peak memory "
-              f"({finished[0].metrics['peak_memory_measure'].split(',')[0]}); overall: mean of the benchmarks' "
-              "headline scores.", "",
-              "## Fairness", ""] + fairness(finished, search)
-    lines += [f"- budget: {grid.budget['r']}-rank {reference} adapters = {allocations[reference].adapter_parameters:,} "
-              "parameters; every other variant has the largest rank that does not cost more "
-              f"(alpha = {grid.budget.get('alpha_over_r', 2.0):g} x rank, so every scale alpha / r is the same): "
-              + ", ".join(f"{a.variant} {a.rank_text} ({a.ratio:.3f})" for a in allocations.values())]
-    lines += ["", "## Learning-rate search", ""]
-    if search_scores:
-        lines += [f"Each variant trained once per rate on seed {seeds[0]}, scored on the validation split "
-                  f"({grid.evaluation.get('validation')}, mean headline score); the best rate is used for every seed.", ""]
-        rates = sorted({lr for scores in search_scores.values() for lr in scores})
-        lines += markdown_table(["variant"] + [f"lr {lr:g}" for lr in rates] + ["chosen"],
-                           [[v] + [f"{search_scores[v][lr]:.1f}" if lr in search_scores[v] else "" for lr in rates]
-                            + [f"{chosen[v]:g}"] for v in search_scores])
-    else:
-        lines += ["One learning rate per variant (no search): " + ", ".join(f"{v} {lr:g}" for v, lr in chosen.items())]
-    lines += ["", "## Files", "", "- abilities/: per-ability scores of each variant, the mean over its seeds (the "
-              "runs under runs/<variant>/), normalized across variants (abilities.md), radar_*.png (one polygon "
-              "per variant)",
-              "- abilities_all/: every final run on its own", "- loss_curves.png: training loss of every variant"]
+             f"scores are on the test split ({grid.evaluation['test']}), 0-100, mean ± std over seeds. Differences "
+             "are paired (same seed, same question), with a 95% interval over seeds and questions (a crossed "
+             "random-effects model: training seeds and test questions are both samples) and the minimum "
+             "detectable effect (MDE: the difference this study would detect 80% of the time at 95% confidence).", "",
+             "Columns: rank (MoE-LoRA: experts x rank per expert); adapter params: adapter tensors on the language "
+             "model and their ratio to the reference's budget; trainable: everything trained (adapters, projector); "
+             "wall s: the stage-2 launch from start to exit (startup included); tokens/s: non-padding tokens over "
+             "training time, all ranks; peak GiB: highest rank's peak memory "
+             f"({finished[0].metrics['peak_memory_measure'].split(',')[0]}); overall: mean of the benchmarks' "
+             "headline scores.", ""]
+    budgets = {}
+    for budget in grid.budgets:
+        section, budgets[budget.name] = budget_section(
+            grid, budget, allocations[budget.name], [r for r in finished if r.budget == budget.name],
+            search_scores.get(budget.name, {}), chosen[budget.name], report, plots)
+        lines += section
+    lines += ["## Fairness", ""] + fairness(finished, search)
+    lines += ["", "## Files", "", "- abilities*/: per-ability scores of each variant, the mean over its seeds, "
+              "normalized across the budget's variants (abilities.md), radar_*.png (one polygon per variant)",
+              "- abilities_all*/: every final run on its own", "- loss_curves*.png: training loss of every variant",
+              "- study.json: every number above"]
     path = report / "study.md"
     path.write_text("\n".join(lines) + "\n")
-    (report / "study.json").write_text(json.dumps(
-        {"grid": str(grid.path), "seeds": seeds, "reference": reference, "chosen_lr": chosen,
-         "search": {v: {f"{lr:g}": s for lr, s in scores.items()} for v, scores in search_scores.items()},
-         "variants": numbers}, indent=2) + "\n")
+    (report / "study.json").write_text(json.dumps({"grid": str(grid.path), "seeds": seeds, "budgets": budgets},
+                                                  indent=2) + "\n")
     return path

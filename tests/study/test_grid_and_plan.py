@@ -9,7 +9,7 @@ from torch import nn
 from helpers import ROOT
 from llava_moslora.study.budget import adapter_parameters, match_rank
 from llava_moslora.study.grid import DEFAULT_GRID, GridError, load_grid, merge
-from llava_moslora.study.plan import allocate, check_flags, final_runs, search_runs
+from llava_moslora.study.plan import allocate, check_flags, chosen_rates, final_runs, search_runs
 from llava_moslora.adapters import AdapterConfig
 
 LLM = str(ROOT / "bases" / "shapes-tiny" / "llm")
@@ -33,15 +33,33 @@ def linear_shapes():
 
 def test_default_grid_is_the_issue_grid_and_quick_narrows_it():
     grid = load_grid()
-    assert [v.name for v in grid.variants] == ["lora", "lora_riemannian", "moslora", "moslora_riemannian", "moelora",
-                                              "moelora_grsgd", "moelora_gadamw"]
-    assert grid.seeds == [0, 1, 2] and grid.budget["reference"] == "lora"
-    grsgd = next(v for v in grid.variants if v.name == "moelora_grsgd").flags
-    assert grsgd["optim"] == "sgd" and grsgd["riemannian"] is True and grsgd["gate_rescale"] == "sqrt"
+    assert [v.name for v in grid.variants] == ["lora", "moslora", "moslora_frozen", "moslora_identity", "moelora"]
+    assert grid.seeds == [0, 1, 2, 3, 4] and grid.data["synth"]["num_test"] >= 1000
+    assert [(b.name, b.reference, b.r) for b in grid.budgets] == [("r32", "lora", 32), ("r4", "lora", 4)]
+    frozen, identity = grid.variant("moslora_frozen"), grid.variant("moslora_identity")
+    assert frozen.flags["mixer_trainable"] is False and frozen.flags["mixer_init"] == "kaiming"
+    assert identity.flags["mixer_init"] == "identity" and frozen.lr_from == identity.lr_from == "moslora"
+    assert all(len(grid.rates(v, b)) == 3 for v in grid.variants for b in grid.budgets)  # an edge can be seen
     quick = load_grid(quick=True)
     assert [v.name for v in quick.variants] == ["lora", "moslora", "moelora"] and quick.seeds == [0]
+    assert [b.name for b in quick.budgets] == ["r32"] and quick.rates(quick.variants[0], quick.budgets[0]) == [3e-3]
     assert quick.flags["max_steps"] < grid.flags["max_steps"]
-    assert [v.name for v in load_grid(variants=["moslora"]).variants] == ["lora", "moslora"]  # reference kept
+    assert [v.name for v in load_grid(variants=["moelora"]).variants] == ["lora", "moelora"]  # reference kept
+    # an ablation keeps the variant whose rate it takes
+    assert [v.name for v in load_grid(variants=["moslora_frozen"]).variants] == ["lora", "moslora", "moslora_frozen"]
+
+
+def test_the_power_grid_extends_the_default_one():
+    """studies/shapes-power.yaml: the default's runs plus more seeds and the Riemannian and gate
+    variants, so a default study's folder is reused by it."""
+    default, power = load_grid(), load_grid(ROOT / "studies" / "shapes-power.yaml")
+    assert power.data == default.data and power.flags == default.flags and power.launch == default.launch
+    assert power.seeds[:len(default.seeds)] == default.seeds and len(power.seeds) > len(default.seeds)
+    assert power.budgets == default.budgets
+    for variant in default.variants:
+        assert power.variant(variant.name) == variant
+    grsgd = power.variant("moelora_grsgd")
+    assert grsgd.flags["optim"] == "sgd" and grsgd.flags["riemannian"] is True and grsgd.flags["gate_rescale"] == "sqrt"
 
 
 def test_parameter_counts_match_the_closed_forms():
@@ -65,14 +83,20 @@ def test_matched_rank_is_the_largest_within_the_budget(kind, experts):
 
 def test_allocations_give_every_variant_the_reference_budget():
     grid = load_grid()
-    allocations = allocate(grid, LLM)
+    r32, r4 = grid.budgets
+    allocations = allocate(grid, LLM, r32)
     budget = allocations["lora"].adapter_parameters
     assert allocations["lora"].r == 32 and allocations["lora"].ratio == 1.0
-    assert allocations["moslora"].r == allocations["moslora_riemannian"].r == 29
+    assert allocations["moslora"].r == allocations["moslora_frozen"].r == allocations["moslora_identity"].r == 29
     for allocation in allocations.values():
         assert allocation.budget == budget and 0.9 < allocation.ratio <= 1.0, allocation
         assert allocation.alpha == 2 * allocation.r  # the same scale alpha / r for all
-    assert {allocations[v].rank_text for v in ("moelora", "moelora_grsgd", "moelora_gadamw")} == {"4 x 7"}
+    assert allocations["moelora"].rank_text == "4 x 7"
+    low = allocate(grid, LLM, r4)
+    assert low["lora"].r == 4 and low["moslora"].r == 4  # its 4 x 4 mixers fit in the 2% tolerance
+    assert 1.0 < low["moslora"].ratio <= 1 + r4.tolerance
+    assert not low["moelora"].fits and "rank 1 already costs" in low["moelora"].unfit  # the router alone is too big
+    assert "moelora" not in {r.variant for r in search_runs(grid, r4, low)}
 
 
 def flags_of(run):
@@ -83,13 +107,20 @@ def flags_of(run):
 
 def test_runs_of_a_seed_share_steps_seeds_and_data_and_differ_only_by_variant():
     grid = load_grid()
-    allocations = allocate(grid, LLM)
-    search = search_runs(grid, allocations)
-    assert len(search) == 2 * len(grid.variants) and {r.seed for r in search} == {0}
-    chosen = {v.name: v.lr_grid[1] for v in grid.variants}
-    finals = final_runs(grid, allocations, chosen)
-    assert len(finals) == 3 * len(grid.variants)
-    assert {r.key for r in search} & {r.key for r in finals} == {r.key for r in finals if r.seed == 0}
+    budget = grid.budgets[0]
+    allocations = allocate(grid, LLM, budget)
+    search = search_runs(grid, budget, allocations)
+    searched = ["lora", "moslora", "moelora"]  # the ablations take MoSLoRA's rate
+    assert sorted({r.variant for r in search}) == sorted(searched) and len(search) == 3 * 3
+    assert {r.seed for r in search} == {0} and all(r.key.startswith("r32/") for r in search)
+    scores = {v: {lr: (10.0 if lr == grid.rates(grid.variant(v), budget)[1] else 5.0) for lr in grid.rates(grid.variant(v), budget)}
+              for v in searched}
+    chosen = chosen_rates(grid, budget, allocations, scores)
+    assert chosen["moslora_frozen"] == chosen["moslora_identity"] == chosen["moslora"] == budget.lr_grid[1]
+    finals = final_runs(grid, budget, allocations, chosen)
+    assert len(finals) == 5 * len(grid.variants)
+    assert {r.key for r in search} & {r.key for r in finals} == {r.key for r in finals if r.seed == 0
+                                                                  and r.variant in searched}
     shared = ["--max_steps", "--seed", "--data_seed", "--model_max_length", "--logging_steps", "--lora_dropout"]
     for seed in grid.seeds:
         runs = [flags_of(r) for r in finals if r.seed == seed]
@@ -97,17 +128,21 @@ def test_runs_of_a_seed_share_steps_seeds_and_data_and_differ_only_by_variant():
             assert len({f[flag] for f in runs}) == 1, flag
         assert runs[0]["--seed"] == runs[0]["--data_seed"] == str(seed)
     by_variant = {r.variant: flags_of(r) for r in finals if r.seed == 0}
-    assert by_variant["lora_riemannian"]["--riemannian"] == "True" and "--riemannian" not in by_variant["lora"]
-    assert by_variant["moelora_grsgd"]["--optim"] == "sgd" and by_variant["moelora_grsgd"]["--learning_rate"] == "0.4"
+    assert by_variant["moslora_frozen"]["--mixer_trainable"] == "False"
+    assert by_variant["moslora_identity"]["--mixer_init"] == "identity"
     assert by_variant["moslora"]["--lora_r"] == "29" and by_variant["moslora"]["--lora_alpha"] == "58.0"
     assert by_variant["moslora"]["--mm_projector_lr"] == by_variant["moslora"]["--learning_rate"]
     assert all(f["--resume_from_checkpoint"] == "auto" for f in by_variant.values())
-    check_flags(search + finals)  # every run's flags parse as `llava-moslora train` flags
+    power = load_grid(ROOT / "studies" / "shapes-power.yaml")
+    power_runs = final_runs(power, budget, allocate(power, LLM, budget),
+                            {v.name: power.rates(v, budget)[0] for v in power.variants})
+    check_flags(search + finals + power_runs)  # every run's flags parse as `llava-moslora train` flags
 
 
 def test_a_typo_in_a_flag_fails_before_anything_runs(tmp_path):
     grid = load_grid(write_grid(tmp_path, flags={"max_stesp": 10}))
-    runs = final_runs(grid, allocate(grid, LLM), {v.name: v.lr_grid[0] for v in grid.variants})
+    budget = grid.budgets[0]
+    runs = final_runs(grid, budget, allocate(grid, LLM, budget), {v.name: grid.rates(v, budget)[0] for v in grid.variants})
     with pytest.raises(ValueError, match="max_stesp"):
         check_flags(runs)
 
@@ -117,7 +152,14 @@ def test_a_typo_in_a_flag_fails_before_anything_runs(tmp_path):
     ({"variants": {"moslora": {"adapter": "moslora", "lr_grid": [1e-3]}}}, "same search budget"),
     ({"evaluation": {"validation": "shapes"}}, "must not be the test split"),
     ({"evaluation": {"validation": None}}, "needs evaluation.validation"),
-    ({"budget": {"reference": "dora"}}, "budget.reference"),
+    ({"budgets": {"r32": {"reference": "dora"}}}, "reference must name a variant"),
+    ({"budget": {"reference": "lora", "r": 8}}, "not both"),
+    ({"budgets": {"r4": {"lr_grid": [1e-3]}}}, "same search budget"),
+    ({"budgets": {"r4": {"tolerance": 2}}}, "tolerance"),
+    ({"budgets": {"r4": {"rank": 4}}}, "unknown keys"),
+    ({"variants": {"moslora_frozen": {"lr_from": "nope"}}}, "lr_from must name"),
+    ({"variants": {"moslora_frozen": {"lr_from": "moslora_identity"}}}, "lr_from must name"),
+    ({"variants": {"moslora_frozen": {"lr_grid": [1e-3, 2e-3, 3e-3]}}}, "both lr_from and lr_grid"),
     ({"variants": {"bad name": {"adapter": "lora"}}}, "names a folder"),
     ({"variants": {"plain": {"mixer_init": "kaiming"}}}, "needs `adapter:`"),
     ({"seeds": [0, 0]}, "distinct integers"),
@@ -171,8 +213,8 @@ def test_a_run_made_from_another_stage1_is_refused(tmp_path):
     from llava_moslora.study.execute import Inputs, Launcher, check_record
 
     grid = load_grid()
-    allocations = allocate(grid, LLM)
-    run = final_runs(grid, allocations, {v.name: v.lr_grid[0] for v in grid.variants})[0]
+    budget = grid.budgets[0]
+    run = final_runs(grid, budget, allocate(grid, LLM, budget), {v.name: grid.rates(v, budget)[0] for v in grid.variants})[0]
     launcher = Launcher({"NUM_GPUS": "2"})
     inputs = Inputs(tmp_path / "stage1", tmp_path / "data.json", tmp_path / "images", None, LLM)
     folder = run.folder(tmp_path)
