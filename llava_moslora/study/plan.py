@@ -115,13 +115,17 @@ def search_runs(grid: Grid, budget: Budget, allocations: dict[str, Allocation]) 
 
 def chosen_rates(grid: Grid, budget: Budget, allocations: dict[str, Allocation],
                  scores: dict[str, dict[float, float]]) -> dict[str, float]:
-    """Each variant's rate: the best validation score of its grid (on a tie, the first rate in
-    the grid; its only rate without a search), or its lr_from source's."""
+    """Each variant's rate: the best validation score of its grid (its only rate without a
+    search), or its lr_from source's. On a tie, the rate nearest the middle of the sorted grid
+    (the lower of two equally near): of rates that score alike, an edge one is the likelier to
+    have a better rate beyond it."""
     def best(variant: Variant) -> float:
         rates = grid.rates(variant, budget)
         if variant.name not in scores:
             return rates[0]
-        return max(rates, key=lambda lr: (scores[variant.name][lr], -rates.index(lr)))
+        ordered = sorted(rates)
+        middle = (len(ordered) - 1) / 2
+        return max(rates, key=lambda lr: (scores[variant.name][lr], -abs(ordered.index(lr) - middle), -lr))
 
     chosen = {v.name: best(v) for v in searched(grid, allocations)}
     return {v.name: chosen[v.lr_from or v.name] for v in running(grid, allocations)}

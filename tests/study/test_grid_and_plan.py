@@ -225,3 +225,21 @@ def test_a_run_made_from_another_stage1_is_refused(tmp_path):
     other = Inputs(tmp_path / "other-stage1", tmp_path / "data.json", tmp_path / "images", None, LLM)
     with pytest.raises(GridError, match="other stage1"):
         check_record(run, tmp_path, other, launcher)
+
+
+def test_the_best_validation_score_chooses_and_a_tie_goes_to_the_middle_of_the_grid():
+    grid = load_grid()
+    budget = grid.budgets[1]
+    allocations = allocate(grid, LLM, budget)
+    low, middle, high = budget.lr_grid
+
+    def chosen(lora, moslora):
+        return chosen_rates(grid, budget, allocations, {"lora": dict(zip(budget.lr_grid, lora)),
+                                                        "moslora": dict(zip(budget.lr_grid, moslora))})
+
+    picked = chosen([80.0, 70.0, 60.0], [50.0, 60.0, 90.0])
+    assert picked["lora"] == low and picked["moslora"] == high and picked["moslora_frozen"] == high
+    assert "moelora" not in picked  # it does not fit this budget
+    assert chosen([88.2, 88.2, 50.0], [70.0, 88.0, 88.0]) == {
+        "lora": middle, "moslora": middle, "moslora_frozen": middle, "moslora_identity": middle}
+    assert chosen([90.0, 80.0, 90.0], [1.0, 1.0, 1.0])["lora"] == low  # equally near the middle: the lower
