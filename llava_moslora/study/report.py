@@ -102,12 +102,14 @@ def mean_over_seeds(variant: str, runs: list[FinishedRun]) -> CheckpointScores:
 def fairness(runs: list[FinishedRun], search: list[FinishedRun]) -> list[str]:
     """Plain-language checks: same steps, batch and data order per seed; differences named."""
     lines = []
-    everything = list({(r.variant, r.lr, r.seed): r for r in runs + search}.values())  # a search run may be final too
+    # a search run may be final too; the same variant and rate under two budgets are two runs
+    everything = list({(r.budget, r.variant, r.lr, r.seed): r for r in runs + search}.values())
     for key, what in (("global_step", "optimizer steps"), ("global_batch", "global batch")):
         values = sorted({r.metrics[key] for r in everything})
         lines.append(f"- {what}: {'the same for every run, ' + str(values[0]) if len(values) == 1 else 'DIFFER: ' + str(values)}")
     for seed in sorted({r.seed for r in everything}):
-        digests = {f"{r.variant} lr {r.lr:g}": r.metrics["data_order"] for r in everything if r.seed == seed}
+        digests = {f"{r.budget + ' ' if r.budget else ''}{r.variant} lr {r.lr:g}": r.metrics["data_order"]
+                   for r in everything if r.seed == seed}
         if len(set(digests.values())) == 1:
             lines.append(f"- data order, seed {seed}: the same in all {len(digests)} runs "
                          f"(fingerprint {next(iter(digests.values()))[:12]})")

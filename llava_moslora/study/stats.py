@@ -173,6 +173,8 @@ class CrossedDifference:
         return self.low <= 0.0 <= self.high
 
     def text(self, digits: int = 1) -> str:
+        if self.standard_error == 0:
+            return f"{self.mean:+.{digits}f} (the same on every seed and question)"
         verdict = " (includes 0)" if self.includes_zero else ""
         return (f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]{verdict}, "
                 f"MDE {self.mde:.{digits}f}")

@@ -49,17 +49,21 @@ def test_default_grid_is_the_issue_grid_and_quick_narrows_it():
     assert [v.name for v in load_grid(variants=["moslora_frozen"]).variants] == ["lora", "moslora", "moslora_frozen"]
 
 
-def test_the_power_grid_extends_the_default_one():
-    """studies/shapes-power.yaml: the default's runs plus more seeds and the Riemannian and gate
-    variants, so a default study's folder is reused by it."""
+def test_the_power_grid_is_the_default_trained_longer_with_grsgd():
+    """studies/shapes-power.yaml (docs/STUDY.md): the default's data, seeds, launch, budgets
+    and variants, 3 x the steps, and gRSGD with its own rates."""
     default, power = load_grid(), load_grid(ROOT / "studies" / "shapes-power.yaml")
-    assert power.data == default.data and power.flags == default.flags and power.launch == default.launch
-    assert power.seeds[:len(default.seeds)] == default.seeds and len(power.seeds) > len(default.seeds)
-    assert power.budgets == default.budgets
+    assert power.data == default.data and power.launch == default.launch and power.seeds == default.seeds
+    assert power.evaluation == default.evaluation
+    assert power.flags == {**default.flags, "max_steps": 3 * default.flags["max_steps"],
+                           "save_steps": 3 * default.flags["save_steps"]}
+    assert [(b.name, b.reference, b.r, b.tolerance) for b in power.budgets] == \
+        [(b.name, b.reference, b.r, b.tolerance) for b in default.budgets]
     for variant in default.variants:
         assert power.variant(variant.name) == variant
     grsgd = power.variant("moelora_grsgd")
     assert grsgd.flags["optim"] == "sgd" and grsgd.flags["riemannian"] is True and grsgd.flags["gate_rescale"] == "sqrt"
+    assert len(grsgd.lr_grid) == 3
 
 
 def test_parameter_counts_match_the_closed_forms():

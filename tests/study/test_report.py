@@ -111,6 +111,7 @@ def test_report_has_a_section_per_budget_intervals_and_edge_flags(tmp_path):
 
     assert "## Budget r32: lora at rank 32" in report and "## Budget r4: lora at rank 4" in report
     assert "not run: moelora (too big)" in report
+    assert "data order, seed 0: the same in all 9 runs" in report  # 5 variants at r = 32, 4 at r = 4
     assert (tmp_path / "report" / "abilities_r32" / "abilities.md").is_file()
     assert (tmp_path / "report" / "abilities_r4" / "abilities.md").is_file()
     r32 = summary["budgets"]["r32"]
