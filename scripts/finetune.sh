@@ -23,6 +23,9 @@
 #   BITS              16 | 8 | 4: QLoRA, the language model held in 8 or 4 bits (bitsandbytes;
 #                     ZERO=2 or one GPU; --quant_type nf4|fp4, --double_quant) [16]
 #   TEMPLATE          [vicuna_v1]
+#   PACKING           1: pack each batch's samples into rows of MAX_LENGTH tokens, attention within
+#                     each sample (no compute on padding; the same loss) [0]
+#   ATTN              attention kernel: sdpa | eager | flash_attention_2 [transformers' choice]
 set -euo pipefail
 [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] && { sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit 0; }
 
@@ -58,6 +61,8 @@ extra=()
 [ -n "${ROUTER_LR:-}" ] && extra+=(--router_lr "$ROUTER_LR")
 [ "${RIEMANNIAN:-0}" = "1" ] && extra+=(--riemannian True)
 [ "${BITS:-16}" != "16" ] && extra+=(--bits "$BITS")
+[ "${PACKING:-0}" = "1" ] && extra+=(--packing True)
+[ -n "${ATTN:-}" ] && extra+=(--attn_implementation "$ATTN")
 
 exec "${LAUNCH[@]}" \
   --deepspeed "$DS_CONFIG" \

@@ -28,6 +28,9 @@
 #   MAX_LENGTH        model_max_length [2048]
 #   TEMPLATE          conversation template [plain]
 #   BITS              16 | 8 | 4: the (frozen) language model held in 8 or 4 bits (bitsandbytes) [16]
+#   PACKING           1: pack each batch's samples into rows of MAX_LENGTH tokens, attention within
+#                     each sample (no compute on padding; the same loss) [0]
+#   ATTN              attention kernel: sdpa | eager | flash_attention_2 [transformers' choice]
 # Without CUDA the same command trains on the CPU (gloo, DeepSpeed's CPU accelerator, fp32).
 # --dry_run prints the trainable parameters, batch arithmetic and a ZeRO-2/3 memory estimate and
 # exits (no GPU, no weights read). SIGTERM / SIGINT / SIGUSR1 save a checkpoint and end the run
@@ -48,6 +51,9 @@ EPOCHS="${EPOCHS:-1}"
 MAX_LENGTH="${MAX_LENGTH:-2048}"
 TEMPLATE="${TEMPLATE:-plain}"
 source "$(dirname "$0")/lib/launch.sh"
+extra=()
+[ "${PACKING:-0}" = "1" ] && extra+=(--packing True)
+[ -n "${ATTN:-}" ] && extra+=(--attn_implementation "$ATTN")
 
 exec "${LAUNCH[@]}" \
   --deepspeed "$DS_CONFIG" \
@@ -62,4 +68,4 @@ exec "${LAUNCH[@]}" \
   --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
   --save_strategy steps --save_steps 24000 --save_total_limit 1 \
   --logging_steps 1 --dataloader_num_workers 4 --report_to none \
-  ${BITS:+--bits "$BITS"} "${PRECISION[@]}" "$@"
+  ${BITS:+--bits "$BITS"} "${extra[@]}" "${PRECISION[@]}" "$@"

@@ -1,4 +1,11 @@
-"""Batching: padding, attention mask, stacked images, and the guard against masked labels.
+"""Batching: padding (or packing), attention mask, stacked images, and the guard against masked
+labels.
+
+Packing (--packing) puts several samples in one row, up to max_length tokens, with no attention
+mask: position_ids restart at 0 at every sample, and transformers derives from them a mask that
+confines attention to each sample (block-diagonal for sdpa/eager; the varlen kernel for
+flash_attention_2). A sample's first label is dropped: within its own sample nothing predicts
+it, and packed, the previous sample's last token would.
 
 LLaVA's most common silent failure is a run whose labels are all masked (a template that does
 not match the tokenizer, or truncation that cuts every reply): the loss is zero or undefined and
@@ -55,31 +62,54 @@ class MaskedLabelGuard:
         return {"samples": self.seen, "fully_masked": self.fully_masked, "truncated": self.truncated}
 
 
-class LlavaCollator:
-    """Pads a list of dataset items into a batch for LlavaForConditionalGeneration.
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Sample indices per row, each row at most `capacity` tokens (a longer sample gets a row of
+    its own): first-fit decreasing, then rows in the order of their first sample and samples in
+    batch order within a row, so the packing depends on the batch alone."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        row = next((r for r, free in enumerate(room) if lengths[index] <= free), None)
+        if row is None:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+        else:
+            rows[row].append(index)
+            room[row] -= lengths[index]
+    return sorted((sorted(row) for row in rows), key=lambda row: row[0])
 
-    pixel_values holds the images of the image samples only, in batch order: the model fills
-    the image tokens of the batch with them in that order, and text-only samples have none.
-    skipped_ids (only when some) lists the samples the dataset replaced; the trainer removes it.
-    sample_ids (with_ids=True) lists the batch's sample ids in order, for the trainer's record of
-    the data order, and label_counts its [samples, fully masked, truncated] (the guard's counts
-    live in whichever process collates: a data-loader worker when there are workers); the
-    trainer removes both.
+
+class LlavaCollator:
+    """Pads (or packs) a list of dataset items into a batch for LlavaForConditionalGeneration.
+
+    pixel_values holds the images of the image samples only, in the order their samples appear
+    in the batch (row by row): the model fills the image tokens with them in that order, and
+    text-only samples have none. skipped_ids (only when some) lists the samples the dataset
+    replaced; the trainer removes it. sample_ids (with_ids=True) lists the batch's sample ids in
+    the sampler's order (packed or not), for the trainer's record of the data order;
+    token_counts its [real, processed] tokens (processed: padding included); label_counts its
+    [samples, fully masked, truncated] (the guard's counts live in whichever process collates: a
+    data-loader worker when there are workers); the trainer removes all three.
     """
 
-    def __init__(self, pad_token_id: int, guard: MaskedLabelGuard | None = None, with_ids: bool = False) -> None:
+    def __init__(self, pad_token_id: int, guard: MaskedLabelGuard | None = None, with_ids: bool = False,
+                 packing: bool = False, max_length: int | None = None) -> None:
+        if packing and not max_length:
+            raise ValueError("packing needs max_length, the most tokens a row may hold")
         self.pad_token_id = pad_token_id
         self.guard = guard if guard is not None else MaskedLabelGuard()
         self.with_ids = with_ids
+        self.packing, self.max_length = packing, max_length
 
     def __call__(self, features: list[dict]) -> dict:
         counts = self.guard.update(features)
-        input_ids = pad_sequence([f["input_ids"] for f in features], batch_first=True, padding_value=self.pad_token_id)
-        labels = pad_sequence([f["labels"] for f in features], batch_first=True, padding_value=IGNORE_INDEX)
-        lengths = torch.tensor([len(f["input_ids"]) for f in features])
-        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        images = [f["pixel_values"] for f in features if f.get("pixel_values") is not None]
+        if self.packing:
+            rows = pack_rows([len(f["input_ids"]) for f in features], self.max_length)
+            batch = self._packed([[features[i] for i in row] for row in rows])
+            ordered = [features[i] for row in rows for i in row]
+        else:
+            batch, ordered = self._padded(features), features
+        images = [f["pixel_values"] for f in ordered if f.get("pixel_values") is not None]
         if images:
             batch["pixel_values"] = torch.stack(images)
         skipped = [sample_id for f in features for sample_id in f.get("skipped_ids", ())]
@@ -87,5 +117,26 @@ class LlavaCollator:
             batch["skipped_ids"] = skipped
         if self.with_ids:
             batch["sample_ids"] = [f.get("id") for f in features]
+            batch["token_counts"] = [sum(len(f["input_ids"]) for f in features), batch["input_ids"].numel()]
             batch["label_counts"] = counts
         return batch
+
+    def _padded(self, features: list[dict]) -> dict:
+        input_ids = pad_sequence([f["input_ids"] for f in features], batch_first=True, padding_value=self.pad_token_id)
+        labels = pad_sequence([f["labels"] for f in features], batch_first=True, padding_value=IGNORE_INDEX)
+        lengths = torch.tensor([len(f["input_ids"]) for f in features])
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _packed(self, rows: list[list[dict]]) -> dict:
+        width = max(sum(len(f["input_ids"]) for f in row) for row in rows)
+        input_ids, labels, positions = [], [], []
+        for row in rows:
+            pad = width - sum(len(f["input_ids"]) for f in row)
+            input_ids.append(torch.cat([f["input_ids"] for f in row] +
+                                       [torch.full((pad,), self.pad_token_id, dtype=row[0]["input_ids"].dtype)]))
+            labels.append(torch.cat([torch.cat([torch.tensor([IGNORE_INDEX], dtype=f["labels"].dtype), f["labels"][1:]])
+                                     for f in row] + [torch.full((pad,), IGNORE_INDEX, dtype=row[0]["labels"].dtype)]))
+            # the padding is a segment of its own, so no sample attends to it
+            positions.append(torch.cat([torch.arange(len(f["input_ids"])) for f in row] + [torch.arange(pad)]))
+        return {"input_ids": torch.stack(input_ids), "labels": torch.stack(labels), "position_ids": torch.stack(positions)}

@@ -52,6 +52,7 @@ class ModelArguments:
     quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA) | fp4."})
     double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit quantization constants too (QLoRA's double quantization)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint's repository."})
+    attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention kernel: sdpa | eager | flash_attention_2 (GPUs; with --packing it attends within each sample by varlen) | another transformers knows (default: transformers' choice)."})
 
     def adapter_config(self, component: str) -> AdapterConfig:
         vision = component == "vision_tower"

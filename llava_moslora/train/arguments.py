@@ -18,6 +18,7 @@ class DataArguments:
 @dataclass
 class LlavaTrainingArguments(TrainingArguments):
     model_max_length: int = field(default=2048, metadata={"help": "Longest sequence (image tokens included); longer samples are truncated after the image."})
+    packing: bool = field(default=False, metadata={"help": "Pack each batch's samples into rows of up to --model_max_length tokens, attention confined to each sample (position_ids restart per sample): no compute on padding, the same samples per step and the same loss."})
     group_by_modality_length: bool = field(default=False, metadata={"help": "Draw each batch from image or text-only samples alone, grouped by length (LLaVA)."})
     mm_projector_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the projector (default: --learning_rate)."})
     router_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of MoE-LoRA routers (default: --learning_rate; the paper used a far smaller one)."})

@@ -154,6 +154,11 @@ def build(model_args, training_args, weights: bool = True):
             bundle.recipe = replace(bundle.recipe, trained_tensors=sorted(set(bundle.recipe.trained_tensors) | set(names)))
     bundle.recipe = Recipe(**{**bundle.recipe.to_dict(), **model_args.tune_settings(),
                               "template": model_args.template, "stage": training_args.stage})
+    if model_args.attn_implementation:
+        try:
+            bundle.model.set_attn_implementation(model_args.attn_implementation)
+        except (ValueError, ImportError) as error:  # unknown, or its package / device missing
+            raise SystemExit(f"--attn_implementation {model_args.attn_implementation}: {error}") from None
     return bundle
 
 
@@ -190,7 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with full_weights(training_args):
         bundle = build(model_args, training_args)
         apply_tuning(bundle.model, bundle.recipe)
-    bundle.model.config.use_cache = False
+    # The language model reads its own config: off there too, or every forward builds a KV cache
+    # (memory for nothing in training, and transformers then ignores --packing's position_ids).
+    bundle.model.config.use_cache = bundle.model.config.text_config.use_cache = False
     main_process = training_args.process_index == 0
     if main_process:
         print(trainable_table(bundle.model), flush=True)
@@ -209,7 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, main_process)
     if resume:
         check_resumable(resume, bundle.model, bundle.recipe)
-    collator = LlavaCollator(bundle.tokenizer.pad_token_id, with_ids=True)
+    collator = LlavaCollator(bundle.tokenizer.pad_token_id, with_ids=True, packing=training_args.packing,
+                             max_length=training_args.model_max_length)
     if training_args.riemannian:
         attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
     stop = StopOnSignal()

@@ -28,19 +28,17 @@ class RunRecord:
     def __init__(self) -> None:
         self.order = ""
         self.tokens_before = self.processed_before = 0  # restored from a checkpoint
-        self._tokens: Optional[torch.Tensor] = None  # this process's, summed on the device (no sync per step)
-        self._processed = 0  # known from the shape: no sync
+        self._tokens = self._processed = 0  # this process's, counted by the collator (no device sync)
 
-    def update(self, sample_ids: list, attention_mask: torch.Tensor) -> None:
+    def update(self, sample_ids: list, real: int, processed: int) -> None:
         text = self.order + "|" + "\x1f".join(str(i) for i in sample_ids)
         self.order = hashlib.sha256(text.encode()).hexdigest()
-        count = attention_mask.sum()
-        self._tokens = count if self._tokens is None else self._tokens + count
-        self._processed += attention_mask.numel()
+        self._tokens += int(real)
+        self._processed += int(processed)
 
     @property
     def tokens_this_process(self) -> int:
-        return int(self._tokens.item()) if self._tokens is not None else 0
+        return self._tokens
 
     @property
     def processed_this_process(self) -> int:

@@ -179,8 +179,9 @@ class LlavaTrainer(Trainer):
         self.skipped_ids += inputs.pop("skipped_ids", [])
         sample_ids = inputs.pop("sample_ids", None)
         counts = inputs.pop("label_counts", None)
+        tokens = inputs.pop("token_counts", None)
         if sample_ids is not None and model.training:
-            self.record.update(sample_ids, inputs["attention_mask"])
+            self.record.update(sample_ids, *tokens)
         if counts is not None and model.training:
             self.label_counts = [total + count for total, count in zip(self.label_counts, counts)]
         self._idle_pending = "pixel_values" not in inputs and model.training

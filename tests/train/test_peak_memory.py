@@ -32,11 +32,19 @@ def test_the_record_counts_real_and_processed_tokens_and_keeps_them_over_a_resum
 
     from llava_moslora.train.metrics import RunRecord
 
+    from llava_moslora.data import LlavaCollator
+
+    def sample(name, length):
+        return {"id": name, "input_ids": torch.arange(length), "labels": torch.arange(length)}
+
+    collate = LlavaCollator(pad_token_id=0, with_ids=True)
+    first = collate([sample("a", 3), sample("b", 2)])
+    assert first["token_counts"] == [5, 6]  # 5 real tokens, 2 rows padded to 3
     record = RunRecord()
-    record.update(["a", "b"], torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]))  # 5 real, 8 processed
+    record.update(first["sample_ids"], *first["token_counts"])
     record.save(tmp_path, rank=0)
     resumed = RunRecord()
     resumed.load(tmp_path, rank=0)
-    resumed.update(["c"], torch.tensor([[1, 1, 1]]))
+    resumed.update(["c"], 3, 3)
     assert (resumed.tokens_before + resumed.tokens_this_process, resumed.processed_before
-            + resumed.processed_this_process) == (8, 11)
+            + resumed.processed_this_process) == (8, 9)
