@@ -20,7 +20,7 @@ from ..evaluation.abilities import AbilityScore, BenchmarkScores, CheckpointScor
 from ..evaluation.report import markdown_table, normalize, write_report
 from ..train.metrics import METRICS_FILE
 from .budget import Allocation
-from .compare import Difference, compare, sentence
+from .compare import Difference, compare, score, sentence
 from .questions import QuestionOutcomes, read_outcomes
 from .stats import Summary, summarize
 
@@ -74,10 +74,6 @@ def columns(runs: list[FinishedRun]) -> list[tuple[str, str]]:
         chosen += [(name, a) for a in names
                    if all(name in r.scores.benchmarks and r.scores.benchmarks[name].get(a) for r in runs)]
     return chosen
-
-
-def _score(run: FinishedRun, benchmark: str, ability: str) -> float:
-    return run.scores.benchmarks[benchmark].get(ability).score
 
 
 def mean_over_seeds(variant: str, runs: list[FinishedRun]) -> CheckpointScores:
@@ -137,7 +133,7 @@ def build_tables(runs_by_variant: dict[str, list[FinishedRun]], allocations: dic
         allocation = allocations[variant]
         overall = summarize([r.average for r in runs])
         difference = compare(runs, runs_by_variant[reference]) if variant != reference else None
-        cells = {f"{b}: {a}": summarize([_score(r, b, a) for r in runs]) for b, a in picked}
+        cells = {f"{b}: {a}": summarize([score(r, b, a) for r in runs]) for b, a in picked}
         wall, speed, memory = (summarize([r.record["wall_s"] for r in runs]),
                                summarize([r.metrics["tokens_per_second"] for r in runs]),
                                summarize([_memory(r) for r in runs]))

@@ -28,21 +28,14 @@ class RunRecord:
     def __init__(self) -> None:
         self.order = ""
         self.tokens_before = self.processed_before = 0  # restored from a checkpoint
-        self._tokens = self._processed = 0  # this process's, counted by the collator (no device sync)
+        # this process's, counted by the collator (no device sync)
+        self.tokens_this_process = self.processed_this_process = 0
 
     def update(self, sample_ids: list, real: int, processed: int) -> None:
         text = self.order + "|" + "\x1f".join(str(i) for i in sample_ids)
         self.order = hashlib.sha256(text.encode()).hexdigest()
-        self._tokens += int(real)
-        self._processed += int(processed)
-
-    @property
-    def tokens_this_process(self) -> int:
-        return self._tokens
-
-    @property
-    def processed_this_process(self) -> int:
-        return self._processed
+        self.tokens_this_process += int(real)
+        self.processed_this_process += int(processed)
 
     def save(self, checkpoint_dir: Path, rank: int) -> None:
         state = {"order": self.order, "tokens": self.tokens_before + self.tokens_this_process,

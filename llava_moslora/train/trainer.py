@@ -34,14 +34,13 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..adapters import MoELoraLinear, moe_aux_loss
-from ..data import ModalityLengthGroupedSampler
+from ..data import IGNORE_INDEX, ModalityLengthGroupedSampler
 from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
 from ..model.checkpoint import load_trained_tensors, parameters_by_name
 from .interrupt import ShieldedWorkerInit
 from .metrics import RunRecord
 
 STAGING_DIR = ".staging"
-IGNORE_INDEX = -100
 
 
 def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
