@@ -71,3 +71,31 @@ def test_memory_estimate_benchmark_prints_estimate_and_measured():
     for row in rows:
         estimate, peak, above, ratio = map(float, row[1:])
         assert estimate > 0 and peak > above > 0 and abs(ratio - estimate / above) < 0.01
+
+
+def test_packing_benchmark_measures_the_mix_and_packs_below_padding(tmp_path):
+    out = run_benchmark("packing_speed", "--records", "300", "--runs", "0", "--work-dir", str(tmp_path),
+                        "--json", str(tmp_path / "packing.json"))
+    import json
+
+    ratios = json.loads((tmp_path / "packing.json").read_text())["processed_per_real_token"]
+    assert "packed rows <= 2048" in out
+    assert ratios["one_row/random"] == 1.0 and 1.0 <= ratios["packed/random"] < ratios["padded/random"]
+    assert ratios["packed/grouped"] <= ratios["padded/grouped"] + 0.02  # grouped padding is already tight
+
+
+def test_gpu_check_runs_every_check_at_tiny_sizes_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --cpu-smoke: the script a GPU session runs cannot rot unnoticed."""
+    import json
+    import subprocess
+
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    checks = summary["checks"]
+    assert set(checks) == {"stage2_step", "packing", "batched_eval", "qlora_step"}
+    assert not any("error" in check for check in checks.values()), checks
+    assert checks["packing"]["parity_ok"] and checks["batched_eval"]["differing_answers"] == 0
+    assert checks["stage2_step"]["tokens_per_second"] > 0 and checks["qlora_step"]["four_bit_over_sixteen"] > 0
+    assert "| packing |" in (tmp_path / "summary.md").read_text()

@@ -1,10 +1,12 @@
 """Batching: padding (or packing), attention mask, stacked images, and the guard against masked
 labels.
 
-Packing (--packing) puts several samples in one row, up to max_length tokens, with no attention
-mask: position_ids restart at 0 at every sample, and transformers derives from them a mask that
-confines attention to each sample (block-diagonal for sdpa/eager; the varlen kernel for
-flash_attention_2). A sample's first label is dropped: within its own sample nothing predicts
+Packing (--packing) puts several samples in one row, with no attention mask: position_ids
+restart at 0 at every sample, and transformers derives from them a mask that confines attention
+to each sample (block-diagonal for sdpa/eager; the varlen kernel for flash_attention_2). Rows
+hold up to max_length tokens, since sdpa and eager compute the whole row's attention square; a
+varlen kernel computes each sample's own, so there the batch is one row (max_length None) and no
+position is padding. A sample's first label is dropped: within its own sample nothing predicts
 it, and packed, the previous sample's last token would.
 
 LLaVA's most common silent failure is a run whose labels are all masked (a template that does
@@ -62,13 +64,25 @@ class MaskedLabelGuard:
         return {"samples": self.seen, "fully_masked": self.fully_masked, "truncated": self.truncated}
 
 
-def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Sample indices per row, each row at most `capacity` tokens (a longer sample gets a row of
-    its own): first-fit decreasing, then rows in the order of their first sample and samples in
-    batch order within a row, so the packing depends on the batch alone."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+def pack_rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
+    """Sample indices per row, each row at most `capacity` tokens (None: one row). Every row is
+    padded to the longest, so of two packings, the one that processes fewer positions: rows filled
+    one by one (first-fit decreasing) and the fewest rows made even (longest first, each to the
+    emptiest row); neither is always better. A sample longer than `capacity` gets a row of its
+    own. Rows in the order of their first sample, samples in batch order within a row, so the
+    packing depends on the batch alone."""
+    if capacity is None:
+        return [list(range(len(lengths)))]
+    alone = [[i] for i, length in enumerate(lengths) if length > capacity]
+    rest = sorted((i for i, length in enumerate(lengths) if length <= capacity), key=lambda i: (-lengths[i], i))
+    best = min((_first_fit(rest, lengths, capacity), _even_rows(rest, lengths, capacity)),
+               key=lambda rows: len(rows) * max((sum(lengths[i] for i in row) for row in rows), default=0))
+    return sorted((sorted(row) for row in best + alone), key=lambda row: row[0])
+
+
+def _first_fit(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    rows, room = [], []
+    for index in order:
         row = next((r for r, free in enumerate(room) if lengths[index] <= free), None)
         if row is None:
             rows.append([index])
@@ -76,7 +90,28 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
         else:
             rows[row].append(index)
             room[row] -= lengths[index]
-    return sorted((sorted(row) for row in rows), key=lambda row: row[0])
+    return rows
+
+
+def _even_rows(order: list[int], lengths: list[int], capacity: int) -> list[list[int]]:
+    count = -(-sum(lengths[i] for i in order) // capacity)
+    while order:
+        rows, loads = [[] for _ in range(count)], [0] * count
+        for index in order:
+            emptiest = min(range(count), key=lambda r: (loads[r], r))
+            rows[emptiest].append(index)
+            loads[emptiest] += lengths[index]
+        if max(loads) <= capacity:
+            return rows
+        count += 1  # these lengths do not fit the fewest rows: one more
+    return []
+
+
+def packed_row_length(attn_implementation: str | None, max_length: int) -> int | None:
+    """The most tokens a packed row holds under this attention kernel: max_length for kernels
+    that compute the row's whole attention square (sdpa, eager), none (one row per batch) for
+    the varlen flash kernels, whose cost is each sample's own."""
+    return None if attn_implementation and "flash" in attn_implementation else max_length
 
 
 class LlavaCollator:
@@ -94,8 +129,6 @@ class LlavaCollator:
 
     def __init__(self, pad_token_id: int, guard: MaskedLabelGuard | None = None, with_ids: bool = False,
                  packing: bool = False, max_length: int | None = None) -> None:
-        if packing and not max_length:
-            raise ValueError("packing needs max_length, the most tokens a row may hold")
         self.pad_token_id = pad_token_id
         self.guard = guard if guard is not None else MaskedLabelGuard()
         self.with_ids = with_ids

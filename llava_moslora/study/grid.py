@@ -178,9 +178,6 @@ def _build(path: Path, raw: dict) -> Grid:
         if lr_from is not None and own_grid is not None:
             raise GridError(f"{where}: variants.{name} has both lr_from and lr_grid; lr_from takes another "
                             "variant's chosen rate, so it is not searched")
-        if variant_grid is not None and len(variant_grid) != len(lr_grid):
-            raise GridError(f"{where}: variants.{name}.lr_grid has {len(variant_grid)} values and lr_grid "
-                            f"{len(lr_grid)}: every variant gets the same search budget")
         variants.append(Variant(str(name), spec, variant_grid, None if lr_from is None else str(lr_from)))
     names = {v.name for v in variants}
     for variant in variants:
@@ -189,13 +186,15 @@ def _build(path: Path, raw: dict) -> Grid:
             raise GridError(f"{where}: variants.{variant.name}.lr_from must name a variant that searches its own "
                             f"rate, one of {sorted(v.name for v in variants if v.lr_from is None)}; "
                             f"got {variant.lr_from!r}")
-    budgets = _budgets(raw, where, names, len(lr_grid))
+    budgets = _budgets(raw, where, names)
     launch = {str(k): str(v) for k, v in (raw.get("launch") or {}).items()}
     evaluation = dict(raw["evaluation"])
     if not evaluation.get("test"):
         raise GridError(f"{where}: evaluation.test must name the test benchmarks or suite")
-    if len(lr_grid) > 1 and not evaluation.get("validation"):
-        raise GridError(f"{where}: a learning-rate grid of {len(lr_grid)} values needs evaluation.validation "
+    search_size = max(len(rates) for rates in [lr_grid] + [b.lr_grid or [] for b in budgets]
+                      + [v.lr_grid or [] for v in variants])
+    if search_size > 1 and not evaluation.get("validation"):
+        raise GridError(f"{where}: a learning-rate grid of {search_size} values needs evaluation.validation "
                         f"(benchmarks apart from the test split to choose on)")
     if evaluation.get("validation") and evaluation["validation"] == evaluation["test"]:
         raise GridError(f"{where}: evaluation.validation must not be the test split")
@@ -207,7 +206,7 @@ def _build(path: Path, raw: dict) -> Grid:
                 seeds, launch, budgets, flags, variants, lr_grid, raw)
 
 
-def _budgets(raw: dict, where: str, variants: set[str], search_size: int) -> list[Budget]:
+def _budgets(raw: dict, where: str, variants: set[str]) -> list[Budget]:
     """`budget:` (one mapping) or `budgets:` (name -> mapping), each {reference, r, alpha_over_r,
     lr_grid}."""
     if ("budget" in raw) == ("budgets" in raw):
@@ -243,9 +242,6 @@ def _budgets(raw: dict, where: str, variants: set[str], search_size: int) -> lis
             raise GridError(f"{at}.tolerance is the fraction a variant may cost beyond the budget, in [0, 1); "
                             f"got {tolerance}")
         rates = _lr_grid(spec["lr_grid"], f"{at}.lr_grid") if "lr_grid" in spec else None
-        if rates is not None and len(rates) != search_size:
-            raise GridError(f"{at}.lr_grid has {len(rates)} values and lr_grid {search_size}: every budget gets "
-                            "the same search budget")
         budgets.append(Budget(str(name), spec["reference"], spec["r"], scale, rates, tolerance))
     return budgets
 

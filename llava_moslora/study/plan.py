@@ -15,7 +15,7 @@ from typing import Any
 
 from ..adapters import AdapterConfig
 from .budget import Allocation, OverBudget, adapter_parameters, match_rank
-from .grid import Budget, Grid, Variant, flag_list
+from .grid import Budget, Grid, GridError, Variant, flag_list
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,14 @@ def searched(grid: Grid, allocations: dict[str, Allocation]) -> list[Variant]:
 
 def search_runs(grid: Grid, budget: Budget, allocations: dict[str, Allocation]) -> list[Run]:
     """(variant, learning rate) on the first seed; empty when every variant has one rate."""
-    if all(len(grid.rates(v, budget)) == 1 for v in searched(grid, allocations)):
+    sizes = {v.name: len(grid.rates(v, budget)) for v in searched(grid, allocations)}
+    if len(set(sizes.values())) > 1:
+        # Budgets may search different ranges; within one, a variant tried at more rates would
+        # be favoured, so every variant that runs there gets as many.
+        raise GridError(f"{grid.path}: under budget {budget.name} the variants search different numbers of "
+                        f"learning rates ({', '.join(f'{n}: {k}' for n, k in sizes.items())}); every variant of a "
+                        "budget gets the same search budget")
+    if all(size == 1 for size in sizes.values()):
         return []
     seed, group = grid.seeds[0], group_of(grid, budget)
     return [Run(v.name, lr, seed, run_flags(grid, v, allocations[v.name], lr, seed), group)

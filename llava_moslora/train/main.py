@@ -182,6 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from transformers import set_seed
 
     from ..data import LlavaCollator, LlavaDataset
+    from ..data.collator import packed_row_length
     from ..data.records import DataError
     from ..model import apply_tuning, parameter_counts, trainable_table
     from ..model.checkpoint import check_resumable
@@ -217,7 +218,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if resume:
         check_resumable(resume, bundle.model, bundle.recipe)
     collator = LlavaCollator(bundle.tokenizer.pad_token_id, with_ids=True, packing=training_args.packing,
-                             max_length=training_args.model_max_length)
+                             max_length=packed_row_length(bundle.model.config.text_config._attn_implementation,
+                                                          training_args.model_max_length))
     if training_args.riemannian:
         attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
     stop = StopOnSignal()
