@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .records import DataError, Sample, data_paths, iter_records, jsonl_line, load_samples, parse_sample
+from .records import TABLE_FORMATS, DataError, Sample, data_paths, iter_records, jsonl_line, load_samples, parse_sample
 
 MMAP_MIN_BYTES = 64 << 20  # smaller data is parsed in memory (records.load_samples)
 CACHE_VERSION = 1
@@ -40,7 +40,8 @@ def cache_dir() -> Path:
 def wants_cache(path: Union[str, Path]) -> bool:
     """Whether `path` (one file, or "a.json,b.jsonl") is files big enough for the cache."""
     files = [Path(p) for p in data_paths(path)]
-    return all(f.is_file() for f in files) and sum(f.stat().st_size for f in files) >= MMAP_MIN_BYTES
+    return (all(f.is_file() and f.suffix.lower() not in TABLE_FORMATS for f in files)  # those map themselves
+            and sum(f.stat().st_size for f in files) >= MMAP_MIN_BYTES)
 
 
 def cache_file(path: Union[str, Path]) -> Path:

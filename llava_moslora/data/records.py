@@ -1,13 +1,17 @@
-"""Reading LLaVA-format data (JSON list, JSONL, or a `datasets` directory) into checked samples.
+"""Reading conversation data (a JSON list, JSONL, parquet, Arrow, or a `datasets` directory) into
+checked samples.
 
-A record is {"id", optional "image" (path relative to --image_folder), "conversations":
-[{"from": "human"|"gpt", "value": ...}, ...]}. Every problem is a DataError that names the file,
-the sample id and, for JSONL, the line, and carries a `kind` (see data/validate.py) so that
-validate-data and --skip_bad_samples can sort and count them.
+A record is LLaVA's {"id", optional "image" (path relative to --image_folder), "conversations":
+[{"from": "human"|"gpt", "value": ...}, ...]}, or the form LLaMA-Factory and ms-swift read:
+{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...], "images": [path]}.
+Every problem is a DataError that names the file, the sample id and, for JSONL, the line, and
+carries a `kind` (see data/validate.py) so that validate-data and --skip_bad_samples can sort
+and count them.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
@@ -16,6 +20,10 @@ from .templates import IMAGE_TOKEN, Turns
 
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant"}
+BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")  # a long run of these is an image's bytes, not a path
+TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow"}  # read through `datasets`, memory-mapped
+ACCEPTED = ("a LLaVA JSON list, JSONL, a .parquet or .arrow file, or a datasets.save_to_disk folder "
+            "(several joined with commas)")
 
 
 class DataError(ValueError):
@@ -57,8 +65,20 @@ def iter_records(path: Union[str, Path],
         return
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as handle:
-        text = handle.read()
+    if path.suffix.lower() in TABLE_FORMATS:
+        import datasets
+        table = (datasets.Dataset.from_parquet(str(path)) if TABLE_FORMATS[path.suffix.lower()] == "parquet"
+                 else datasets.Dataset.from_file(str(path)))
+        for index, record in enumerate(_undecoded(table)):
+            yield record, f"{path} (row {index})"
+        return
+    try:
+        with path.open(encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text, so not JSON or JSONL; give the data as {ACCEPTED} "
+                        f"(a parquet or Arrow file needs its .parquet / .arrow suffix)", "malformed_line",
+                        where=str(path)) from None
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
@@ -71,6 +91,20 @@ def iter_records(path: Union[str, Path],
         return
     for number, line in enumerate(text.splitlines(), start=1):
         yield from jsonl_line(path, line, number, on_malformed)
+
+
+def _undecoded(table):
+    """A datasets table whose image columns give their stored {"bytes", "path"} rather than
+    decoded PIL images (decoding every image to read the records would cost far too much)."""
+    import datasets
+    for name, feature in table.features.items():
+        if isinstance(feature, datasets.Image):
+            table = table.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(feature, datasets.Sequence) and isinstance(feature.feature, datasets.Image):
+            table = table.cast_column(name, datasets.Sequence(datasets.Image(decode=False)))
+        elif isinstance(feature, list) and feature and isinstance(feature[0], datasets.Image):
+            table = table.cast_column(name, [datasets.Image(decode=False)])
+    return table
 
 
 def jsonl_line(path: Path, line: str, number: int,
@@ -102,6 +136,8 @@ def parse_sample(record: Any, where: str, index: int) -> Sample:
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}", "malformed_line",
                         where=where)
     sample_id = str(record.get("id", index))
+    if "conversations" not in record and "messages" in record:
+        record = _from_messages(record, where, sample_id)
     conversations = record.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         raise _fail(where, sample_id, "empty_conversation", "empty or missing 'conversations'")
@@ -128,8 +164,7 @@ def parse_sample(record: Any, where: str, index: int) -> Sample:
     if len(messages) % 2:
         raise _fail(where, sample_id, "non_alternating", "the conversation ends with a human turn that has no reply")
 
-    image = record.get("image")
-    image = str(image) if image else None
+    image = _image_path(record.get("image"), where, sample_id)
     questions = messages[0::2]
     count = sum(q.count(IMAGE_TOKEN) for q in questions) + sum(a.count(IMAGE_TOKEN) for a in messages[1::2])
     if image and count == 0:
@@ -141,6 +176,50 @@ def parse_sample(record: Any, where: str, index: int) -> Sample:
     if image:
         questions[0] = IMAGE_TOKEN + "\n" + questions[0].replace(IMAGE_TOKEN, "").strip()
     return Sample(sample_id, image, list(zip(questions, messages[1::2])), system)
+
+
+def _from_messages(record: dict, where: str, sample_id: str) -> dict:
+    """The messages + images form as LLaVA's conversations + image. Content is a string, or a
+    list of parts ({"type": "text", "text"} / {"type": "image"}), an image part standing for
+    <image>."""
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise _fail(where, sample_id, "empty_conversation", "empty or missing 'messages'")
+    conversations = []
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _fail(where, sample_id, "malformed_turn", f"message {position} must be an object")
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(IMAGE_TOKEN if isinstance(part, dict) and part.get("type") == "image"
+                              else str(part.get("text") or "") if isinstance(part, dict) else str(part)
+                              for part in content)
+        role = message.get("role")
+        conversations.append({"from": "system" if role == "system" else role, "value": content})
+    images = record.get("images")
+    if images is not None and not isinstance(images, list):
+        images = [images]
+    if images and len(images) > 1:
+        raise _fail(where, sample_id, "image_token_mismatch",
+                    f"has {len(images)} images; one image per sample is read so far")
+    return {"conversations": conversations, "image": images[0] if images else None}
+
+
+def _image_path(image: Any, where: str, sample_id: str) -> Optional[str]:
+    """The record's image path; an image stored inside the data (bytes, {"bytes": ...},
+    base64) is refused with what is read instead."""
+    if isinstance(image, dict):
+        if image.get("bytes"):
+            raise _fail(where, sample_id, "embedded_image", "its image is stored in the data (bytes); images are "
+                        "read from files so far: give their paths relative to --image_folder")
+        image = image.get("path")
+    if isinstance(image, (bytes, bytearray)) or (isinstance(image, str) and (
+            image.startswith("data:image") or (len(image) > 256 and BASE64.fullmatch(image)))):
+        raise _fail(where, sample_id, "embedded_image", "its image is stored in the data (bytes or base64); "
+                    "images are read from files so far: give their paths relative to --image_folder")
+    if image is not None and not isinstance(image, str):
+        raise _fail(where, sample_id, "malformed_turn", f"'image' must be a path, got {type(image).__name__}")
+    return image or None
 
 
 def data_paths(path: Union[str, Path]) -> list:

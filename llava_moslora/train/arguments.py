@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 @dataclass
 class DataArguments:
-    data_path: str = field(default=None, metadata={"help": "LLaVA-format JSON, JSONL, or a `datasets` directory; several joined with commas."})
+    data_path: str = field(default=None, metadata={"help": "Conversations (LLaVA's conversations + image, or messages + images) as JSON, JSONL, .parquet, .arrow or a `datasets` directory; several joined with commas."})
     image_folder: Optional[str] = field(default=None, metadata={"help": "Folder the samples' image paths are relative to."})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "Override the template's system prompt."})
 

@@ -13,7 +13,7 @@ DEFAULT_TEMPLATE = "vicuna_v1"
 
 
 def add_arguments(parser, name: str) -> None:
-    parser.add_argument("--data_path", required=True, help="LLaVA JSON/JSONL or a `datasets` directory; several joined with commas")
+    parser.add_argument("--data_path", required=True, help="LLaVA JSON/JSONL (conversations + image, or messages + images), .parquet, .arrow or a `datasets` directory; several joined with commas")
     parser.add_argument("--image_folder", default=None, help="folder the samples' image paths are relative to")
     parser.add_argument("--model_name_or_path", required=True,
                         help="the language model whose tokenizer training will use (a base LM, a stage checkpoint or a merged directory)")
