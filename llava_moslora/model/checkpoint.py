@@ -3,12 +3,14 @@
 A stage checkpoint holds `llava_moslora.json` (the Recipe), the tokenizer and processor files,
 and `trainable.safetensors` with only the tensors that differ from the base checkpoints. Loading
 rebuilds the model from the recipe's base checkpoints, applies the same tuning, and loads those
-tensors strictly. A merged directory (a plain llava-hf checkpoint) loads as it is. Nothing is
+tensors strictly. A merged directory (a plain llava-hf checkpoint) loads as it is, from a folder
+or a hub id (llava-hf/llava-1.5-7b-hf) resolved through the Hugging Face cache. Nothing is
 inferred from folder names.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -71,15 +73,71 @@ def save_checkpoint(bundle: LlavaBundle, out_dir: Union[str, Path],
     return out
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as the hub spells model ids
+ORIGINAL_LLAVA = ("llava_llama", "llava_mistral", "llava_mpt", "llava_qwen")  # LLaVA's own repository
+
+
+def local_checkpoint(path: Union[str, Path]) -> Path:
+    """A checkpoint as a local folder: the folder itself, or a hub id's snapshot in the Hugging
+    Face cache (downloaded when online; with HF_HUB_OFFLINE=1 it must be cached)."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    if not local.exists() and HUB_ID.fullmatch(str(path)):
+        from huggingface_hub import snapshot_download
+        try:
+            return Path(snapshot_download(str(path)))
+        except Exception as error:  # not cached while offline, no network, an unknown or gated id
+            raise FileNotFoundError(
+                f"{path}: no such directory, and as a hub id it could not be fetched or found in the Hugging "
+                f"Face cache ({type(error).__name__}). Download it once (`hf download {path}`), or give a "
+                "local directory") from None
+    raise FileNotFoundError(f"checkpoint directory not found: {path}")
+
+
+def _check_not_original_llava(path: Path) -> None:
+    """LLaVA's own repository saves LlavaLlamaForCausalLM with mm_projector weights, a layout
+    transformers does not load: say how to convert it rather than failing on its keys."""
+    config = path / "config.json"
+    if not config.is_file():
+        return
+    settings = json.loads(config.read_text())
+    if settings.get("model_type") in ORIGINAL_LLAVA or any(
+            str(a).startswith("Llava") and str(a).endswith("ForCausalLM") for a in settings.get("architectures") or []):
+        raise CheckpointError(
+            f"{path} is in LLaVA's original layout ({settings.get('model_type')}, mm_projector weights), which "
+            "transformers does not load. Convert it to llava-hf's with transformers' "
+            "src/transformers/models/llava/convert_llava_weights_to_hf.py (in the transformers repository), or "
+            "start from its llava-hf release (e.g. llava-hf/llava-1.5-7b-hf)")
+
+
 def _is_merged(path: Path) -> bool:
     config = path / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("model_type") == "llava"
 
 
+def is_merged_llava(reference: Union[str, Path]) -> bool:
+    """Whether a checkpoint reference (folder or hub id) is a whole llava-hf model rather than a
+    stage checkpoint: a start whose weights a later stage must be rebuilt from."""
+    try:
+        path = local_checkpoint(reference)
+    except FileNotFoundError:
+        return False
+    return _is_merged(path) and not (path / TRAINABLE_FILE).is_file()
+
+
+def merged_base(recipe: Recipe) -> Optional[Path]:
+    """The whole LLaVA a stage was trained on, when its recipe names one as both bases."""
+    if recipe.vision_tower != recipe.language_model:
+        return None
+    path = local_checkpoint(recipe.language_model)  # one model as both bases: say why it cannot be found
+    return path if _is_merged(path) else None
+
+
 def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float32,
                     vision_tower: Optional[str] = None, language_model: Optional[str] = None,
                     weights: bool = True, quantization="recorded", template: Optional[str] = None) -> LlavaBundle:
-    """Load a stage checkpoint or a merged llava-hf directory.
+    """Load a stage checkpoint or a merged llava-hf directory (or hub id, see local_checkpoint).
 
     vision_tower / language_model override the base checkpoints the recipe names (say, after
     moving them to another cluster). weights=False builds the model on the meta device from the
@@ -89,9 +147,8 @@ def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
     directory this project did not write keeps its own chat template (own_chat_template.py), and
     one without any needs it (ValueError otherwise).
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    path = local_checkpoint(path)
+    _check_not_original_llava(path)
     if (path / TRAINABLE_FILE).is_file():
         bundle = _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
     elif _is_merged(path):
@@ -131,10 +188,17 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
     recipe = replace(recipe, vision_tower=vision_tower or recipe.vision_tower,
                      language_model=language_model or recipe.language_model,
                      quantization=quantization.to_dict() if quantization is not None else None)
-    bundle = build_llava(recipe.vision_tower, recipe.language_model, projector_type=recipe.projector_type,
-                         vision_feature_layer=recipe.vision_feature_layer,
-                         vision_feature_select_strategy=recipe.vision_feature_select_strategy,
-                         template=recipe.template, dtype=dtype, weights=weights, quantization=quantization)
+    base = merged_base(recipe)
+    if base is not None:  # trained on a whole LLaVA (llava-hf, or a merged stage): rebuilt from it
+        if quantization is not None:
+            raise CheckpointError(f"{path} was trained on the merged LLaVA {recipe.language_model}; loading it "
+                                  "quantized is not supported: load it with --bits 16")
+        bundle = _load_merged(base, dtype, weights)
+    else:
+        bundle = build_llava(recipe.vision_tower, recipe.language_model, projector_type=recipe.projector_type,
+                             vision_feature_layer=recipe.vision_feature_layer,
+                             vision_feature_select_strategy=recipe.vision_feature_select_strategy,
+                             template=recipe.template, dtype=dtype, weights=weights, quantization=quantization)
     saved_tokenizer = AutoTokenizer.from_pretrained(path)
     if len(saved_tokenizer) != len(bundle.tokenizer):
         raise CheckpointError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "

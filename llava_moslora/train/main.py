@@ -125,17 +125,21 @@ def build(model_args, training_args, weights: bool = True):
     """The bundle for this stage: from a stage-1 checkpoint when given, else from the bases.
     weights=False: on the meta device, from the configs alone (--dry_run)."""
     from ..model import CheckpointError, Recipe, build_llava, load_checkpoint, select_dtype
+    from ..model.checkpoint import is_merged_llava
     from .projector import load_projector
 
     dtype = select_dtype(training_args.bf16, training_args.fp16)
     start = training_args.pretrain_mm_mlp_adapter
-    if start and Path(start).is_dir():
+    if start and not Path(start).is_file():  # a stage checkpoint, a merged llava-hf folder or hub id
         try:
             bundle = load_checkpoint(start, dtype=dtype, vision_tower=model_args.vision_tower,
                                      language_model=model_args.model_name_or_path, weights=weights,
                                      quantization=model_args.quantization())
         except (CheckpointError, FileNotFoundError) as error:  # ours: what is wrong with it, in one line
             raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: {error}") from None
+        if is_merged_llava(start):  # a whole LLaVA: its weights are this stage's base, and its reloads'
+            base = str(Path(start).resolve()) if Path(start).is_dir() else start  # a folder, or the hub id
+            bundle = replace(bundle, recipe=replace(bundle.recipe, vision_tower=base, language_model=base))
     else:
         if not (model_args.model_name_or_path and model_args.vision_tower):
             raise SystemExit("--model_name_or_path and --vision_tower are required "
@@ -147,8 +151,6 @@ def build(model_args, training_args, weights: bool = True):
                              template=model_args.template, dtype=dtype,
                              trust_remote_code=model_args.trust_remote_code, weights=weights,
                              quantization=model_args.quantization())
-        if start and not weights and not Path(start).is_file():
-            raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: no such checkpoint directory or projector file")
         if start and weights:  # a projector file: its tensors are what the dry run leaves out
             names = load_projector(bundle.model, start)
             bundle.recipe = replace(bundle.recipe, trained_tensors=sorted(set(bundle.recipe.trained_tensors) | set(names)))
