@@ -6,11 +6,14 @@
 #
 # Environment (defaults in brackets):
 #   ADAPTER           lora | moslora | moelora [moslora]
-#   STAGE1_DIR        stage-1 checkpoint, or LLaVA's mm_projector.bin [./checkpoints/llava-v1.5-7b-pretrain]
+#   STAGE1_DIR        stage-1 checkpoint, LLaVA's mm_projector.bin, or a trained llava-hf LLaVA (hub id
+#                     or folder) [./checkpoints/llava-v1.5-7b-pretrain]
 #   MODEL             language model [from the stage-1 checkpoint's recipe; lmsys/vicuna-7b-v1.5 with
 #                     an mm_projector file]. Set it to point at moved base weights.
 #   VISION_TOWER      vision tower, likewise [openai/clip-vit-large-patch14-336 with a projector file]
-#   DATA_PATH         instructions, LLaVA format [./playground/data/llava_v1_5_mix665k.json]
+#   DATA_PATH         instructions: LLaVA JSON / JSONL, parquet, Arrow or a datasets folder [./playground/data/llava_v1_5_mix665k.json]
+#   DATA_MIXTURE      instead of DATA_PATH: sources with weights or counts, e.g.
+#                     a.json:0.7,b.parquet:0.3,c.jsonl:2000 (drawn once from the seed) [unset]
 #   IMAGE_FOLDER      image root [./playground/data]
 #   OUTPUT_DIR        stage-2 checkpoint [./checkpoints/llava-v1.5-7b-$ADAPTER]
 #   NUM_GPUS, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE, SHUTDOWN_TIMEOUT, LAUNCHER_ARGS, ZERO [2],
@@ -62,6 +65,8 @@ extra=()
 [ "${RIEMANNIAN:-0}" = "1" ] && extra+=(--riemannian True)
 [ "${BITS:-16}" != "16" ] && extra+=(--bits "$BITS")
 [ "${PACKING:-0}" = "1" ] && extra+=(--packing True)
+data=(--data_path "$DATA_PATH")
+[ -n "${DATA_MIXTURE:-}" ] && data=(--data_mixture "$DATA_MIXTURE")
 [ -n "${ATTN:-}" ] && extra+=(--attn_implementation "$ATTN")
 
 exec "${LAUNCH[@]}" \
@@ -71,7 +76,7 @@ exec "${LAUNCH[@]}" \
   --tune_vision_tower frozen --tune_mm_projector full --tune_language_model adapter \
   --adapter "$ADAPTER" --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA" --lora_dropout "$LORA_DROPOUT" \
   --mixer_init "$MIXER_INIT" --num_experts "$NUM_EXPERTS" --top_k "$TOP_K" --gate_rescale "$GATE_RESCALE" \
-  --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" \
+  "${data[@]}" --image_folder "$IMAGE_FOLDER" \
   --output_dir "$OUTPUT_DIR" --num_train_epochs "$EPOCHS" \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
   --learning_rate "$LR" --mm_projector_lr "$MM_PROJECTOR_LR" --weight_decay 0 --warmup_steps 0.03 \

@@ -6,7 +6,9 @@
 # Environment (LLaVA-1.5 defaults in brackets):
 #   MODEL             language model [lmsys/vicuna-7b-v1.5]
 #   VISION_TOWER      CLIP/SigLIP tower [openai/clip-vit-large-patch14-336]
-#   DATA_PATH         captions, LLaVA format [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
+#   DATA_PATH         captions: LLaVA JSON / JSONL, parquet, Arrow or a datasets folder [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
+#   DATA_MIXTURE      instead of DATA_PATH: sources with weights or counts, e.g.
+#                     a.json:0.7,b.parquet:0.3,c.jsonl:2000 (drawn once from the seed) [unset]
 #   IMAGE_FOLDER      image root [./playground/data/LLaVA-Pretrain/images]
 #   OUTPUT_DIR        stage-1 checkpoint [./checkpoints/llava-v1.5-7b-pretrain]
 #   NUM_GPUS          processes on this node [all visible GPUs; 1 without CUDA]
@@ -53,6 +55,8 @@ TEMPLATE="${TEMPLATE:-plain}"
 source "$(dirname "$0")/lib/launch.sh"
 extra=()
 [ "${PACKING:-0}" = "1" ] && extra+=(--packing True)
+data=(--data_path "$DATA_PATH")
+[ -n "${DATA_MIXTURE:-}" ] && data=(--data_mixture "$DATA_MIXTURE")
 [ -n "${ATTN:-}" ] && extra+=(--attn_implementation "$ATTN")
 
 exec "${LAUNCH[@]}" \
@@ -61,7 +65,7 @@ exec "${LAUNCH[@]}" \
   --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 \
   --template "$TEMPLATE" --stage 1 \
   --tune_vision_tower frozen --tune_mm_projector full --tune_language_model frozen \
-  --data_path "$DATA_PATH" --image_folder "$IMAGE_FOLDER" \
+  "${data[@]}" --image_folder "$IMAGE_FOLDER" \
   --output_dir "$OUTPUT_DIR" --num_train_epochs "$EPOCHS" \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
   --learning_rate "$LR" --weight_decay 0 --warmup_steps 0.03 --lr_scheduler_type cosine \

@@ -198,3 +198,20 @@ def signal_tree(pid, signum):
 def kill_tree(pid):
     """SIGKILL a process and all its descendants."""
     signal_tree(pid, signal.SIGKILL)
+
+
+def write_sources(root, sizes):
+    """Data files named as in `sizes` (name -> samples; .jsonl names as JSONL), one red image;
+    sample ids are "<file stem>-<i>"."""
+    from PIL import Image
+
+    root = Path(root)
+    Image.new("RGB", (24, 24), (220, 20, 20)).save(root / "red.png")
+    for name, size in sizes.items():
+        stem = name.split(".")[0]
+        records = [{"id": f"{stem}-{i}", "image": "red.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat color is it?"}, {"from": "gpt", "value": f"Red ({stem})."}]}
+            for i in range(size)]
+        (root / name).write_text("\n".join(json.dumps(r) for r in records) if name.endswith(".jsonl")
+                                 else json.dumps(records))
+    return root

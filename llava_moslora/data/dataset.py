@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import ImageError, load_image, preprocess_image
+from .mixture import Part, draw
 from .record_cache import SampleTable, open_samples
 from .records import DataError, Sample
 from .own_chat_template import template_for
@@ -33,8 +35,8 @@ class LlavaDataset(Dataset):
     def __init__(self, data_path: Union[str, Path], tokenizer, image_processor, template: Union[str, Template], *,
                  num_image_tokens: int, image_folder: Optional[Union[str, Path]] = None,
                  model_max_length: int = 2048, system: Optional[str] = None, collect_rejected: bool = False,
-                 skip_bad_samples: bool = False) -> None:
-        self.data_path = data_path
+                 skip_bad_samples: bool = False, mixture: Optional[list[Part]] = None, mixture_seed: int = 0) -> None:
+        self.data_path = data_path if mixture is None else ",".join(f"{p.path}:{p.weight or p.count}" for p in mixture)
         self.template = template_for(template, tokenizer) if isinstance(template, str) else template
         check_tokenizer(self.template, tokenizer)
         self.tokenizer = tokenizer
@@ -45,8 +47,20 @@ class LlavaDataset(Dataset):
         self.system = system
         self.skip_bad_samples = skip_bad_samples
         self.rejected: list[DataError] = []
-        # a list, or for a big file a SampleTable: the same samples, memory-mapped
-        self.samples: Sequence[Sample] = open_samples(self.data_path, self.rejected if collect_rejected else None)
+        rejected = self.rejected if collect_rejected else None
+        # `samples` holds each distinct sample once (what the screen checks); `plan`, with a
+        # mixture, the positions in it that make up the dataset (a sample may come twice)
+        self.plan: Optional[list[int]] = None
+        self.mixture, self.part_of = mixture, None
+        if mixture is None:
+            # a list, or for a big file a SampleTable: the same samples, memory-mapped
+            self.samples: Sequence[Sample] = open_samples(self.data_path, rejected)
+        else:
+            sources = [list(open_samples(part.path, rejected)) for part in mixture]
+            offsets = [sum(len(s) for s in sources[:i]) for i in range(len(sources))]
+            self.samples = [sample for source in sources for sample in source]
+            self.part_of = [i for i, source in enumerate(sources) for _ in source]
+            self.plan = [offsets[part] + index for part, index in draw(mixture, [len(s) for s in sources], mixture_seed)]
         if not self.samples:
             raise DataError(f"{self.data_path}: no samples")
         if self.image_folder is None and not collect_rejected:
@@ -56,13 +70,22 @@ class LlavaDataset(Dataset):
                 raise DataError(f"{self.data_path}: sample {first.id!r} has an image but no --image_folder was given")
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) if self.plan is None else len(self.plan)
 
     @property
     def modality_lengths(self) -> list[int]:
+        if self.plan is not None:
+            return [self.samples[i].modality_length for i in self.plan]
         if isinstance(self.samples, SampleTable):
             return self.samples.modality_lengths()
         return [s.modality_length for s in self.samples]
+
+    def mixture_counts(self) -> Optional[dict[str, int]]:
+        """Samples each mixture source gives (after any bad ones were left out), by source path."""
+        if self.mixture is None:
+            return None
+        counted = Counter(self.part_of[i] for i in self.plan)
+        return {part.path: counted.get(k, 0) for k, part in enumerate(self.mixture)}
 
     def image_path(self, sample: Sample) -> Path:
         return self.image_folder / sample.image
@@ -75,6 +98,11 @@ class LlavaDataset(Dataset):
     def exclude(self, indices) -> None:
         """Drop the samples at these positions (bad ones found before training)."""
         drop = set(indices)
+        if self.plan is not None:  # the mixture's positions follow the samples that remain
+            kept = [i for i in range(len(self.samples)) if i not in drop]
+            moved = {old: new for new, old in enumerate(kept)}
+            self.plan = [moved[i] for i in self.plan if i in moved]
+            self.part_of = [self.part_of[i] for i in kept]
         if isinstance(self.samples, SampleTable):
             self.samples = self.samples.without(sorted(drop))
         else:
@@ -84,18 +112,23 @@ class LlavaDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if not self.skip_bad_samples:
-            return self._item(index)
+            return self._item(self._position(index))
         skipped = []
         for offset in range(MAX_SUBSTITUTE_TRIES):
+            position = self._position((index + offset) % len(self))
             try:
-                item = self._item((index + offset) % len(self.samples))
+                item = self._item(position)
             except DataError as error:
-                skipped.append(self.samples[(index + offset) % len(self.samples)].id)
+                skipped.append(self.samples[position].id)
                 print(f"[llava-moslora] skipping a bad sample: {error}", file=sys.stderr, flush=True)
                 continue
             return {**item, "skipped_ids": skipped}
         raise DataError(f"{self.data_path}: {MAX_SUBSTITUTE_TRIES} bad samples in a row from #{index} "
                         f"(ids {skipped[:5]}...); is the image folder right?")
+
+    def _position(self, index: int) -> int:
+        """Where the dataset's `index`-th item is in `samples`."""
+        return index if self.plan is None else self.plan[index]
 
     def _item(self, index: int) -> dict:
         sample = self.samples[index]

@@ -148,7 +148,17 @@ def count_records(data_path: str) -> int:
     return total
 
 
-def dry_run(bundle, training_args, data_path: str, world: int, half: bool) -> str:
+def count_samples(data: str, mixture: bool) -> int:
+    """Samples an epoch holds: the records of --data_path, or what --data_mixture draws."""
+    if not mixture:
+        return count_records(data)
+    from ..data.mixture import mixture_size, parse_mixture
+
+    parts = parse_mixture(data)
+    return mixture_size(parts, [count_records(part.path) for part in parts])
+
+
+def dry_run(bundle, training_args, data_path: str, world: int, half: bool, mixture: bool = False) -> str:
     """The dry run's report for a tuned meta-device bundle."""
     from ..model import parameter_counts, trainable_table
 
@@ -158,7 +168,7 @@ def dry_run(bundle, training_args, data_path: str, world: int, half: bool) -> st
     width = 2 if half else 4
     text_config = bundle.model.config.text_config
     batches = Batches(world, training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
-                      count_records(data_path), training_args.num_train_epochs, training_args.max_steps)
+                      count_samples(data_path, mixture), training_args.num_train_epochs, training_args.max_steps)
     activations = activation_bytes(text_config, batches.per_device,
                                    training_args.model_max_length, width, training_args.activation_checkpointing,
                                    bundle.recipe.num_image_tokens if training_args.logits_at_labels else 0)

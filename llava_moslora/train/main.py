@@ -84,8 +84,10 @@ def parse(argv: list[str]):
     if training_args.activation_checkpointing and training_args.activation_checkpointing_kwargs is None:
         training_args.activation_checkpointing_kwargs = dict(ACTIVATION_CHECKPOINTING_KWARGS)
     refuse_impossible(model_args, training_args)
-    if not data_args.data_path:
-        raise SystemExit("--data_path is required")
+    if not data_args.data_path and not data_args.data_mixture:
+        raise SystemExit("--data_path (or --data_mixture) is required")
+    if data_args.data_path and data_args.data_mixture:
+        raise SystemExit("give --data_path or --data_mixture, not both (DATA_MIXTURE in the scripts replaces DATA_PATH)")
     return model_args, data_args, training_args
 
 
@@ -185,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from ..data import LlavaCollator, LlavaDataset
     from ..data.collator import packed_row_length
+    from ..data.mixture import parse_mixture
     from ..data.records import DataError
     from ..model import apply_tuning, parameter_counts, trainable_table
     from ..model.checkpoint import check_resumable
@@ -204,10 +207,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     main_process = training_args.process_index == 0
     if main_process:
         print(trainable_table(bundle.model), flush=True)
+    try:
+        mixture = parse_mixture(data_args.data_mixture) if data_args.data_mixture else None
+    except DataError as error:
+        raise SystemExit(str(error)) from None
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     dataset = LlavaDataset(data_args.data_path, bundle.tokenizer, bundle.image_processor, bundle.recipe.template,
                            num_image_tokens=bundle.recipe.num_image_tokens, image_folder=data_args.image_folder,
                            model_max_length=training_args.model_max_length, system=data_args.system_prompt,
-                           collect_rejected=True, skip_bad_samples=training_args.skip_bad_samples)
+                           collect_rejected=True, skip_bad_samples=training_args.skip_bad_samples,
+                           mixture=mixture, mixture_seed=seed)
     try:
         findings = screen_dataset(dataset, skip=training_args.skip_bad_samples, rank=training_args.process_index,
                                   world_size=training_args.world_size, output_dir=training_args.output_dir)
@@ -238,6 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         seen = dict(zip(("samples", "fully_masked", "truncated"), trainer.label_counts))
         print(f"[llava-moslora] data: {seen} (this rank's batches); skipped bad samples: "
               f"{start} before training, {len(during)} during it{drawn}", flush=True)
+        if mixture is not None:
+            print("[llava-moslora] mixture: " + ", ".join(
+                f"{path} {count} samples ({part.share})" for part, (path, count)
+                in zip(mixture, dataset.mixture_counts().items())), flush=True)
     if stop.stopped_by:
         checkpoint = Path(training_args.output_dir) / f"checkpoint-{trainer.state.global_step}"
         if main_process:
@@ -251,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trainable = {name: counts[0] for name, counts in parameter_counts(bundle.model).items()}
     metrics = run_metrics(trainer.record, training_args, trainer.state, result.metrics.get("train_runtime", 0.0),
                           trainable, resume)
+    if mixture is not None:
+        metrics["mixture"] = dataset.mixture_counts()  # samples per source in the epoch's draw
     if main_process:
         write_metrics(training_args.output_dir, metrics)
         print(f"[llava-moslora] {metrics['tokens']} tokens trained on, {metrics['processed_tokens']} processed with "
@@ -277,7 +292,8 @@ def dry_run_report(argv: list[str]) -> int:
     bundle = build(model_args, training_args, weights=False)
     apply_tuning(bundle.model, bundle.recipe)
     world = training_args.dry_run_world or int(os.environ.get("WORLD_SIZE", "1"))
-    print(dry_run(bundle, training_args, data_args.data_path, world, half), flush=True)
+    print(dry_run(bundle, training_args, data_args.data_path or data_args.data_mixture, world, half,
+                  mixture=bool(data_args.data_mixture)), flush=True)
     return 0
 
 
