@@ -77,16 +77,18 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as the hub spe
 ORIGINAL_LLAVA = ("llava_llama", "llava_mistral", "llava_mpt", "llava_qwen")  # LLaVA's own repository
 
 
-def local_checkpoint(path: Union[str, Path]) -> Path:
+def local_checkpoint(path: Union[str, Path], weights: bool = True) -> Path:
     """A checkpoint as a local folder: the folder itself, or a hub id's snapshot in the Hugging
-    Face cache (downloaded when online; with HF_HUB_OFFLINE=1 it must be cached)."""
+    Face cache (downloaded when online; with HF_HUB_OFFLINE=1 it must be cached). weights=False
+    fetches configs, tokenizer and processor files only (a dry run reads no weights)."""
     local = Path(path).expanduser()
     if local.is_dir():
         return local
     if not local.exists() and HUB_ID.fullmatch(str(path)):
         from huggingface_hub import snapshot_download
         try:
-            return Path(snapshot_download(str(path)))
+            return Path(snapshot_download(str(path), allow_patterns=None if weights else
+                                          ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
         except Exception as error:  # not cached while offline, no network, an unknown or gated id
             raise FileNotFoundError(
                 f"{path}: no such directory, and as a hub id it could not be fetched or found in the Hugging "
@@ -126,11 +128,11 @@ def is_merged_llava(reference: Union[str, Path]) -> bool:
     return _is_merged(path) and not (path / TRAINABLE_FILE).is_file()
 
 
-def merged_base(recipe: Recipe) -> Optional[Path]:
+def merged_base(recipe: Recipe, weights: bool = True) -> Optional[Path]:
     """The whole LLaVA a stage was trained on, when its recipe names one as both bases."""
     if recipe.vision_tower != recipe.language_model:
         return None
-    path = local_checkpoint(recipe.language_model)  # one model as both bases: say why it cannot be found
+    path = local_checkpoint(recipe.language_model, weights)  # one model as both bases: say why it cannot be found
     return path if _is_merged(path) else None
 
 
@@ -147,7 +149,7 @@ def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
     directory this project did not write keeps its own chat template (own_chat_template.py), and
     one without any needs it (ValueError otherwise).
     """
-    path = local_checkpoint(path)
+    path = local_checkpoint(path, weights)
     _check_not_original_llava(path)
     if (path / TRAINABLE_FILE).is_file():
         bundle = _load_stage_checkpoint(path, dtype, vision_tower, language_model, weights, quantization)
@@ -188,7 +190,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
     recipe = replace(recipe, vision_tower=vision_tower or recipe.vision_tower,
                      language_model=language_model or recipe.language_model,
                      quantization=quantization.to_dict() if quantization is not None else None)
-    base = merged_base(recipe)
+    base = merged_base(recipe, weights)
     if base is not None:  # trained on a whole LLaVA (llava-hf, or a merged stage): rebuilt from it
         if quantization is not None:
             raise CheckpointError(f"{path} was trained on the merged LLaVA {recipe.language_model}; loading it "
