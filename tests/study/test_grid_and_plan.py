@@ -50,8 +50,8 @@ def test_default_grid_is_the_issue_grid_and_quick_narrows_it():
 
 
 def test_the_power_grid_is_the_default_trained_longer_with_grsgd():
-    """studies/shapes-power.yaml (docs/STUDY.md): the default's data, seeds, launch, budgets
-    and variants, 3 x the steps, and gRSGD with its own rates."""
+    """studies/shapes-power.yaml (docs/STUDY.md): the default's data, launch, budgets and
+    variants (MoE-LoRA under gRSGD rather than AdamW), more seeds, 3 x the steps."""
     default, power = load_grid(), load_grid(ROOT / "studies" / "shapes-power.yaml")
     assert power.data == default.data and power.launch == default.launch
     assert power.seeds[:len(default.seeds)] == default.seeds  # more seeds, for the minimum detectable effect
@@ -61,7 +61,8 @@ def test_the_power_grid_is_the_default_trained_longer_with_grsgd():
     assert [(b.name, b.reference, b.r, b.tolerance) for b in power.budgets] == \
         [(b.name, b.reference, b.r, b.tolerance) for b in default.budgets]
     for variant in default.variants:
-        assert power.variant(variant.name) == variant
+        if variant.name != "moelora":  # MoE-LoRA is there as the paper trains it, gRSGD (3 hours at most)
+            assert power.variant(variant.name) == variant
     grsgd = power.variant("moelora_grsgd")
     assert grsgd.flags["optim"] == "sgd" and grsgd.flags["riemannian"] is True and grsgd.flags["gate_rescale"] == "sqrt"
     assert len(grsgd.lr_grid) == 3
