@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,7 +239,6 @@ def main(argv=None) -> int:
               if "error" in check or check.get("parity_ok") is False or check.get("differing_answers")]
     print(f"[gpu_check] {summary['seconds']:.0f} s; wrote {args.out / 'summary.json'} and summary.md"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
-    shutil.rmtree(args.out / "tmp", ignore_errors=True)
     return 1 if failed else 0
 
 

@@ -127,19 +127,20 @@ def build(model_args, training_args, weights: bool = True):
     """The bundle for this stage: from a stage-1 checkpoint when given, else from the bases.
     weights=False: on the meta device, from the configs alone (--dry_run)."""
     from ..model import CheckpointError, Recipe, build_llava, load_checkpoint, select_dtype
-    from ..model.checkpoint import is_merged_llava
+    from ..model.checkpoint import is_merged_llava, local_checkpoint
     from .projector import load_projector
 
     dtype = select_dtype(training_args.bf16, training_args.fp16)
     start = training_args.pretrain_mm_mlp_adapter
     if start and not Path(start).is_file():  # a stage checkpoint, a merged llava-hf folder or hub id
         try:
-            bundle = load_checkpoint(start, dtype=dtype, vision_tower=model_args.vision_tower,
+            local = local_checkpoint(start, weights)  # a hub id resolved once, here
+            bundle = load_checkpoint(local, dtype=dtype, vision_tower=model_args.vision_tower,
                                      language_model=model_args.model_name_or_path, weights=weights,
                                      quantization=model_args.quantization())
         except (CheckpointError, FileNotFoundError) as error:  # ours: what is wrong with it, in one line
             raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: {error}") from None
-        if is_merged_llava(start):  # a whole LLaVA: its weights are this stage's base, and its reloads'
+        if is_merged_llava(local):  # a whole LLaVA: its weights are this stage's base, and its reloads'
             base = str(Path(start).resolve()) if Path(start).is_dir() else start  # a folder, or the hub id
             bundle = replace(bundle, recipe=replace(bundle.recipe, vision_tower=base, language_model=base))
     else:
