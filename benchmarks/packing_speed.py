@@ -54,9 +54,9 @@ def measured_samples(records: int, seed: int, work: Path) -> list[dict]:
     found = []
     for sample in load_samples(data):
         encoded = encode_conversation(template, tokenizer, sample.turns, max_length=MAX_LENGTH,
-                                      num_image_tokens=IMAGE_TOKENS if sample.image else 0)
+                                      num_image_tokens=IMAGE_TOKENS, num_images=len(sample.images))
         found.append({"id": sample.id, "input_ids": encoded.input_ids, "labels": encoded.labels,
-                      "image": bool(sample.image), "modality_length": sample.modality_length or 1})
+                      "image": bool(sample.images), "modality_length": sample.modality_length or 1})
     return found
 
 

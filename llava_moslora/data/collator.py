@@ -118,8 +118,8 @@ class LlavaCollator:
     """Pads (or packs) a list of dataset items into a batch for LlavaForConditionalGeneration.
 
     pixel_values holds the images of the image samples only, in the order their samples appear
-    in the batch (row by row): the model fills the image tokens with them in that order, and
-    text-only samples have none. skipped_ids (only when some) lists the samples the dataset
+    in the batch (row by row) and each sample's in its own order: the model fills the image
+    tokens with them in that order, and text-only samples have none. skipped_ids (only when some) lists the samples the dataset
     replaced; the trainer removes it. sample_ids (with_ids=True) lists the batch's sample ids in
     the sampler's order (packed or not), for the trainer's record of the data order;
     token_counts its [real, processed] tokens (processed: padding included); label_counts its
@@ -143,8 +143,8 @@ class LlavaCollator:
         else:
             batch, ordered = self._padded(features), features
         images = [f["pixel_values"] for f in ordered if f.get("pixel_values") is not None]
-        if images:
-            batch["pixel_values"] = torch.stack(images)
+        if images:  # a sample's images are (n, 3, H, W) (one image: (3, H, W) is taken too)
+            batch["pixel_values"] = torch.cat([image if image.dim() == 4 else image[None] for image in images])
         skipped = [sample_id for f in features for sample_id in f.get("skipped_ids", ())]
         if skipped:  # bad samples the dataset replaced (--skip_bad_samples); the trainer counts them
             batch["skipped_ids"] = skipped

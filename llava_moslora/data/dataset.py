@@ -9,10 +9,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch.utils.data import Dataset
 
-from .images import ImageError, load_image, preprocess_image
+from .images import ImageError, open_image, preprocess_image
 from .mixture import Part, draw
 from .record_cache import SampleTable, open_samples
-from .records import DataError, Sample
+from .records import DataError, Sample, is_file_image
 from .own_chat_template import template_for
 from .templates import Template
 from .tokenize import check_tokenizer, encode_conversation
@@ -23,10 +23,11 @@ MAX_SUBSTITUTE_TRIES = 64
 
 
 class LlavaDataset(Dataset):
-    """LLaVA JSON/JSONL (or a `datasets` directory) with images read lazily from `image_folder`.
+    """Conversation data (records.py's forms and sources) with images read lazily.
 
     Records are parsed and checked when the dataset is built, so malformed data fails before
-    training starts; image files are opened when a sample is first drawn. With collect_rejected,
+    training starts; images (files under `image_folder`, or stored in the data) are decoded when
+    their sample is drawn. With collect_rejected,
     bad records are kept in `rejected` instead of raising, for training's screen to report them
     all at once. With skip_bad_samples, a sample that fails when drawn (a corrupt image) is
     replaced by the next good one, and the item lists the failed ids under "skipped_ids".
@@ -64,10 +65,11 @@ class LlavaDataset(Dataset):
         if not self.samples:
             raise DataError(f"{self.data_path}: no samples")
         if self.image_folder is None and not collect_rejected:
-            first = (self.samples.first_with_image() if isinstance(self.samples, SampleTable)
-                     else next((s for s in self.samples if s.image), None))
+            first = (self.samples.first_with_image_file() if isinstance(self.samples, SampleTable)
+                     else next((s for s in self.samples if any(map(is_file_image, s.images))), None))
             if first is not None:
-                raise DataError(f"{self.data_path}: sample {first.id!r} has an image but no --image_folder was given")
+                raise DataError(f"{self.data_path}: sample {first.id!r} has an image file but no --image_folder "
+                                "was given")
 
     def __len__(self) -> int:
         return len(self.samples) if self.plan is None else len(self.plan)
@@ -86,9 +88,6 @@ class LlavaDataset(Dataset):
             return None
         counted = Counter(self.part_of[i] for i in self.plan)
         return {part.path: counted.get(k, 0) for k, part in enumerate(self.mixture)}
-
-    def image_path(self, sample: Sample) -> Path:
-        return self.image_folder / sample.image
 
     def checker(self, image_check: str = "header") -> SampleChecker:
         """The validate-data checks under this dataset's template, tokenizer and length."""
@@ -133,15 +132,16 @@ class LlavaDataset(Dataset):
     def _item(self, index: int) -> dict:
         sample = self.samples[index]
         pixel_values = None
-        if sample.image:
+        if sample.images:  # (images, 3, H, W), in the order of the sample's <image> placeholders
             try:
-                pixel_values = preprocess_image(load_image(self.image_path(sample)), self.image_processor)
+                pixel_values = torch.stack([preprocess_image(open_image(image, self.image_folder), self.image_processor)
+                                            for image in sample.images])
             except ImageError as error:
                 raise DataError(f"{self.data_path}, sample {sample.id!r}: {error}") from None
         try:
             encoded = encode_conversation(
                 self.template, self.tokenizer, sample.turns, system=sample.system if sample.system is not None else self.system,
-                num_image_tokens=self.num_image_tokens if sample.image else 0, max_length=self.model_max_length)
+                num_image_tokens=self.num_image_tokens, num_images=len(sample.images), max_length=self.model_max_length)
         except ValueError as error:  # SampleTooLong, or an <image> count the text does not match
             raise DataError(f"{self.data_path}, sample {sample.id!r}: {error}") from None
         return {

@@ -23,10 +23,11 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .records import TABLE_FORMATS, DataError, Sample, data_paths, iter_records, jsonl_line, load_samples, parse_sample
+from .records import DataError, Sample, data_paths, is_file_image, iter_records, jsonl_line, load_samples, parse_sample
+from .tables import is_table_source
 
 MMAP_MIN_BYTES = 64 << 20  # smaller data is parsed in memory (records.load_samples)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a list of images per sample
 READ_CHUNK = 16 << 20  # characters read at a time while converting
 BATCH = 4096  # samples per Arrow record batch
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -40,7 +41,7 @@ def cache_dir() -> Path:
 def wants_cache(path: Union[str, Path]) -> bool:
     """Whether `path` (one file, or "a.json,b.jsonl") is files big enough for the cache."""
     files = [Path(p) for p in data_paths(path)]
-    return (all(f.is_file() and f.suffix.lower() not in TABLE_FORMATS for f in files)  # those map themselves
+    return (all(f.is_file() and not is_table_source(f) for f in files)  # tables map themselves
             and sum(f.stat().st_size for f in files) >= MMAP_MIN_BYTES)
 
 
@@ -168,7 +169,7 @@ def _json_list(handle, buffer: str) -> Iterator:
 def _convert(path: Union[str, Path], target: Path) -> None:
     import pyarrow as pa
 
-    schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("system", pa.string()),
+    schema = pa.schema([("id", pa.string()), ("images", pa.list_(pa.string())), ("system", pa.string()),
                         ("questions", pa.list_(pa.string())), ("answers", pa.list_(pa.string())), ("length", pa.int64())])
     rejected: list[DataError] = []
     columns: dict[str, list] = {name: [] for name in schema.names}
@@ -193,7 +194,7 @@ def _convert(path: Union[str, Path], target: Path) -> None:
                     except DataError as error:
                         rejected.append(error)
                         continue
-                    for name, value in (("id", sample.id), ("image", sample.image), ("system", sample.system),
+                    for name, value in (("id", sample.id), ("images", list(sample.images)), ("system", sample.system),
                                         ("questions", [q for q, _ in sample.turns]),
                                         ("answers", [a for _, a in sample.turns]), ("length", sample.modality_length)):
                         columns[name].append(value)
@@ -275,10 +276,11 @@ class SampleTable:
     def modality_lengths(self) -> list[int]:
         return self.column("length")
 
-    def first_with_image(self) -> Optional[Sample]:
-        images = self.column("image")
-        return next((self[i] for i, image in enumerate(images) if image), None)
+    def first_with_image_file(self) -> Optional[Sample]:
+        """The first sample with an image read from a file (rather than stored inline)."""
+        images = self.column("images")
+        return next((self[i] for i, listed in enumerate(images) if any(map(is_file_image, listed))), None)
 
 
 def _sample(row: dict) -> Sample:
-    return Sample(row["id"], row["image"], list(zip(row["questions"], row["answers"])), row["system"])
+    return Sample(row["id"], tuple(row["images"]), list(zip(row["questions"], row["answers"])), row["system"])

@@ -1,9 +1,10 @@
 """Reading conversation data (a JSON list, JSONL, parquet, Arrow, or a `datasets` directory) into
 checked samples.
 
-A record is LLaVA's {"id", optional "image" (path relative to --image_folder), "conversations":
-[{"from": "human"|"gpt", "value": ...}, ...]}, or the form LLaMA-Factory and ms-swift read:
-{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...], "images": [path]}.
+A record is LLaVA's {"id", optional "image" (one image or a list), "conversations": [{"from":
+"human"|"gpt", "value": ...}, ...]}, or the form LLaMA-Factory and ms-swift read: {"messages":
+[{"role": "system"|"user"|"assistant", "content": ...}, ...], "images": [...]}. An image is a path
+relative to --image_folder, base64 text, or (in a table) stored bytes; one `<image>` per image.
 Every problem is a DataError that names the file, the sample id and, for JSONL, the line, and
 carries a `kind` (see data/validate.py) so that validate-data and --skip_bad_samples can sort
 and count them.
@@ -11,19 +12,17 @@ and count them.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
+from .tables import NotAnImage, TableError, TableImage, is_inline, is_table_source, iter_table
 from .templates import IMAGE_TOKEN, Turns
 
 USER_ROLES = {"human", "user"}
 ASSISTANT_ROLES = {"gpt", "assistant"}
-BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")  # a long run of these is an image's bytes, not a path
-TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow"}  # read through `datasets`, memory-mapped
-ACCEPTED = ("a LLaVA JSON list, JSONL, a .parquet or .arrow file, or a datasets.save_to_disk folder "
-            "(several joined with commas)")
+ACCEPTED = ("a LLaVA JSON list, JSONL, a .parquet or .arrow file, a datasets folder (save_to_disk or data "
+            "files) or dataset id (several joined with commas)")
 
 
 class DataError(ValueError):
@@ -37,8 +36,11 @@ class DataError(ValueError):
 
 @dataclass
 class Sample:
+    """A checked conversation. `images`: one per `<image>` in its turns, in order (see _images
+    for what an image can be)."""
+
     id: str
-    image: Optional[str]
+    images: tuple
     turns: Turns
     system: Optional[str] = None
 
@@ -50,28 +52,28 @@ class Sample:
     @property
     def modality_length(self) -> int:
         """Positive for image samples, negative for text-only ones (LLaVA's convention)."""
-        return self.text_length if self.image else -self.text_length
+        return self.text_length if self.images else -self.text_length
+
+
+def is_file_image(image) -> bool:
+    """Whether a sample's image is a path (read from --image_folder) rather than stored in the data."""
+    return isinstance(image, str) and not is_inline(image)
 
 
 def iter_records(path: Union[str, Path],
                  on_malformed: Optional[Callable[[DataError], None]] = None) -> Iterator[tuple[dict, str]]:
     """Yield (record, where) pairs; `where` locates the record for error messages. A JSONL line
     that does not parse raises, or with `on_malformed` is handed to it and skipped."""
-    path = Path(path)
-    if path.is_dir():
-        import datasets
-        for index, record in enumerate(datasets.load_from_disk(str(path))):
-            yield record, f"{path} (row {index})"
+    if is_table_source(path):
+        try:
+            for index, record in enumerate(iter_table(str(path))):
+                yield record, f"{path} (row {index})"
+        except TableError as error:
+            raise DataError(str(error), where=str(path)) from None
         return
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    if path.suffix.lower() in TABLE_FORMATS:
-        import datasets
-        table = (datasets.Dataset.from_parquet(str(path)) if TABLE_FORMATS[path.suffix.lower()] == "parquet"
-                 else datasets.Dataset.from_file(str(path)))
-        for index, record in enumerate(_undecoded(table)):
-            yield record, f"{path} (row {index})"
-        return
     try:
         with path.open(encoding="utf-8") as handle:
             text = handle.read()
@@ -91,20 +93,6 @@ def iter_records(path: Union[str, Path],
         return
     for number, line in enumerate(text.splitlines(), start=1):
         yield from jsonl_line(path, line, number, on_malformed)
-
-
-def _undecoded(table):
-    """A datasets table whose image columns give their stored {"bytes", "path"} rather than
-    decoded PIL images (decoding every image to read the records would cost far too much)."""
-    import datasets
-    for name, feature in table.features.items():
-        if isinstance(feature, datasets.Image):
-            table = table.cast_column(name, datasets.Image(decode=False))
-        elif isinstance(feature, datasets.Sequence) and isinstance(feature.feature, datasets.Image):
-            table = table.cast_column(name, datasets.Sequence(datasets.Image(decode=False)))
-        elif isinstance(feature, list) and feature and isinstance(feature[0], datasets.Image):
-            table = table.cast_column(name, [datasets.Image(decode=False)])
-    return table
 
 
 def jsonl_line(path: Path, line: str, number: int,
@@ -130,8 +118,9 @@ def _fail(where: str, sample_id: str, kind: str, message: str) -> DataError:
 
 
 def parse_sample(record: Any, where: str, index: int) -> Sample:
-    """Check one record and normalise it: roles to (user, assistant) pairs, `<image>` moved to
-    the start of the first user turn as LLaVA does."""
+    """Check one record and normalise it: roles to (user, assistant) pairs; one image's
+    `<image>` moved to the start of the first user turn as LLaVA does, several images'
+    placeholders left where they are (one per image, in the images' order)."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}", "malformed_line",
                         where=where)
@@ -164,18 +153,22 @@ def parse_sample(record: Any, where: str, index: int) -> Sample:
     if len(messages) % 2:
         raise _fail(where, sample_id, "non_alternating", "the conversation ends with a human turn that has no reply")
 
-    image = _image_path(record.get("image"), where, sample_id)
-    questions = messages[0::2]
-    count = sum(q.count(IMAGE_TOKEN) for q in questions) + sum(a.count(IMAGE_TOKEN) for a in messages[1::2])
-    if image and count == 0:
-        raise _fail(where, sample_id, "image_token_mismatch", f"has an image ({image}) but no {IMAGE_TOKEN} in its conversation")
-    if not image and count:
-        raise _fail(where, sample_id, "image_token_mismatch", f"has {IMAGE_TOKEN} in its conversation but no 'image'")
-    if count > 1 or (count == 1 and IMAGE_TOKEN not in questions[0]):
-        raise _fail(where, sample_id, "image_token_mismatch", f"needs exactly one {IMAGE_TOKEN}, in the first human turn")
-    if image:
+    images = _images(record.get("image"), where, sample_id)
+    questions, replies = messages[0::2], messages[1::2]
+    placeholders = sum(q.count(IMAGE_TOKEN) for q in questions)
+    if any(IMAGE_TOKEN in reply for reply in replies):
+        raise _fail(where, sample_id, "image_token_mismatch", f"has {IMAGE_TOKEN} in a reply; images go in user turns")
+    if placeholders and not images and "image" not in record:
+        raise _fail(where, sample_id, "image_token_mismatch", f"has {placeholders} {IMAGE_TOKEN} placeholder"
+                    f"{'s' * (placeholders != 1)} but no image column ('image', or 'images' with 'messages')")
+    if placeholders != len(images):
+        given = f"{len(images)} image{'s' * (len(images) != 1)}"
+        raise _fail(where, sample_id, "image_token_mismatch",
+                    f"has {given} but {placeholders} {IMAGE_TOKEN} placeholder{'s' * (placeholders != 1)} "
+                    "in its conversation (one per image, in the order of the images)")
+    if len(images) == 1 and IMAGE_TOKEN in questions[0]:
         questions[0] = IMAGE_TOKEN + "\n" + questions[0].replace(IMAGE_TOKEN, "").strip()
-    return Sample(sample_id, image, list(zip(questions, messages[1::2])), system)
+    return Sample(sample_id, tuple(images), list(zip(questions, replies)), system)
 
 
 def _from_messages(record: dict, where: str, sample_id: str) -> dict:
@@ -196,30 +189,34 @@ def _from_messages(record: dict, where: str, sample_id: str) -> dict:
                               for part in content)
         role = message.get("role")
         conversations.append({"from": "system" if role == "system" else role, "value": content})
-    images = record.get("images")
-    if images is not None and not isinstance(images, list):
-        images = [images]
-    if images and len(images) > 1:
-        raise _fail(where, sample_id, "image_token_mismatch",
-                    f"has {len(images)} images; one image per sample is read so far")
-    return {"conversations": conversations, "image": images[0] if images else None}
+    return {"conversations": conversations, **({"image": record["images"]} if "images" in record else {})}
 
 
-def _image_path(image: Any, where: str, sample_id: str) -> Optional[str]:
-    """The record's image path; an image stored inside the data (bytes, {"bytes": ...},
-    base64) is refused with what is read instead."""
-    if isinstance(image, dict):
-        if image.get("bytes"):
-            raise _fail(where, sample_id, "embedded_image", "its image is stored in the data (bytes); images are "
-                        "read from files so far: give their paths relative to --image_folder")
-        image = image.get("path")
-    if isinstance(image, (bytes, bytearray)) or (isinstance(image, str) and (
-            image.startswith("data:image") or (len(image) > 256 and BASE64.fullmatch(image)))):
-        raise _fail(where, sample_id, "embedded_image", "its image is stored in the data (bytes or base64); "
-                    "images are read from files so far: give their paths relative to --image_folder")
-    if image is not None and not isinstance(image, str):
-        raise _fail(where, sample_id, "malformed_turn", f"'image' must be a path, got {type(image).__name__}")
-    return image or None
+def _images(value: Any, where: str, sample_id: str) -> list:
+    """The record's images (its 'image' or 'images'): each a path relative to --image_folder, an
+    inline base64 / data-URI string, or a TableImage (stored in a parquet / Arrow table)."""
+    items = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
+    images = []
+    for position, item in enumerate(items):
+        if isinstance(item, dict):  # {"bytes", "path"}, as datasets.Image stores an image
+            data = item.get("bytes")
+            if isinstance(data, str) and data:
+                item = data  # base64 in a JSON file
+            elif data:
+                raise _fail(where, sample_id, "embedded_image", "holds raw image bytes, which only a parquet or "
+                            "Arrow table can store; give them there, or as base64 text")
+            else:
+                item = item.get("path")
+        if isinstance(item, (str, TableImage)) and str(item).strip():
+            images.append(item)
+        elif item is None or item == "":
+            if len(items) > 1:
+                raise _fail(where, sample_id, "missing_image", f"image {position} of its image list is empty")
+        else:
+            kind = f"column type {item.column_type}" if isinstance(item, NotAnImage) else f"a {type(item).__name__}"
+            raise _fail(where, sample_id, "malformed_turn", "an image must be a path, base64 text, or stored image "
+                        f"bytes; got {kind}")
+    return images
 
 
 def data_paths(path: Union[str, Path]) -> list:

@@ -16,7 +16,7 @@ IGNORE_INDEX = -100
 
 
 class SampleTooLong(ValueError):
-    """The image tokens alone do not fit in the maximum length: truncation would cut them."""
+    """An image's tokens do not fit in the maximum length: truncation would cut them."""
 
 
 @dataclass
@@ -62,12 +62,13 @@ def _loss_spans(segments) -> tuple[str, list[tuple[int, int]]]:
 
 
 def encode_conversation(template: Template, tokenizer, turns: Turns, *, num_image_tokens: int = 0,
-                        max_length: Optional[int] = None, system: Optional[str] = None) -> EncodedConversation:
+                        max_length: Optional[int] = None, system: Optional[str] = None,
+                        num_images: Optional[int] = None) -> EncodedConversation:
     """input_ids and labels for `turns`; labels are IGNORE_INDEX except on reply tokens.
 
-    With num_image_tokens > 0 the text must hold exactly one `<image>`, which becomes that many
-    image tokens. Longer than max_length: the tail is cut (truncated=True); if even the image
-    tokens do not fit, SampleTooLong.
+    The text must hold `num_images` `<image>` placeholders (default: one when num_image_tokens
+    > 0, else none); each becomes num_image_tokens image tokens. Longer than max_length: the
+    tail is cut (truncated=True); if that would cut into an image's tokens, SampleTooLong.
     """
     text, spans = _loss_spans(template.render(turns, system))
     encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
@@ -82,32 +83,40 @@ def encode_conversation(template: Template, tokenizer, turns: Turns, *, num_imag
         labels.append(token if inside else IGNORE_INDEX)
 
     image_id = token_id(tokenizer, IMAGE_TOKEN)
-    at = _image_position(input_ids, image_id, num_image_tokens)
-    if at is not None:
+    found = _image_positions(input_ids, image_id, _expected_images(num_images, num_image_tokens))
+    for at in reversed(found):  # from the end, so the earlier positions stay where they are
         input_ids[at:at + 1] = [image_id] * num_image_tokens
         labels[at:at + 1] = [IGNORE_INDEX] * num_image_tokens
 
     truncated = False
     if max_length is not None and len(input_ids) > max_length:
-        _check_image_fits(at, num_image_tokens, max_length)
+        _check_images_fit(_last_image_end(found, num_image_tokens), num_image_tokens, len(found), max_length)
         input_ids, labels, truncated = input_ids[:max_length], labels[:max_length], True
     return EncodedConversation(input_ids, labels, truncated)
 
 
-def _image_position(input_ids: list[int], image_id: Optional[int], num_image_tokens: int) -> Optional[int]:
-    """Where the one `<image>` token is (None without an image); ValueError if the count is wrong."""
-    found = input_ids.count(image_id) if image_id is not None else 0
-    expected = 1 if num_image_tokens > 0 else 0
-    if found != expected:
-        raise ValueError(f"expected {expected} {IMAGE_TOKEN} token(s) in the encoded conversation, found {found}")
-    return input_ids.index(image_id) if found else None
+def _expected_images(num_images: Optional[int], num_image_tokens: int) -> int:
+    return num_images if num_images is not None else int(num_image_tokens > 0)
 
 
-def _check_image_fits(at: Optional[int], num_image_tokens: int, max_length: int) -> None:
-    image_end = at + num_image_tokens if at is not None else 0
+def _image_positions(input_ids: list[int], image_id: Optional[int], expected: int) -> list[int]:
+    """Where the `<image>` tokens are, before expansion; ValueError if there are not `expected`."""
+    found = [k for k, token in enumerate(input_ids) if token == image_id] if image_id is not None else []
+    if len(found) != expected:
+        raise ValueError(f"expected {expected} {IMAGE_TOKEN} token(s) in the encoded conversation, found {len(found)}")
+    return found
+
+
+def _last_image_end(found: list[int], num_image_tokens: int) -> int:
+    """Where the last image's tokens end once every `<image>` is expanded (0 without images)."""
+    return found[-1] + len(found) * num_image_tokens - (len(found) - 1) if found else 0
+
+
+def _check_images_fit(image_end: int, num_image_tokens: int, count: int, max_length: int) -> None:
     if image_end > max_length:
-        raise SampleTooLong(f"the {num_image_tokens} image tokens end at position {image_end}, "
-                            f"beyond model_max_length={max_length}")
+        which = "image tokens" if count == 1 else f"tokens of its {count} images"
+        raise SampleTooLong(f"the {which} ({num_image_tokens} per image) end at position {image_end}, beyond "
+                            f"model_max_length={max_length}: truncating would cut an image")
 
 
 @dataclass
@@ -120,10 +129,10 @@ class ConversationSummary:
     fully_masked: bool
 
 
-def summarise_conversations(template: Template, tokenizer, conversations, *, max_length: Optional[int] = None,
-                            image_id: Optional[int] = None) -> list:
-    """For each (turns, system, num_image_tokens) of `conversations`, the ConversationSummary that
-    encode_conversation's result has, or the exception it raises (SampleTooLong, ValueError).
+def summarise_conversations(template: Template, tokenizer, conversations, *, num_image_tokens: int = 0,
+                            max_length: Optional[int] = None, image_id: Optional[int] = None) -> list:
+    """For each (turns, system, number of images) of `conversations`, the ConversationSummary
+    that encode_conversation's result has, or the exception it raises (SampleTooLong, ValueError).
 
     The data screen's fast path: one tokenizer call for the whole list, and only the position
     of the first loss-bearing token is looked for. `image_id`: the `<image>` token's id, if known.
@@ -135,22 +144,21 @@ def summarise_conversations(template: Template, tokenizer, conversations, *, max
     rendered = [_loss_spans(template.render(turns, system)) for turns, system, _ in conversations]
     encodings = tokenizer([text for text, _ in rendered], return_offsets_mapping=True, add_special_tokens=True)
     results = []
-    for (_, spans), (_, _, num_image_tokens), input_ids, offsets in zip(
+    for (_, spans), (_, _, num_images), input_ids, offsets in zip(
             rendered, conversations, encodings["input_ids"], encodings["offset_mapping"]):
         try:
-            at = _image_position(input_ids, image_id, num_image_tokens)
+            found = _image_positions(input_ids, image_id, num_images)
         except ValueError as error:
             results.append(error)
             continue
         first = _first_label(offsets, spans)
-        extra = num_image_tokens - 1 if at is not None else 0
-        length = len(input_ids) + extra
-        if first is not None and at is not None and first > at:
-            first += extra
+        length = len(input_ids) + len(found) * (num_image_tokens - 1)
+        if first is not None:
+            first += sum(num_image_tokens - 1 for at in found if at < first)
         truncated = max_length is not None and length > max_length
         if truncated:
             try:
-                _check_image_fits(at, num_image_tokens, max_length)
+                _check_images_fit(_last_image_end(found, num_image_tokens), num_image_tokens, len(found), max_length)
             except SampleTooLong as error:
                 results.append(error)
                 continue

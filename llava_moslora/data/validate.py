@@ -4,13 +4,15 @@ One set of rules serves `llava-moslora validate-data` and training's start-up sc
   * record faults (data/records.py): malformed lines, unknown roles, empty or non-alternating
     conversations, `<image>` mismatches;
   * duplicate ids (the first occurrence is kept);
-  * image faults: a missing file, or one that does not decode;
+  * image faults: a missing file, or one (or stored bytes) that does not decode;
   * template faults: every label masked, or the image tokens alone longer than the maximum
     length. A sample whose replies are cut by the maximum length is a warning: it still trains.
 Sample checks run in worker processes (tokenising and decoding are CPU-bound).
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 from collections import Counter
@@ -22,8 +24,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from PIL import Image
 
-from .images import ImageError, load_image
-from .records import DataError, Sample
+from .images import ImageError, decode_image, describe, load_image, stored_bytes
+from .records import DataError, Sample, is_file_image
 from .templates import IMAGE_TOKEN, Template
 from .tokenize import SampleTooLong, summarise_conversations, token_id
 
@@ -79,15 +81,15 @@ class SampleChecker:
         summaries = summarise_conversations(
             self.template, self.tokenizer,
             [(sample.turns, sample.system if sample.system is not None else self.system,
-              self.num_image_tokens if sample.image else 0) for sample in samples],
-            max_length=self.max_length, image_id=self._image_id)
+              len(sample.images)) for sample in samples],
+            num_image_tokens=self.num_image_tokens, max_length=self.max_length, image_id=self._image_id)
         return [self._findings(sample, summary) for sample, summary in zip(samples, summaries)]
 
     def _findings(self, sample: Sample, summary) -> list[Finding]:
         where = f"sample {sample.id!r}"
         findings = []
-        if sample.image:
-            fault = self._image_fault(sample.image)
+        for image in sample.images:
+            fault = self._image_fault(image)
             if fault:
                 findings.append(Finding(fault[0], sample.id, where, fault[1]))
         if isinstance(summary, SampleTooLong):
@@ -103,7 +105,9 @@ class SampleChecker:
                                     f"cut to {self.max_length} tokens; the rest of its replies is not trained on"))
         return findings
 
-    def _image_fault(self, image: str) -> Optional[tuple[str, str]]:
+    def _image_fault(self, image) -> Optional[tuple[str, str]]:
+        if not is_file_image(image):
+            return self._stored_image_fault(image)
         if self.image_folder is None:
             return "missing_image", f"has image {image!r} but no image folder was given"
         path = self.image_folder / image
@@ -119,6 +123,20 @@ class SampleChecker:
             return "unreadable_image", str(error)
         except Exception as error:  # PIL raises assorted types for a file that is not an image
             return "unreadable_image", f"cannot read image {path}: {error}"
+        return None
+
+    def _stored_image_fault(self, image) -> Optional[tuple[str, str]]:
+        try:
+            data = stored_bytes(image)
+            if self.image_check == "decode":
+                decode_image(data, describe(image))
+            else:
+                with Image.open(io.BytesIO(data)):
+                    pass
+        except ImageError as error:
+            return "unreadable_image", str(error)
+        except Exception as error:  # PIL raises assorted types for bytes that are not an image
+            return "unreadable_image", f"cannot decode the image bytes of {describe(image)}: {error}"
         return None
 
 
@@ -226,4 +244,7 @@ def to_record(sample: Sample) -> dict:
     conversations = [{"from": "system", "value": sample.system}] if sample.system is not None else []
     for question, answer in sample.turns:
         conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    return {"id": sample.id, **({"image": sample.image} if sample.image else {}), "conversations": conversations}
+    images = [image if is_file_image(image) else base64.b64encode(stored_bytes(image)).decode("ascii")
+              for image in sample.images]  # images stored in a table are written inline
+    image = {} if not images else {"image": images[0] if len(images) == 1 else images}
+    return {"id": sample.id, **image, "conversations": conversations}

@@ -1,7 +1,8 @@
 """Answering questions about images with a trained checkpoint, greedy by default: one at a time
 (chat, web) or a batch at once (evaluation).
 
-The prompt is rendered by the template the checkpoint was trained with, through the same
+A conversation may hold several images, each at its `<image>` placeholder (place_images adds
+the ones a question leaves out). The prompt is rendered by the template the checkpoint was trained with, through the same
 encode_conversation that built its training labels, so training and inference see the same tokens.
 A batch is left-padded (positions follow the attention mask, as in one-at-a-time generation), and
 each reply is cut at its own first stop token, so it reads as the same question asked alone.
@@ -33,31 +34,34 @@ class Answerer:
         self.last_new_tokens = 0  # of the latest reply, for tokens-per-second reports
         self._prompts: dict = {}
 
-    def prompt_ids(self, question: str, with_image: bool, history: Sequence[tuple[str, str]] = ()) -> list[int]:
-        """The rendered conversation: earlier (question, reply) turns, then the open question.
-        The image goes before the first question, as in LLaVA's training data. Remembered for a
-        while: evaluation asks for a prompt's length first, to batch prompts of like length."""
-        key = (question, with_image, tuple(history))
+    def prompt_ids(self, question: str, images: int = 0, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+        """The rendered conversation: earlier (question, reply) turns, then the open question,
+        with `images` images in all (see place_images). Remembered for a while: evaluation asks
+        for a prompt's length first, to batch prompts of like length."""
+        key = (question, int(images), tuple(history))
         if key not in self._prompts:
-            turns = [*history, (question, None)]
-            if with_image:
-                turns[0] = (f"{IMAGE_TOKEN}\n{turns[0][0]}", turns[0][1])
+            turns = [*history, (place_images(question, int(images), history), None)]
             if len(self._prompts) >= PROMPTS_REMEMBERED:
                 self._prompts.clear()
             self._prompts[key] = encode_conversation(
-                self.template, self.bundle.tokenizer, turns,
-                num_image_tokens=self.bundle.recipe.num_image_tokens if with_image else 0).input_ids
+                self.template, self.bundle.tokenizer, turns, num_image_tokens=self.bundle.recipe.num_image_tokens,
+                num_images=int(images)).input_ids
         return list(self._prompts[key])
 
+    def _pixels(self, images: list) -> dict:
+        if not images:
+            return {}
+        pixels = torch.stack([preprocess_image(image, self.bundle.image_processor) for image in images])
+        return {"pixel_values": pixels.to(self.device, dtype=next(self.model.parameters()).dtype)}
+
     @torch.no_grad()
-    def __call__(self, question: str, image: Optional[Image.Image] = None, history: Sequence[tuple[str, str]] = (),
+    def __call__(self, question: str, images=None, history: Sequence[tuple[str, str]] = (),
                  **generate_kwargs) -> str:
-        """The reply (greedy unless generate_kwargs say otherwise); a `streamer` sees it as it grows."""
-        ids = torch.tensor([self.prompt_ids(question, image is not None, history)], device=self.device)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if image is not None:
-            pixels = preprocess_image(image, self.bundle.image_processor)[None]
-            inputs["pixel_values"] = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
+        """The reply (greedy unless generate_kwargs say otherwise); a `streamer` sees it as it grows.
+        `images`: the conversation's images in order (one image, a list, or None)."""
+        images = as_list(images)
+        ids = torch.tensor([self.prompt_ids(question, len(images), history)], device=self.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **self._pixels(images)}
         settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "eos_token_id": self.stop_ids,
                     "pad_token_id": self.bundle.tokenizer.pad_token_id, **generate_kwargs}
         output = self.model.generate(**inputs, **settings)
@@ -65,10 +69,10 @@ class Answerer:
         return self.bundle.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     @torch.no_grad()
-    def answer_batch(self, requests: Sequence[tuple[str, Optional[Image.Image]]],
-                     max_new_tokens: Optional[int] = None) -> list[str]:
-        """Greedy replies to (question, image or None) requests, generated together."""
-        prompts = [self.prompt_ids(question, image is not None) for question, image in requests]
+    def answer_batch(self, requests: Sequence[tuple[str, object]], max_new_tokens: Optional[int] = None) -> list[str]:
+        """Greedy replies to (question, images) requests (images: one, a list, or None), generated together."""
+        requests = [(question, as_list(images)) for question, images in requests]
+        prompts = [self.prompt_ids(question, len(images)) for question, images in requests]
         width = max(len(prompt) for prompt in prompts)
         tokenizer = self.bundle.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -77,11 +81,9 @@ class Answerer:
         for row, prompt in enumerate(prompts):  # left padding: every prompt ends where its reply starts
             ids[row, width - len(prompt):] = torch.tensor(prompt)
             mask[row, width - len(prompt):] = 1
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        images = [image for _, image in requests if image is not None]
-        if images:  # one per <image>, in row order, as the model fills them in
-            pixels = torch.stack([preprocess_image(image, self.bundle.image_processor) for image in images])
-            inputs["pixel_values"] = pixels.to(self.device, dtype=next(self.model.parameters()).dtype)
+        # one image per <image>, in row order, as the model fills them in
+        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
+                  **self._pixels([image for _, images in requests for image in images])}
         output = self.model.generate(**inputs, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False,
                                      eos_token_id=self.stop_ids, pad_token_id=pad)
         replies = []
@@ -89,3 +91,21 @@ class Answerer:
             end = next((k + 1 for k, token in enumerate(row) if token in self.stop_ids), len(row))
             replies.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
         return replies
+
+
+def as_list(images) -> list:
+    """A conversation's images as a list: None is none, one image is one."""
+    return [] if images is None else [images] if isinstance(images, Image.Image) else list(images)
+
+
+def place_images(question: str, images: int, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The question with the `<image>` placeholders the conversation still lacks: the images not
+    placed in earlier turns or in the question itself go before the question. One image in the
+    first turn goes at its start, as LLaVA's training data has it. ValueError when the question
+    and history hold more placeholders than there are images."""
+    placed = sum(q.count(IMAGE_TOKEN) for q, _ in history) + question.count(IMAGE_TOKEN)
+    if placed > images:
+        raise ValueError(f"the conversation has {placed} {IMAGE_TOKEN} placeholders but {images} images")
+    if images == 1 and not history:
+        return f"{IMAGE_TOKEN}\n" + question.replace(IMAGE_TOKEN, "").strip()
+    return f"{IMAGE_TOKEN}\n" * (images - placed) + question

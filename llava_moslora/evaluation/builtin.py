@@ -9,6 +9,7 @@ and writes VLMEvalKit's files with its exact-matching rules, so both backends gi
 """
 from __future__ import annotations
 
+import ast
 import base64
 import csv
 import io
@@ -113,13 +114,17 @@ def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str,
     images = dict(zip(table["index"], table["image"]))
 
     def dump_image(line) -> list[str]:
-        path = image_dir / f"{line['index']}.png"
-        if not path.is_file():
-            data = str(line["image"])
-            # As in VLMEvalKit, a short value is the index of the row that holds the image.
-            data = str(images[type(line["index"])(data)]) if len(data) <= 64 else data
-            path.write_bytes(base64.b64decode(data))  # the file as it came (PIL reads it by its content)
-        return [str(path)]
+        data = str(line["image"])
+        # As in VLMEvalKit, a short value is the index of the row that holds the image(s), and a
+        # multi-image row holds a list of base64 strings written as a Python list.
+        data = str(images[type(line["index"])(data)]) if len(data) <= 64 else data
+        encoded = ast.literal_eval(data) if data.startswith("[") else [data]
+        paths = [image_dir / (f"{line['index']}.png" if len(encoded) == 1 else f"{line['index']}_{k}.png")
+                 for k in range(len(encoded))]
+        for path, one in zip(paths, encoded):
+            if not path.is_file():
+                path.write_bytes(base64.b64decode(one))  # the file as it came (PIL reads it by its content)
+        return [str(path) for path in paths]
 
     out = prediction_file(work_dir, model_name, dataset)
     partial = partial_file(out)

@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from ..data.prompts import LETTERS, mcq_prompt, short_prompt
+from ..data.templates import IMAGE_TOKEN
 from ..model import inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import loading_quantization
 from .answer import Answerer
@@ -35,7 +36,7 @@ FREE_ANSWER_TOKENS = 64
 class ContractBase:
     """VLMEvalKit's BaseModel contract without vlmeval: message normalisation and image dumping."""
 
-    INTERLEAVE = False
+    INTERLEAVE = True  # images may sit anywhere in a message, several of them
     allowed_types = ["text", "image"]
 
     def __init__(self) -> None:
@@ -118,30 +119,34 @@ class LlavaMoSLoRAMixin:
         return [{"type": "image", "value": path} for path in images] + [{"type": "text", "value": text}]
 
     @staticmethod
-    def question(message: list[dict]) -> tuple[str, Optional[str]]:
-        """(text, image path) of a normalised message. The LLaVA-1.5 layout this project trains on
-        has one image per conversation: the first one."""
-        images = [item["value"] for item in message if item["type"] == "image"]
-        return "\n".join(item["value"] for item in message if item["type"] == "text"), (images[0] if images else None)
+    def question(message: list[dict]) -> tuple[str, list[str]]:
+        """(text, image paths) of a normalised message: the texts, each image as an `<image>`
+        placeholder where the message has it (VLMEvalKit's interleaved multi-image messages)."""
+        pieces = [IMAGE_TOKEN if item["type"] == "image" else item["value"] for item in message]
+        return "\n".join(pieces), [item["value"] for item in message if item["type"] == "image"]
 
     def answer_tokens(self, dataset: Optional[str]) -> int:
         return SHORT_ANSWER_TOKENS if self.kind_of(dataset) in ("MCQ", "Y/N") else FREE_ANSWER_TOKENS
 
     def generate_inner(self, message: list[dict], dataset: Optional[str] = None) -> str:
-        text, image = self.question(message)
-        return self.answerer(text, Image.open(image).convert("RGB") if image else None,
-                             max_new_tokens=self.answer_tokens(dataset))
+        text, images = self.question(message)
+        return self.answerer(text, [open_rgb(path) for path in images], max_new_tokens=self.answer_tokens(dataset))
 
     def prompt_length(self, message, dataset: Optional[str] = None) -> int:
         """Tokens of the prompt a message becomes (to batch prompts of like length)."""
-        text, image = self.question(self.normalize(message))
-        return len(self.answerer.prompt_ids(text, image is not None))
+        text, images = self.question(self.normalize(message))
+        return len(self.answerer.prompt_ids(text, len(images)))
 
     def generate_batch(self, messages: list, dataset: Optional[str] = None) -> list[str]:
         """generate() of each message, the greedy generations run as one batch."""
         questions = [self.question(self.normalize(message)) for message in messages]
-        requests = [(text, Image.open(image).convert("RGB") if image else None) for text, image in questions]
+        requests = [(text, [open_rgb(path) for path in images]) for text, images in questions]
         return self.answerer.answer_batch(requests, max_new_tokens=self.answer_tokens(dataset))
+
+
+def open_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 @functools.lru_cache(maxsize=None)
@@ -155,5 +160,5 @@ def model_class(use_vlmeval: Optional[bool] = None) -> type:
 
         # vlmeval's own message normalisation (its generate's), for the batched route too
         return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, BaseModel),
-                    {"INTERLEAVE": False, "normalize": lambda self, message: self.preproc_content(message)})
+                    {"INTERLEAVE": True, "normalize": lambda self, message: self.preproc_content(message)})
     return type("LlavaMoSLoRA", (LlavaMoSLoRAMixin, ContractBase), {})

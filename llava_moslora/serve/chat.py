@@ -1,7 +1,8 @@
 """`llava-moslora chat`: a multi-turn conversation about an image with any checkpoint of this project.
 
-Interactive: the reply streams token by token; `/image PATH` switches the image (and starts a new
-conversation), `/reset` starts over, `/exit` or end of input leaves. `--prompt TEXT` (repeatable)
+Interactive: the reply streams token by token; `/image PATH` adds an image to the conversation
+(the next question is asked about it, the earlier ones stay in view, as in LLaVA-Interleave),
+`/reset` starts over without images, `/exit` or end of input leaves. `--prompt TEXT` (repeatable)
 answers each prompt in turn, prints only the answers and exits. Loading and speed reports go to
 stderr, so stdout holds only the conversation.
 """
@@ -14,36 +15,58 @@ from typing import Iterator, Optional
 
 from PIL import Image, UnidentifiedImageError
 
-from ..evaluation.answer import Answerer
+from ..data.templates import IMAGE_TOKEN
+from ..evaluation.answer import Answerer, place_images
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..data.templates import TEMPLATE_HELP
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
 
-HELP = "commands: /image PATH (switch image, new conversation), /reset, /exit"
+HELP = "commands: /image PATH (add an image; the next question is about it), /reset (start over, no images), /exit"
 
 
 class ChatSession:
-    """One conversation: the image, the (question, reply) turns so far, and sampling settings."""
+    """One conversation: its images, the (question, reply) turns so far (each question holding the
+    `<image>` placeholders of the images it was asked with), and sampling settings."""
 
     def __init__(self, answerer: Answerer, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 512) -> None:
         self.answerer = answerer
-        self.image: Optional[Image.Image] = None
+        self.images: list[Image.Image] = []
         self.history: list[tuple[str, str]] = []
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
         self.settings = {"max_new_tokens": max_new_tokens, **sampling}
 
-    def set_image(self, path: Optional[str]) -> None:
-        """Open the image (an OSError or UnidentifiedImageError leaves the session as it was)."""
-        image = Image.open(path).convert("RGB") if path else None
-        self.image, self.history = image, []
+    @property
+    def unasked(self) -> int:
+        """Images added since the last question: the next question carries their placeholders."""
+        return len(self.images) - sum(question.count(IMAGE_TOKEN) for question, _ in self.history)
 
-    def reset(self) -> None:
-        self.history = []
+    def add_image(self, image) -> None:
+        """Add an image (a path or an opened image) to the conversation. An unreadable one raises
+        OSError / UnidentifiedImageError and leaves the session as it was."""
+        if not isinstance(image, Image.Image):
+            with Image.open(image) as opened:
+                image = opened.convert("RGB")
+        self.images.append(image.convert("RGB"))
+
+    def set_image(self, path: Optional[str]) -> None:
+        """Start a new conversation about this image (or none)."""
+        image = None
+        if path:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        self.use_image(image)
 
     def use_image(self, image: Optional[Image.Image]) -> None:
-        """Talk about this (already opened) image from now on: a new conversation."""
-        self.image, self.history = image.convert("RGB") if image is not None else None, []
+        """A new conversation about this (already opened) image, or none."""
+        self.images, self.history = ([image.convert("RGB")] if image is not None else []), []
+
+    def reset(self) -> None:
+        self.images, self.history = [], []
+
+    def placed(self, question: str) -> str:
+        """The question with the placeholders of the images added since the last one."""
+        return place_images(question, len(self.images), self.history)
 
     def stream(self, question: str) -> Iterator[str]:
         """The reply to `question` in pieces, as it is generated. The last item is the whole reply
@@ -53,10 +76,11 @@ class ChatSession:
 
         streamer = TextIteratorStreamer(self.answerer.bundle.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result = {}
+        question = self.placed(question)
 
         def generate():
             try:
-                result["reply"] = self.answerer(question, self.image, self.history, streamer=streamer, **self.settings)
+                result["reply"] = self.answerer(question, self.images, self.history, streamer=streamer, **self.settings)
             except BaseException as error:  # surfaced in the caller's thread
                 result["error"] = error
                 streamer.end()
@@ -73,7 +97,8 @@ class ChatSession:
     def ask(self, question: str, on_text=None) -> str:
         """The reply to `question`; on_text(chunk) sees it while it is generated."""
         if on_text is None:
-            reply = self.answerer(question, self.image, self.history, **self.settings)
+            question = self.placed(question)
+            reply = self.answerer(question, self.images, self.history, **self.settings)
             self.history.append((question, reply))
             return reply
         for item in self.stream(question):
@@ -115,12 +140,15 @@ def interactive(session: ChatSession, stats: bool) -> None:
             return
         if line == "/reset":
             session.reset()
-            print("(new conversation)", file=sys.stderr)
+            print("(new conversation, no images)", file=sys.stderr)
         elif line.startswith("/image"):
             path = line[len("/image"):].strip()
+            if not path:
+                print("usage: /image PATH (adds an image; /reset starts over without images)", file=sys.stderr)
+                continue
             try:
-                session.set_image(path or None)
-                print(f"(image: {path or 'none'}; new conversation)", file=sys.stderr)
+                session.add_image(path)
+                print(f"(image {len(session.images)}: {path}; the next question is about it)", file=sys.stderr)
             except (OSError, UnidentifiedImageError) as error:
                 print(f"cannot use image {path!r}: {error}", file=sys.stderr)
         elif line.startswith("/"):
@@ -133,7 +161,9 @@ def interactive(session: ChatSession, stats: bool) -> None:
 
 def add_arguments(parser, name: str = "chat") -> None:
     parser.add_argument("--model", required=True, help="stage checkpoint or merged directory")
-    parser.add_argument("--image", default=None, help="image to talk about (optional; /image PATH switches)")
+    parser.add_argument("--image", action="append", default=None,
+                        help="image to talk about (repeatable: several images, asked about together; "
+                             "/image PATH adds one later)")
     parser.add_argument("--prompt", action="append", default=None,
                         help="answer this and exit (repeatable: one conversation, answers one per line)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -159,12 +189,13 @@ def run(args, name: str = "chat") -> int:
     session = ChatSession(Answerer(bundle, device=device), args.temperature, args.top_p, args.max_new_tokens)
     print(f"loaded {args.model} ({bundle.recipe.template} template) on {device} in "
           f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-    try:
-        session.set_image(args.image)
-    except (OSError, UnidentifiedImageError) as error:
-        print(f"cannot use image {args.image!r}: {error}", file=sys.stderr)
-        if args.prompt:
-            return 2
+    for path in args.image or []:
+        try:
+            session.add_image(path)
+        except (OSError, UnidentifiedImageError) as error:
+            print(f"cannot use image {path!r}: {error}", file=sys.stderr)
+            if args.prompt:
+                return 2
     if args.prompt:
         for prompt in args.prompt:
             print(timed_answer(session, prompt, args.stats), flush=True)

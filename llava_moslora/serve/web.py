@@ -4,9 +4,9 @@ Every --model (stage checkpoint or merged directory) is loaded once at start; wi
 same question goes to each and the answers stream side by side. Replies come from chat.py's
 ChatSession, the CLI's own conversation (same prompt rendering, same streamer). Conversations
 live in each page's session state, so two browser tabs never share one, and Gradio's queue runs
-one generation at a time. A new image starts a new conversation, as `/image` does in the CLI. A
-model that fails to load, or an image that cannot be read, shows a message in the page and the
-server stays up.
+one generation at a time. A new image joins the conversation, as `/image` does in the CLI (the
+next question is about it, the earlier images stay in view); Clear starts over. A model that
+fails to load, or an image that cannot be read, shows a message in the page and the server stays up.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.templates import TEMPLATE_HELP
+from ..data.templates import IMAGE_TOKEN, TEMPLATE_HELP
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
 from .chat import ChatSession, Reply
@@ -67,10 +67,19 @@ def load_models(paths: list[str], device: str, dtype: str, bits: Optional[int] =
 
 @dataclass
 class Conversation:
-    """One page's conversation: the image (and a key to notice a new one) and each model's turns."""
-    image: Optional[Image.Image] = None
-    image_key: Optional[str] = None
+    """One page's conversation: its images (with keys, to notice a new one) and each model's turns."""
+    images: list = field(default_factory=list)
+    image_keys: list = field(default_factory=list)
     histories: list = field(default_factory=list)
+
+    def add(self, image: Image.Image) -> bool:
+        """Add the image unless the conversation has it already; whether it was added."""
+        key = image_key(image)
+        if key in self.image_keys:
+            return False
+        self.images.append(image)
+        self.image_keys.append(key)
+        return True
 
 
 class UnreadableImage(str):
@@ -93,7 +102,14 @@ def messages(history: list, pending: Optional[tuple[str, str]] = None) -> list[d
     """Chatbot messages for (question, reply) turns, plus the turn being generated."""
     turns = [*history, *([pending] if pending else [])]
     return [message for question, reply in turns
-            for message in ({"role": "user", "content": question}, {"role": "assistant", "content": reply})]
+            for message in ({"role": "user", "content": shown(question)}, {"role": "assistant", "content": reply})]
+
+
+def shown(question: str) -> str:
+    """A question as the page shows it: its image placeholders as a count ("[2 images] ...")."""
+    count = question.count(IMAGE_TOKEN)
+    text = question.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, "").strip()
+    return text if count == 0 else f"[{count} image{'s' * (count > 1)}] {text}" if count > 1 else f"[image] {text}"
 
 
 class Demo:
@@ -113,20 +129,22 @@ class Demo:
         return conversation.histories
 
     def new_image(self, value, conversation: Optional[Conversation]):
-        """The image box changed: a new conversation about the new image (or none)."""
-        conversation = Conversation()
-        status = "new conversation" if value is None else "new image: new conversation"
+        """The image box changed: the new image joins the conversation (the next question is about it)."""
+        conversation = conversation or Conversation()
+        status = ""
         if value is not None:
             try:
-                conversation.image = open_image(value)
-                conversation.image_key = image_key(conversation.image)
+                image = open_image(value)
+                added = conversation.add(image)
+                status = (f"image {len(conversation.images)} added: the next question is about it" if added
+                          else "this image is already in the conversation")
             except (OSError, UnidentifiedImageError) as error:
                 status = f"cannot use this image: {error}"
         return (*self.panes(conversation), status, conversation)
 
     def clear(self, conversation: Optional[Conversation]):
-        conversation = conversation or Conversation()
-        conversation.histories = [[] for _ in self.models]
+        """A new conversation, without images."""
+        conversation = Conversation(histories=[[] for _ in self.models])
         return (*self.panes(conversation), "new conversation", conversation)
 
     def ask(self, question: str, value, temperature: float, top_p: float, max_new_tokens: float,
@@ -136,13 +154,11 @@ class Demo:
         histories = self._histories(conversation)
         question = (question or "").strip()
         try:
-            image = open_image(value) if value is not None else None
+            if value is not None:  # an image not seen yet joins the conversation (as the box's change does)
+                conversation.add(open_image(value))
         except (OSError, UnidentifiedImageError) as error:
             yield (*self.panes(conversation), f"cannot use this image: {error}", conversation)
             return
-        if image_key(image) != conversation.image_key:  # a new image: a new conversation, as /image does
-            conversation.image, conversation.image_key = image, image_key(image)
-            histories = conversation.histories = [[] for _ in self.models]
         if not question:
             yield (*self.panes(conversation), "type a question", conversation)
             return
@@ -153,8 +169,9 @@ class Demo:
         sessions = {}
         for i in live:
             session = ChatSession(self.models[i].answerer, float(temperature), float(top_p), int(max_new_tokens))
-            session.image, session.history = conversation.image, list(histories[i])
+            session.images, session.history = list(conversation.images), list(histories[i])
             sessions[i] = session
+        asked = {i: session.placed(question) for i, session in sessions.items()}
         partial = {i: "" for i in live}
         failures = []
         fixed = self.panes(conversation)  # the panes of models that did not load: the same all along
@@ -163,13 +180,13 @@ class Demo:
                 failures.append(f"{self.models[i].name}: {type(item).__name__}: {item}")
                 continue
             if isinstance(item, Reply):
-                histories[i].append((question, str(item)))
+                histories[i].append((asked[i], str(item)))
                 partial.pop(i)
             else:
                 partial[i] += item
-            shown = [messages(history, (question, partial[j]) if j in partial else None) if j in sessions else pane
-                     for j, (history, pane) in enumerate(zip(histories, fixed))]
-            yield (*shown, "answering..." if partial else "", conversation)
+            shown_ = [messages(history, (asked[j], partial[j]) if j in partial else None) if j in sessions else pane
+                      for j, (history, pane) in enumerate(zip(histories, fixed))]
+            yield (*shown_, "answering..." if partial else "", conversation)
         status = "; ".join(failures) if failures else "done"
         yield (*self.panes(conversation), status, conversation)
 
@@ -184,7 +201,8 @@ class Demo:
         for history in histories:
             if history and history[-1][0] == last:
                 history.pop()
-        yield from self.ask(last, value, temperature, top_p, max_new_tokens, conversation)
+        # asked again as it was: its placeholders already name its images
+        yield from self.ask(last, None, temperature, top_p, max_new_tokens, conversation)
 
 
 def stream_together(sessions: dict, question: str) -> Iterator[tuple[int, object]]:
@@ -248,7 +266,8 @@ def build_page(demo: Demo, examples: list[str]):
         conversation = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                image = tolerant(gr.Image(type="pil", label="image (a new one starts a new conversation)", height=280))
+                image = tolerant(gr.Image(type="pil", label="image (each new one joins the conversation; Clear starts over)",
+                                          height=280))
                 temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="temperature (0 = greedy)")
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p")
                 max_new_tokens = gr.Slider(1, 1024, value=256, step=1, label="max new tokens")

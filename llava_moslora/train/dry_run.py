@@ -127,22 +127,16 @@ def render_estimate(estimates: dict, width: int) -> str:
 
 
 def count_records(data_path: str) -> int:
-    """Records in the data file(s) (JSON, JSONL, parquet, Arrow, or a `datasets` directory), unparsed."""
-    import datasets
-
-    from ..data.records import TABLE_FORMATS, data_paths
+    """Records in the data file(s) (JSON, JSONL, parquet, Arrow, a `datasets` folder or id), unparsed."""
+    from ..data.records import data_paths
+    from ..data.tables import is_table_source, open_table
 
     total = 0
     for one in data_paths(data_path):
-        path = Path(one)
-        if path.is_dir() or path.suffix.lower() in TABLE_FORMATS:
-            import pyarrow.parquet
-
-            total += (len(datasets.load_from_disk(str(path))) if path.is_dir()
-                      else pyarrow.parquet.ParquetFile(path).metadata.num_rows if path.suffix.lower() == ".parquet"
-                      else len(datasets.Dataset.from_file(str(path))))
+        if is_table_source(one):
+            total += len(open_table(str(one)))  # memory-mapped: its length is in its metadata
             continue
-        text = path.read_text(encoding="utf-8")  # read once: a JSON list is counted by parsing it
+        text = Path(one).read_text(encoding="utf-8")  # read once: a JSON list is counted by parsing it
         total += len(json.loads(text)) if text.lstrip().startswith("[") else sum(1 for line in text.splitlines()
                                                                                if line.strip())
     return total

@@ -51,7 +51,7 @@ def test_mixed_batch_runs_through_the_model(bundle, folder, jsonl):
     data = dataset(bundle, write(folder, [image_sample(0), text_sample(1), image_sample(2)], jsonl=jsonl), folder)
     assert len(data) == 3 and data.modality_lengths[0] > 0 > data.modality_lengths[1]
     item = data[0]
-    assert item["pixel_values"].shape == (3, 32, 32) and data[1]["pixel_values"] is None
+    assert item["pixel_values"].shape == (1, 3, 32, 32) and data[1]["pixel_values"] is None
     # <image> moved to the start of the first human turn, as LLaVA does
     assert bundle.tokenizer.decode(item["input_ids"]).count("<image>") == 16
     collator = LlavaCollator(bundle.tokenizer.pad_token_id)
@@ -87,9 +87,9 @@ def _with(record, **changes):
 
 @pytest.mark.parametrize("records, message", [
     ([_with(text_sample(0), conversations=[{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "X"}])],
-     r"data.json \(item 0\), sample 'txt-0': has <image> in its conversation but no 'image'"),
+     r"data.json \(item 0\), sample 'txt-0': has 1 <image> placeholder but no image column"),
     ([_with(image_sample(0), conversations=[{"from": "human", "value": "What?"}, {"from": "gpt", "value": "X"}])],
-     r"sample 'img-0': has an image \(red.png\) but no <image>"),
+     r"sample 'img-0': has 1 image but 0 <image> placeholders"),
     ([_with(text_sample(3), conversations=[{"from": "robot", "value": "hi"}])],
      r"sample 'txt-3': unknown role 'robot' in turn 0"),
     ([_with(text_sample(4), conversations=[])], r"sample 'txt-4': empty or missing 'conversations'"),
@@ -111,7 +111,7 @@ def test_malformed_json_line_gives_the_line_number(bundle, folder):
 def test_missing_files_and_folders(bundle, folder):
     with pytest.raises(DataError, match="data file not found"):
         dataset(bundle, folder / "nope.json", folder)
-    with pytest.raises(DataError, match="has an image but no --image_folder"):
+    with pytest.raises(DataError, match="has an image file but no --image_folder"):
         LlavaDataset(write(folder, [image_sample(0)]), bundle.tokenizer, bundle.image_processor, "vicuna_v1",
                      num_image_tokens=16)
 

@@ -1,7 +1,6 @@
 """--data_mixture: weights share out samples at random (within sampling error), counts are exact,
 the same seed draws the same mixture, a source asked for more than it has starts over, and bad
 shares are named."""
-import json
 from collections import Counter
 
 import pytest

@@ -1,5 +1,6 @@
 """The memory-mapped record cache reads LLaVA JSON / JSONL exactly as the in-memory path does
 (same samples, order and errors), and the screen's fast summary agrees with encode_conversation."""
+import itertools
 import json
 import pickle
 
@@ -137,23 +138,27 @@ def test_the_screen_summary_agrees_with_encode_conversation(tiny_bases):
     bundle = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"])
     tokenizer = bundle.tokenizer
     long = " ".join(["The circle is red."] * 30)
-    conversations = [
-        ([("<image>\nWhat color is it?", "Red."), ("And the square?", long)], None, 16),
+    conversations = [  # (turns, system, images)
+        ([("<image>\nWhat color is it?", "Red."), ("And the square?", long)], None, 1),
         ([("What color is it?", "Red.")], None, 0),
         ([("What color is it?", "")], None, 0),
         ([("<image>\nWhat?", "Red.")], None, 0),  # an <image> in a text-only sample
-        ([("What?", "Red.")], None, 16),  # an image sample without <image>
-        ([(long + " <image>", "Red.")], "", 16),
-        ([("<image>\nWhat?", long)], "You are a helpful assistant.", 300),
+        ([("What?", "Red.")], None, 1),  # an image sample without <image>
+        ([(long + " <image>", "Red.")], "", 1),
+        ([("<image>\nWhat?", long)], "You are a helpful assistant.", 1),
+        ([("<image> <image>\nWhich has more shapes?", "The first."), ("Sure?", long)], None, 2),
+        ([("<image>\nThis one?", "Red."), ("<image>\nAnd this " + long, "Blue.")], None, 2),  # a later turn's
+        ([("<image>\nWhat?", "Red.")], None, 2),  # one placeholder short
     ]
     for name in ("vicuna_v1", "plain"):
         template = get_template(name)
-        for max_length in (None, 8, 20, 40, 64, 120, 400):
-            summaries = summarise_conversations(template, tokenizer, conversations, max_length=max_length)
+        for max_length, image_tokens in itertools.product((None, 8, 20, 40, 64, 120, 400), (16, 300)):
+            summaries = summarise_conversations(template, tokenizer, conversations, num_image_tokens=image_tokens,
+                                                max_length=max_length)
             for (turns, system, images), summary in zip(conversations, summaries):
                 try:
-                    encoded = encode_conversation(template, tokenizer, turns, num_image_tokens=images,
-                                                  max_length=max_length, system=system)
+                    encoded = encode_conversation(template, tokenizer, turns, num_image_tokens=image_tokens,
+                                                  num_images=images, max_length=max_length, system=system)
                 except ValueError as error:
                     assert type(summary) is type(error) and str(summary) == str(error)
                     continue

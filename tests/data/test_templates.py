@@ -73,7 +73,7 @@ def test_truncation_keeps_image_tokens_and_is_reported(tokenizers):
                               max_length=len(full.input_ids) - 3)
     assert cut.truncated and cut.input_ids == full.input_ids[:-3] and cut.labels == full.labels[:-3]
     image_end = full.input_ids.index(tokenizer.convert_tokens_to_ids("<image>")) + 16
-    with pytest.raises(SampleTooLong, match="16 image tokens end at position"):
+    with pytest.raises(SampleTooLong, match="image tokens \\(16 per image\\) end at position"):
         encode_conversation(get_template("vicuna_v1"), tokenizer, TWO_TURNS, num_image_tokens=16,
                             max_length=image_end - 1)
     # a cut that leaves no reply token: the sample is fully masked, which the collator's guard counts

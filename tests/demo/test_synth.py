@@ -38,14 +38,14 @@ def test_same_seed_same_files_other_seed_other_files(shapes, tmp_path):
 def test_training_files_are_valid_llava_data(shapes):
     pretrain, instruct = load_samples(shapes / "pretrain.json"), load_samples(shapes / "instruct.json")
     assert len(pretrain) == 40 and len(instruct) == 120
-    assert all(s.image for s in pretrain)
-    assert any(s.image is None for s in instruct), "some text-only samples"
+    assert all(len(s.images) == 1 for s in pretrain)
+    assert any(not s.images for s in instruct), "some text-only samples"
     assert any(len(s.turns) > 1 for s in instruct), "multi-turn conversations"
     mcq_turns = [(q, a) for s in instruct for q, a in s.turns if q.endswith(MCQ_SUFFIX)]
     assert mcq_turns and all(a in "ABCD" for _, a in mcq_turns)
     for sample in pretrain + instruct:
-        if sample.image:
-            assert (shapes / "images" / sample.image).is_file()
+        for image in sample.images:
+            assert (shapes / "images" / image).is_file()
 
 
 def test_benchmarks_have_vlmevalkit_columns_and_abilities(shapes):

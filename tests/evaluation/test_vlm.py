@@ -87,3 +87,67 @@ def test_benchmark_kinds_belong_to_each_model_not_the_process(model, tiny_checkp
     other = model_class(False)(tiny_checkpoint, data_root=root)  # the same name, a yes/no TSV there
     assert model.kind_of("ShapesVQA_MCQ") == "MCQ" and other.kind_of("ShapesVQA_MCQ") == "Y/N"
     assert model.kind_of("ShapesVQA_MCQ") == "MCQ" and "LMUData" not in os.environ
+
+
+def test_multi_image_messages_fill_placeholders_in_order_alone_and_batched(model, tiny_checkpoint, tmp_path):
+    """VLMEvalKit's interleaved messages: each image at its place, as one conversation with two
+    `<image>` placeholders; the batched route answers as one at a time does."""
+    from PIL import Image
+
+    paths = []
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 40, 220))):
+        Image.new("RGB", (24, 20), colour).save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    interleaved = [{"type": "text", "value": "First:"}, {"type": "image", "value": paths[0]},
+                   {"type": "text", "value": "Second:"}, {"type": "image", "value": paths[1]},
+                   {"type": "text", "value": "Which image is red?"}]
+    text, images = model.question(interleaved)
+    assert text == "First:\n<image>\nSecond:\n<image>\nWhich image is red?" and images == paths
+    answer = model.generate(interleaved)
+    reference = Answerer(load_checkpoint(tiny_checkpoint), max_new_tokens=model.answer_tokens(None))
+    opened = [Image.open(p).convert("RGB") for p in paths]
+    assert answer == reference(text, opened)
+    ids = reference.prompt_ids(text, 2)
+    assert ids.count(reference.bundle.model.config.image_token_id) == 2 * reference.bundle.recipe.num_image_tokens
+    one = [{"type": "image", "value": paths[0]}, {"type": "text", "value": "What color is it?"}]
+    batched = model.generate_batch([interleaved, one, interleaved])
+    assert batched[0] == batched[2] == answer and batched[1] == model.generate(one)
+
+
+def test_the_builtin_backend_dumps_every_image_of_a_multi_image_row(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from llava_moslora.evaluation.builtin import predict_tsv
+
+    def b64(colour):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    seen = []
+
+    class Records:
+        def set_dump_image(self, dump):
+            self.dump = dump
+
+        def build_prompt(self, line, dataset):
+            paths = self.dump(line)
+            seen.append([Image.open(p).getpixel((0, 0)) for p in paths])
+            return [{"type": "image", "value": p} for p in paths] + [{"type": "text", "value": line["question"]}]
+
+        def prompt_length(self, message, dataset=None):
+            return 0
+
+        def generate_batch(self, messages, dataset=None):
+            return ["A"] * len(messages)
+
+    rows = [dict(index=0, image=str([b64((255, 0, 0)), b64((0, 0, 255))]), question="Which is red?", A="first",
+                 B="second", answer="A"),
+            dict(index=1, image=b64((0, 255, 0)), question="Is it green?", A="yes", B="no", answer="A")]
+    tsv = tmp_path / "My_Pairs.tsv"
+    pd.DataFrame(rows).to_csv(tsv, sep="\t", index=False)
+    predict_tsv(Records, tsv, tmp_path / "work", "m", progress=False)
+    assert seen == [[(255, 0, 0), (0, 0, 255)], [(0, 255, 0)]]

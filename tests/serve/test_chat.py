@@ -32,7 +32,7 @@ def test_piped_conversation_with_commands(tiny_checkpoint, images):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("ASSISTANT: ") == 3  # three questions answered, nothing after /exit
     assert "cannot use image" in result.stderr and "missing.png" in result.stderr and "broken.png" in result.stderr
-    assert "(image: " in result.stderr and "(new conversation)" in result.stderr
+    assert "(image 2: " in result.stderr and "(new conversation, no images)" in result.stderr
     assert "tokens/s" in result.stderr and "loaded " in result.stderr
 
 
@@ -70,11 +70,42 @@ def test_the_reply_streams_in_pieces_that_add_up_and_turns_are_kept(tiny_checkpo
     chunks = []
     reply = session.ask("What color is it?", on_text=chunks.append)
     assert len(chunks) >= 2 and "".join(chunks).strip() == reply  # arrived piece by piece
-    assert reply == answerer("What color is it?", session.image, max_new_tokens=8)  # streaming changes nothing
+    assert reply == answerer("What color is it?", session.images, max_new_tokens=8)  # streaming changes nothing
     session.ask("Are you sure?")
-    assert [q for q, _ in session.history] == ["What color is it?", "Are you sure?"]
+    assert [q for q, _ in session.history] == ["<image>\nWhat color is it?", "Are you sure?"]
     # the second question was asked with the first turn in the prompt
-    assert len(answerer.prompt_ids("Are you sure?", True, session.history[:1])) > len(
-        answerer.prompt_ids("Are you sure?", True))
+    assert len(answerer.prompt_ids("Are you sure?", 1, session.history[:1])) > len(
+        answerer.prompt_ids("Are you sure?", 1))
     session.set_image(None)
-    assert session.history == [] and session.image is None
+    assert session.history == [] and session.images == []
+
+
+def test_an_added_image_joins_the_conversation_at_the_next_question(tiny_checkpoint, images):
+    """/image adds an image: the next question carries its placeholder, the first image and turn
+    stay in the prompt, and the reply is what the answerer gives for that two-image conversation."""
+    from llava_moslora.evaluation.answer import Answerer
+    from llava_moslora.model import load_checkpoint
+    from llava_moslora.serve.chat import ChatSession
+
+    answerer = Answerer(load_checkpoint(tiny_checkpoint))
+    session = ChatSession(answerer, max_new_tokens=6)
+    session.add_image(str(images / "red.png"))
+    first = session.ask("What color is it?")
+    session.add_image(str(images / "blue.png"))
+    assert session.unasked == 1
+    second = session.ask("And this one?")
+    assert [q for q, _ in session.history] == ["<image>\nWhat color is it?", "<image>\nAnd this one?"]
+    red, blue = (Image.open(images / name).convert("RGB") for name in ("red.png", "blue.png"))
+    assert second == answerer("<image>\nAnd this one?", [red, blue], [("<image>\nWhat color is it?", first)],
+                              max_new_tokens=6)
+    ids = answerer.prompt_ids("<image>\nAnd this one?", 2, [("<image>\nWhat color is it?", first)])
+    image_id = answerer.bundle.model.config.image_token_id
+    assert ids.count(image_id) == 2 * answerer.bundle.recipe.num_image_tokens
+    with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
+        answerer.prompt_ids("<image> <image> Which?", 1)
+
+
+def test_two_images_on_the_command_line_are_asked_about_together(tiny_checkpoint, images):
+    result = chat("--model", str(tiny_checkpoint), "--image", str(images / "red.png"), "--image",
+                  str(images / "blue.png"), "--prompt", "Which image is red?", "--max_new_tokens", "4")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr[-2000:]

@@ -93,7 +93,8 @@ def test_two_turns_stream_the_cli_chats_answers_side_by_side(server, models, ima
         *panes, status = outputs[-1]
         assert status == "done"
         for m, pane in enumerate(panes[:2]):
-            assert [text(x) for x in pane] == [piece for q, a in zip(QUESTIONS[:turn + 1], expected[m])
+            shown = ["[image] " + QUESTIONS[0], *QUESTIONS[1:]]  # the page marks the turn that brought the image
+            assert [text(x) for x in pane] == [piece for q, a in zip(shown[:turn + 1], expected[m])
                                                for piece in (q, a)]
             partial = [text(o[m][-1]) for o in outputs if len(o[m]) == 2 * (turn + 1)]
             assert all(expected[m][turn].startswith(p.strip()) for p in partial), partial  # pieces add up
@@ -122,9 +123,12 @@ def test_two_tabs_keep_their_own_conversations(server, models, images):
     assert len(ask(second, QUESTIONS[1], images / "test_000001.png")[-1][0]) == 4
 
 
-def test_a_new_image_starts_a_new_conversation(server, images):
+def test_a_new_image_joins_the_conversation_and_clear_starts_over(server, images):
     client = Client(server, verbose=False)
     ask(client, QUESTIONS[0], images / "test_000000.png")
+    pane = ask(client, "Which one is blue?", images / "test_000001.png")[-1][0]
+    assert [text(x) for x in pane][0::2] == [f"[image] {QUESTIONS[0]}", "[image] Which one is blue?"]
+    client.predict(api_name="/clear")
     assert len(ask(client, QUESTIONS[1], images / "test_000001.png")[-1][0]) == 2
 
 
@@ -143,7 +147,7 @@ def test_in_a_real_browser_an_uploaded_image_gets_the_cli_answer(server, models,
         page.wait_for_selector("textarea", timeout=60000)
         assert page.get_by_text("held-out ShapesVQA images").count() >= 1  # the examples are offered
         page.set_input_files("input[type=file]", str(image))
-        page.wait_for_function("document.querySelector('#status').innerText.includes('new image')", timeout=60000)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('image 1 added')", timeout=60000)
         page.fill("textarea", QUESTIONS[0])
         page.get_by_role("button", name="Send").click()
         page.wait_for_function("document.querySelector('#status').innerText.includes('done')", timeout=120000)
