@@ -140,22 +140,25 @@ class SampleChecker:
         return None
 
 
-def all_findings(rejected: Sequence[DataError], samples: Sequence[Sample], checked: list[Finding]) -> list[Finding]:
+def all_findings(rejected: Sequence[DataError], samples: Sequence[Sample], checked: list[Finding],
+                 sources: Optional[Sequence[int]] = None) -> list[Finding]:
     """Records that did not parse, repeated ids, then the per-sample findings (`checked`)."""
-    return [Finding.from_error(error) for error in rejected] + duplicate_findings(samples) + checked
+    return [Finding.from_error(error) for error in rejected] + duplicate_findings(samples, sources) + checked
 
 
-def duplicate_findings(samples: Sequence[Sample]) -> list[Finding]:
-    """Every repeat of an id after its first occurrence."""
+def duplicate_findings(samples: Sequence[Sample], sources: Optional[Sequence[int]] = None) -> list[Finding]:
+    """Every repeat of an id after its first occurrence; with `sources` (each sample's source in
+    a mixture), within its own source only: two datasets may both number their samples from 0."""
     ids = samples.ids() if hasattr(samples, "ids") else [sample.id for sample in samples]  # SampleTable: one column
-    first: dict[str, int] = {}
+    keys = ids if sources is None else list(zip(sources, ids))
+    first: dict = {}
     findings = []
-    for index, sample_id in enumerate(ids):
-        if sample_id in first:
+    for index, (key, sample_id) in enumerate(zip(keys, ids)):
+        if key in first:
             findings.append(Finding("duplicate_id", sample_id, f"sample {sample_id!r}",
-                                    f"sample #{index} repeats the id of sample #{first[sample_id]}", index))
+                                    f"sample #{index} repeats the id of sample #{first[key]}", index))
         else:
-            first[sample_id] = index
+            first[key] = index
     return findings
 
 

@@ -36,11 +36,11 @@ class Answerer:
 
     def prompt_ids(self, question: str, images: int = 0, history: Sequence[tuple[str, str]] = ()) -> list[int]:
         """The rendered conversation: earlier (question, reply) turns, then the open question,
-        with `images` images in all (see place_images). Remembered for a while: evaluation asks
+        with `images` images in all (placed by place_images). Remembered for a while: evaluation asks
         for a prompt's length first, to batch prompts of like length."""
         key = (question, int(images), tuple(history))
         if key not in self._prompts:
-            turns = [*history, (place_images(question, int(images), history), None)]
+            turns = place_images([*history, (question, None)], int(images))
             if len(self._prompts) >= PROMPTS_REMEMBERED:
                 self._prompts.clear()
             self._prompts[key] = encode_conversation(
@@ -98,14 +98,18 @@ def as_list(images) -> list:
     return [] if images is None else [images] if isinstance(images, Image.Image) else list(images)
 
 
-def place_images(question: str, images: int, history: Sequence[tuple[str, str]] = ()) -> str:
-    """The question with the `<image>` placeholders the conversation still lacks: the images not
-    placed in earlier turns or in the question itself go before the question. One image in the
-    first turn goes at its start, as LLaVA's training data has it. ValueError when the question
-    and history hold more placeholders than there are images."""
-    placed = sum(q.count(IMAGE_TOKEN) for q, _ in history) + question.count(IMAGE_TOKEN)
+def place_images(turns: list, images: int) -> list:
+    """The conversation's turns with the `<image>` placeholders it still lacks: with none placed
+    anywhere, the images go before the first question (LLaVA's layout); else the ones left go
+    before the last. One image in the first question goes at its start, as training puts it.
+    ValueError when the turns hold more placeholders than there are images."""
+    placed = sum(question.count(IMAGE_TOKEN) for question, _ in turns)
     if placed > images:
         raise ValueError(f"the conversation has {placed} {IMAGE_TOKEN} placeholders but {images} images")
-    if images == 1 and not history:
-        return f"{IMAGE_TOKEN}\n" + question.replace(IMAGE_TOKEN, "").strip()
-    return f"{IMAGE_TOKEN}\n" * (images - placed) + question
+    turns = list(turns)
+    if placed < images:
+        at = 0 if placed == 0 else len(turns) - 1
+        turns[at] = (f"{IMAGE_TOKEN}\n" * (images - placed) + turns[at][0], turns[at][1])
+    if images == 1 and IMAGE_TOKEN in turns[0][0]:
+        turns[0] = (f"{IMAGE_TOKEN}\n" + turns[0][0].replace(IMAGE_TOKEN, "").strip(), turns[0][1])
+    return turns

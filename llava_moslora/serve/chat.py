@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 from PIL import Image, UnidentifiedImageError
 
 from ..data.templates import IMAGE_TOKEN
-from ..evaluation.answer import Answerer, place_images
+from ..evaluation.answer import Answerer
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..data.templates import TEMPLATE_HELP
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
@@ -65,8 +65,9 @@ class ChatSession:
         self.images, self.history = [], []
 
     def placed(self, question: str) -> str:
-        """The question with the placeholders of the images added since the last one."""
-        return place_images(question, len(self.images), self.history)
+        """The question with the placeholders of the images added since the last one: an image
+        joins the conversation at the question asked after it (earlier turns stay as they were)."""
+        return f"{IMAGE_TOKEN}\n" * self.unasked + question if self.unasked > 0 else question
 
     def stream(self, question: str) -> Iterator[str]:
         """The reply to `question` in pieces, as it is generated. The last item is the whole reply

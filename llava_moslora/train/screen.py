@@ -45,7 +45,7 @@ def screen_dataset(dataset: LlavaDataset, *, skip: bool, rank: int, world_size: 
     Returns the findings (errors and warnings) for the run's summary."""
     found = check_shard(dataset, rank, world_size, progress=rank == 0)
     checked = sorted(gather_lists(found), key=lambda f: f.index)
-    findings = all_findings(dataset.rejected, dataset.samples, checked)
+    findings = all_findings(dataset.rejected, dataset.samples, checked, dataset.part_of)
     errors = [f for f in findings if f.is_error]
     if errors and not skip:
         listed = "\n".join(f"  {f.kind} {f.sample_id!r}: {f.message}" if f.index is not None else f"  {f.kind}: {f.message}"

@@ -13,7 +13,13 @@ DEFAULT_TEMPLATE = "vicuna_v1"
 
 
 def add_arguments(parser, name: str) -> None:
-    parser.add_argument("--data_path", required=True, help="LLaVA JSON/JSONL (conversations + image, or messages + images), .parquet, .arrow or a `datasets` directory; several joined with commas")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data_path", help="LLaVA JSON/JSONL (conversations + image, or messages + images), .parquet, "
+                      ".arrow, a `datasets` folder or dataset id; several joined with commas")
+    data.add_argument("--data_mixture", help="as in training (e.g. a.json:0.7,b.parquet:0.3,c.jsonl:2000): every source "
+                      "is checked, and the samples the mixture draws from each are reported")
+    parser.add_argument("--seed", type=int, default=42, help="the seed training draws the mixture with (its "
+                        "--data_seed, else --seed) [42, training's default]")
     parser.add_argument("--image_folder", default=None, help="folder the samples' image paths are relative to")
     parser.add_argument("--model_name_or_path", required=True,
                         help="the language model whose tokenizer training will use (a base LM, a stage checkpoint or a merged directory)")
@@ -26,7 +32,8 @@ def add_arguments(parser, name: str) -> None:
     parser.add_argument("--system_prompt", default=None, help="as in training")
     parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="checking processes (0: none)")
     parser.add_argument("--write-clean", dest="write_clean", default=None, metavar="PATH",
-                        help="write the samples without errors here (.jsonl: one per line, else a JSON list)")
+                        help="write the samples without errors here (.jsonl: one per line, else a JSON list; images "
+                             "stored in a table are written as base64; a mixture: each source's samples once)")
     parser.add_argument("--report", default=None, metavar="PATH", help="write every finding here as JSON lines")
     parser.add_argument("--show", type=int, default=50, help="findings to print (all go to --report)")
     parser.add_argument("--trust_remote_code", action="store_true", help="allow tokenizer code from the model's repository")
@@ -70,13 +77,32 @@ def validate(args):
     template = get_template(template_name)
     check_tokenizer(template, tokenizer)
     rejected = []
-    samples = load_samples(args.data_path, rejected)
+    if args.data_mixture:
+        samples, sources = mixture_samples(args.data_mixture, args.seed, rejected)
+    else:
+        samples, sources = load_samples(args.data_path, rejected), None
     checker = SampleChecker(template, tokenizer, image_tokens, args.model_max_length,
                             Path(args.image_folder) if args.image_folder else None, args.system_prompt)
-    print(f"[validate-data] {args.data_path}: {len(samples) + len(rejected)} records; template {template_name!r}, "
-          f"{image_tokens} image tokens, model_max_length {args.model_max_length}", flush=True)
-    findings = all_findings(rejected, samples, check_samples(samples, checker, workers=args.num_workers))
+    print(f"[validate-data] {args.data_path or args.data_mixture}: {len(samples) + len(rejected)} records; template "
+          f"{template_name!r}, {image_tokens} image tokens, model_max_length {args.model_max_length}", flush=True)
+    findings = all_findings(rejected, samples, check_samples(samples, checker, workers=args.num_workers), sources)
     return Report(len(samples) + len(rejected), findings), samples
+
+
+def mixture_samples(spec: str, seed: int, rejected: list) -> tuple[list, list]:
+    """Every source's samples once, each sample's source, and (printed) what the mixture draws."""
+    from collections import Counter
+
+    from ..data.mixture import draw, parse_mixture
+    from ..data.records import load_samples
+
+    parts = parse_mixture(spec)
+    loaded = [load_samples(part.path, rejected) for part in parts]
+    drawn = Counter(part for part, _ in draw(parts, [len(s) for s in loaded], seed))
+    for k, (part, source) in enumerate(zip(parts, loaded)):
+        print(f"[validate-data] mixture: {part.path}: {len(source)} samples read, {drawn.get(k, 0)} drawn "
+              f"({part.share}, seed {seed})", flush=True)
+    return [s for source in loaded for s in source], [k for k, source in enumerate(loaded) for _ in source]
 
 
 def run(args, name: str) -> int:

@@ -65,3 +65,30 @@ def test_data_path_and_mixture_together_are_refused():
 
     with pytest.raises(SystemExit, match="--data_path or --data_mixture, not both"):
         parse(["--data_path", "a.json", "--data_mixture", "a.json:1", "--output_dir", "out"])
+
+
+def test_validate_data_checks_every_source_of_a_mixture_and_ids_clash_only_within_one(capsys, tiny_bases, tmp_path):
+    """Two tables without ids both number their rows from 0: not duplicates. A repeat within one
+    source still is; validate-data says what the mixture draws from each, as training would."""
+    import datasets
+
+    from llava_moslora.cli import main
+
+    root = write_sources(tmp_path, {"a.json": 6})
+    rows = [{"conversations": [{"from": "human", "value": f"Say {i}."}, {"from": "gpt", "value": f"{i}."}]}
+            for i in range(4)]
+    datasets.Dataset.from_list(rows).to_parquet(str(root / "b.parquet"))
+    datasets.Dataset.from_list(rows).to_parquet(str(root / "c.parquet"))
+    spec = f"{root / 'b.parquet'}:0.5,{root / 'c.parquet'}:0.5,{root / 'a.json'}:3"
+    args = ["validate-data", "--data_mixture", spec, "--image_folder", str(root), "--num_workers", "0",
+            "--model_name_or_path", tiny_bases["language_model"], "--vision_tower", tiny_bases["vision_tower"]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "14 records: 14 valid" in out
+    assert f"mixture: {root / 'a.json'}: 6 samples read, 3 drawn (count 3, seed 42)" in out
+    drawn = [int(line.split(" samples read, ")[1].split()[0]) for line in out.splitlines() if " drawn (" in line]
+    assert drawn[0] + drawn[1] == 8  # the weighted sources' sizes together, shared out at random
+    (root / "a.json").write_text((root / "a.json").read_text().replace('"a-1"', '"a-0"'))
+    assert main(args) == 1 and "duplicate_id" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--data_path", str(root / "a.json")])  # one or the other
