@@ -26,6 +26,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
                       "scan a LLaVA-format dataset for every fault (by sample id) before a run; --write-clean keeps the valid ones",
                       "data", "llava-moslora validate-data --data_path mix665k.json --image_folder playground/data "
                               "--model_name_or_path lmsys/vicuna-7b-v1.5 --vision_tower openai/clip-vit-large-patch14-336"),
+    "convert-data": ("llava_moslora.data.convert",
+                     "write any data form training reads as one parquet file, messages + images, images inside",
+                     "data", "llava-moslora convert-data --data_path instruct.json --image_folder images "
+                             "--out instruct.parquet"),
     "train": ("llava_moslora.train.main",
               "train one stage (run under torchrun or deepspeed; see scripts/pretrain.sh, finetune.sh)",
               "train", "bash scripts/finetune.sh --dry_run   # the scripts run `llava-moslora train` for you"),

@@ -355,10 +355,17 @@ def add_arguments(parser, name: str = "synth") -> None:
                              "scenes apart from the test rows, for choosing hyperparameters")
     parser.add_argument("--image_size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--mcq_fraction", type=float, default=0.8, help="share of training questions in MCQ form")
+    parser.add_argument("--num_pairs", type=int, default=0,
+                        help="also write pairs.json: this many two-image training samples (\"Which image has more "
+                             "shapes?\"), and ShapesVQA_Pairs.tsv: --num_test two-image benchmark rows [0: neither]")
 
 
 def run(args, name: str = "synth") -> int:
     counts = write_shapesvqa(args.out, seed=args.seed, num_pretrain=args.num_pretrain, num_instruct=args.num_instruct,
                              num_test=args.num_test, num_val=args.num_val, image_size=args.image_size, mcq_fraction=args.mcq_fraction)
+    if args.num_pairs:
+        from .pairs import write_pairs
+
+        counts.update(write_pairs(args.out, num_pairs=args.num_pairs, num_test_pairs=args.num_test, seed=args.seed))
     print(f"ShapesVQA written to {args.out}: {counts}")
     return 0

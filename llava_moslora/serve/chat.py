@@ -67,7 +67,8 @@ class ChatSession:
     def placed(self, question: str) -> str:
         """The question with the placeholders of the images added since the last one: an image
         joins the conversation at the question asked after it (earlier turns stay as they were)."""
-        return f"{IMAGE_TOKEN}\n" * self.unasked + question if self.unasked > 0 else question
+        missing = self.unasked - question.count(IMAGE_TOKEN)  # a question asked again holds its own
+        return f"{IMAGE_TOKEN}\n" * missing + question if missing > 0 else question
 
     def stream(self, question: str) -> Iterator[str]:
         """The reply to `question` in pieces, as it is generated. The last item is the whole reply

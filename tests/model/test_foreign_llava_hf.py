@@ -46,7 +46,7 @@ def test_its_own_chatml_template_prompts_it(chatml_bases, tmp_path):
     bundle = load_checkpoint(path)
     assert bundle.recipe.template == OWN
     answerer = Answerer(bundle, max_new_tokens=2)
-    ids = answerer.prompt_ids("What is it?", with_image=True, history=[("Hi", "Hello.")])
+    ids = answerer.prompt_ids("What is it?", images=1, history=[("Hi", "Hello.")])
     image = bundle.model.config.image_token_id
     assert ids.count(image) == bundle.recipe.num_image_tokens
     once = [i for k, i in enumerate(ids) if i != image or ids[k - 1] != image]  # the image as one token
