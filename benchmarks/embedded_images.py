@@ -27,16 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_scale import rss_mb  # benchmarks/ is on the path when a benchmark runs as a script
+
 ROOT = Path(__file__).resolve().parents[1]
 BASES = ROOT / "bases" / "shapes-tiny"
 ROWS_PER_GROUP = 2000
 TARGET_ANON_SHARE = 0.10
-
-
-def rss_mb() -> tuple[float, float]:
-    """(RSS, its anonymous part) of this process, in MB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields.get("RssAnon", "0 kB").split()[0]) / 1024
 
 
 def generate(path: Path, records: int, seed: int) -> int:

@@ -11,10 +11,11 @@
 #   MODEL             language model [from the stage-1 checkpoint's recipe; lmsys/vicuna-7b-v1.5 with
 #                     an mm_projector file]. Set it to point at moved base weights.
 #   VISION_TOWER      vision tower, likewise [openai/clip-vit-large-patch14-336 with a projector file]
-#   DATA_PATH         instructions: LLaVA JSON / JSONL, parquet, Arrow or a datasets folder [./playground/data/llava_v1_5_mix665k.json]
+#   DATA_PATH         instructions: LLaVA JSON / JSONL, parquet, Arrow, a datasets folder or id; images as
+#                     paths under IMAGE_FOLDER or stored inside; several per sample [./playground/data/llava_v1_5_mix665k.json]
 #   DATA_MIXTURE      instead of DATA_PATH: sources with weights or counts, e.g.
 #                     a.json:0.7,b.parquet:0.3,c.jsonl:2000 (drawn once from the seed) [unset]
-#   IMAGE_FOLDER      image root [./playground/data]
+#   IMAGE_FOLDER      root of the image paths (unused by images stored in the data) [./playground/data]
 #   OUTPUT_DIR        stage-2 checkpoint [./checkpoints/llava-v1.5-7b-$ADAPTER]
 #   NUM_GPUS, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE, SHUTDOWN_TIMEOUT, LAUNCHER_ARGS, ZERO [2],
 #   GLOBAL_BATCH [128], PER_DEVICE_BATCH [16], EPOCHS [1], MAX_LENGTH [2048]: as in scripts/pretrain.sh

@@ -6,7 +6,7 @@
 # Environment (LLaVA-1.5 defaults in brackets):
 #   MODEL             language model [lmsys/vicuna-7b-v1.5]
 #   VISION_TOWER      CLIP/SigLIP tower [openai/clip-vit-large-patch14-336]
-#   DATA_PATH         captions: LLaVA JSON / JSONL, parquet, Arrow or a datasets folder [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
+#   DATA_PATH         captions: LLaVA JSON / JSONL, parquet, Arrow, a datasets folder or id [./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json]
 #   DATA_MIXTURE      instead of DATA_PATH: sources with weights or counts, e.g.
 #                     a.json:0.7,b.parquet:0.3,c.jsonl:2000 (drawn once from the seed) [unset]
 #   IMAGE_FOLDER      image root [./playground/data/LLaVA-Pretrain/images]

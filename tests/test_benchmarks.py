@@ -63,6 +63,12 @@ def test_data_scale_benchmark_prints_its_table_and_the_targets(tmp_path):
     assert "x the 60 s target" in out and "x the 1.5 GB target" in out
 
 
+def test_embedded_images_benchmark_reads_a_parquet_with_images_lazily(tmp_path):
+    out = run_benchmark("embedded_images", "--records", "600", "--draws", "50", "--work-dir", str(tmp_path))
+    assert out.count("| draw 50 samples (") == 2 and "600 samples" in out  # cold and warm
+    assert "x the images' bytes (target <= 0.10)" in out
+
+
 @pytest.mark.slow
 def test_memory_estimate_benchmark_prints_estimate_and_measured():
     out = run_benchmark("memory_estimate", "--hidden", "64", "--layers", "2", "--rank", "4", "--steps", "1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from .images import ImageError, stored_bytes
 from .records import DataError, Sample, is_file_image, load_samples

@@ -53,3 +53,9 @@ def test_parquet_pairs_and_json_mixed_from_a_merged_model_train_evaluate_and_cha
     answer = cli("chat", "--model", str(out), "--image", str(images[0]), "--image", str(images[1]),
                  "--prompt", "Which image has more shapes?", "--max_new_tokens", "4")
     assert len(answer.stdout.splitlines()) == 1
+
+
+def test_the_example_script_says_what_it_needs_first(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "examples" / "pairs_mixture.sh"), str(tmp_path / "none")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "run bash scripts/quickstart.sh first" in result.stderr
