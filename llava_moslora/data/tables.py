@@ -70,15 +70,36 @@ def open_table(source: str):
         table = datasets.Dataset.from_file(str(path))
     elif (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         table = datasets.load_from_disk(str(path))  # a save_to_disk folder
+    elif path.is_dir():
+        table = _load(source, str(path), "a dataset folder")
     else:
-        try:  # a dataset folder of data files, or an id in the Hugging Face cache / hub
-            table = datasets.load_dataset(str(path))
-        except Exception as error:  # noqa: BLE001 - datasets raises many kinds; say which source failed
-            where = "a dataset folder" if path.is_dir() else "no local file or folder; as a dataset id"
-            raise TableError(f"cannot read {source} ({where}: {type(error).__name__}: {error})") from None
+        table = _load(source, _hub_snapshot(source) or source, "no local file or folder; as a dataset id")
     if isinstance(table, datasets.DatasetDict):
         table = _split(table, source)
     return table.flatten_indices() if table._indices is not None else table
+
+
+def _load(source: str, where: str, what: str):
+    """load_dataset of a folder of data files or a dataset id; a TableError says which failed."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(where)
+    except Exception as error:  # noqa: BLE001 - datasets raises many kinds; say which source failed
+        hint = (f"; offline, download it first (hf download --repo-type dataset {source})"
+                if what.startswith("no local") else "")
+        raise TableError(f"cannot read {source} ({what}: {type(error).__name__}: {error}){hint}") from None
+
+
+def _hub_snapshot(repo_id: str):
+    """The folder of a dataset repository already in the Hugging Face hub cache (as `hf download`
+    leaves it), so an id reads offline as a model id does; None when it is not there."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or no such repository): load_dataset decides
+        return None
 
 
 def _split(tables, source: str):

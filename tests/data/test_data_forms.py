@@ -217,3 +217,26 @@ def test_undecodable_stored_bytes_are_named_by_validate_data_and_when_drawn(bund
     assert "row 2 in" in finding["message"]
     with pytest.raises(DataError, match="'garbled'.*cannot decode the image bytes"):
         dataset(bundle, tmp_path / "mine.parquet")[2]
+
+
+def test_a_dataset_id_reads_offline_from_the_hub_cache(bundle, tmp_path, monkeypatch):
+    """A dataset repository as `hf download --repo-type dataset` leaves it in the hub cache is
+    read by its id with the network off, as a model id is; one not there names the download."""
+    import huggingface_hub
+
+    (tmp_path / "images").mkdir()
+    reference = items(dataset(bundle, as_json(tmp_path, RECORDS), image_files(tmp_path / "images")))
+    repo = tmp_path / "hub" / "datasets--tiny-org--shapes-stored"
+    (repo / "snapshots" / ("0" * 40) / "data").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    datasets.Dataset.from_list(stored(RECORDS)).to_parquet(
+        str(repo / "snapshots" / ("0" * 40) / "data" / "train-00000-of-00001.parquet"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    got = items(dataset(bundle, "tiny-org/shapes-stored"))
+    assert [(ids, labels) for ids, labels, _ in got] == [(ids, labels) for ids, labels, _ in reference]
+    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(got, reference) if a is not None)
+    with pytest.raises(DataError, match="hf download --repo-type dataset tiny-org/absent"):
+        load_samples("tiny-org/absent")
