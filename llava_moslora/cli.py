@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -104,10 +105,15 @@ def build_parser(chosen: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # bitsandbytes (imported with transformers' Trainer, QLoRA or not) warns on some CPUs that an
+    # optional hub kernel is missing, then uses its own: nothing a user can act on (train.main
+    # says the same), and it would be the first line of `study --help`.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if chosen in PASSTHROUGH and argv[0] == chosen:
-        return importlib.import_module(SUBCOMMANDS[chosen][0]).main(argv[1:])
+        module = importlib.import_module(SUBCOMMANDS[chosen][0])
+        return getattr(module, "run", module.main)(argv[1:])  # train's run: its mistakes said in one line
     parser = build_parser(chosen if chosen in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:

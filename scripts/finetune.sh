@@ -35,12 +35,12 @@ set -euo pipefail
 
 ADAPTER="${ADAPTER:-moslora}"
 STAGE1_DIR="${STAGE1_DIR:-./checkpoints/llava-v1.5-7b-pretrain}"
-if [ ! -d "$STAGE1_DIR" ]; then  # a projector file: the bases must be named
+if [ -f "$STAGE1_DIR" ]; then  # a projector file: the bases must be named
   MODEL="${MODEL:-lmsys/vicuna-7b-v1.5}"
   VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
 fi
 DATA_PATH="${DATA_PATH:-./playground/data/llava_v1_5_mix665k.json}"
-IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data}"
+[ -z "${IMAGE_FOLDER:-}" ] && [ -d ./playground/data ] && IMAGE_FOLDER=./playground/data
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-$ADAPTER}"
 ZERO="${ZERO:-2}"
 GLOBAL_BATCH="${GLOBAL_BATCH:-128}"
@@ -68,16 +68,17 @@ extra=()
 [ "${PACKING:-0}" = "1" ] && extra+=(--packing True)
 data=(--data_path "$DATA_PATH")
 [ -n "${DATA_MIXTURE:-}" ] && data=(--data_mixture "$DATA_MIXTURE")
+[ -n "${IMAGE_FOLDER:-}" ] && data+=(--image_folder "$IMAGE_FOLDER")
 [ -n "${ATTN:-}" ] && extra+=(--attn_implementation "$ATTN")
 
-exec "${LAUNCH[@]}" \
+run_training \
   --deepspeed "$DS_CONFIG" \
   --pretrain_mm_mlp_adapter "$STAGE1_DIR" \
   --template "$TEMPLATE" --stage 2 \
   --tune_vision_tower frozen --tune_mm_projector full --tune_language_model adapter \
   --adapter "$ADAPTER" --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA" --lora_dropout "$LORA_DROPOUT" \
   --mixer_init "$MIXER_INIT" --num_experts "$NUM_EXPERTS" --top_k "$TOP_K" --gate_rescale "$GATE_RESCALE" \
-  "${data[@]}" --image_folder "$IMAGE_FOLDER" \
+  "${data[@]}" \
   --output_dir "$OUTPUT_DIR" --num_train_epochs "$EPOCHS" \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
   --learning_rate "$LR" --mm_projector_lr "$MM_PROJECTOR_LR" --weight_decay 0 --warmup_steps 0.03 \

@@ -43,7 +43,7 @@ set -euo pipefail
 MODEL="${MODEL:-lmsys/vicuna-7b-v1.5}"
 VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
 DATA_PATH="${DATA_PATH:-./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json}"
-IMAGE_FOLDER="${IMAGE_FOLDER:-./playground/data/LLaVA-Pretrain/images}"
+[ -z "${IMAGE_FOLDER:-}" ] && [ -d ./playground/data/LLaVA-Pretrain/images ] && IMAGE_FOLDER=./playground/data/LLaVA-Pretrain/images
 OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/llava-v1.5-7b-pretrain}"
 ZERO="${ZERO:-2}"
 GLOBAL_BATCH="${GLOBAL_BATCH:-256}"
@@ -57,15 +57,16 @@ extra=()
 [ "${PACKING:-0}" = "1" ] && extra+=(--packing True)
 data=(--data_path "$DATA_PATH")
 [ -n "${DATA_MIXTURE:-}" ] && data=(--data_mixture "$DATA_MIXTURE")
+[ -n "${IMAGE_FOLDER:-}" ] && data+=(--image_folder "$IMAGE_FOLDER")
 [ -n "${ATTN:-}" ] && extra+=(--attn_implementation "$ATTN")
 
-exec "${LAUNCH[@]}" \
+run_training \
   --deepspeed "$DS_CONFIG" \
   --model_name_or_path "$MODEL" --vision_tower "$VISION_TOWER" \
   --mm_projector_type mlp2x_gelu --mm_vision_select_layer -2 \
   --template "$TEMPLATE" --stage 1 \
   --tune_vision_tower frozen --tune_mm_projector full --tune_language_model frozen \
-  "${data[@]}" --image_folder "$IMAGE_FOLDER" \
+  "${data[@]}" \
   --output_dir "$OUTPUT_DIR" --num_train_epochs "$EPOCHS" \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
   --learning_rate "$LR" --weight_decay 0 --warmup_steps 0.03 --lr_scheduler_type cosine \

@@ -39,6 +39,7 @@ def test_top_level_help_groups_the_subcommands():
 def test_every_subcommand_has_help_with_an_example(name):
     result = run(name, "--help")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no library's noise before the help
     assert f"usage: llava-moslora {name}" in result.stdout
     assert "example:" in result.stdout
 

@@ -1,16 +1,26 @@
-"""Data: conversation templates, LLaVA-format records, images, tokenisation, batching, sampling."""
-from .collator import LlavaCollator, MaskedLabelGuard, MaskedLabelsError
-from .dataset import LlavaDataset
-from .images import ImageError, load_image, pad_to_square, preprocess_image
-from .records import DataError, Sample, load_samples, parse_sample
-from .sampler import ModalityLengthGroupedSampler, modality_grouped_indices
-from .templates import IMAGE_TOKEN, TEMPLATES, Template, get_template
-from .tokenize import IGNORE_INDEX, EncodedConversation, SampleTooLong, check_tokenizer, encode_conversation
+"""Data: conversation templates, LLaVA-format records, images, tokenisation, batching, sampling.
 
-__all__ = [
-    "DataError", "EncodedConversation", "IGNORE_INDEX", "IMAGE_TOKEN", "ImageError", "LlavaCollator",
-    "LlavaDataset", "MaskedLabelGuard", "MaskedLabelsError", "ModalityLengthGroupedSampler", "Sample",
-    "SampleTooLong", "TEMPLATES", "Template", "check_tokenizer", "encode_conversation", "get_template",
-    "load_image", "load_samples", "modality_grouped_indices", "pad_to_square", "parse_sample",
-    "preprocess_image",
-]
+Names are imported when first used (PEP 562), so that light parts (records, mixture, templates)
+load without torch: the launch checks read them before anything heavy starts.
+"""
+from importlib import import_module
+
+_WHERE = {
+    "LlavaCollator": "collator", "MaskedLabelGuard": "collator", "MaskedLabelsError": "collator",
+    "LlavaDataset": "dataset",
+    "ImageError": "images", "load_image": "images", "pad_to_square": "images", "preprocess_image": "images",
+    "DataError": "records", "Sample": "records", "load_samples": "records", "parse_sample": "records",
+    "ModalityLengthGroupedSampler": "sampler", "modality_grouped_indices": "sampler",
+    "IMAGE_TOKEN": "templates", "TEMPLATES": "templates", "Template": "templates", "get_template": "templates",
+    "IGNORE_INDEX": "tokenize", "EncodedConversation": "tokenize", "SampleTooLong": "tokenize",
+    "check_tokenizer": "tokenize", "encode_conversation": "tokenize",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -10,32 +10,90 @@ import io
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
-from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ImageError(ValueError):
-    """An image that is missing or cannot be decoded."""
+    """An image that is missing, cannot be decoded, or is over the pixel limit."""
+
+
+MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: a large camera photo; LLaVA-1.5 sees 336 x 336 of any image
+_limit = MAX_IMAGE_PIXELS
+PIXELS_HELP = (f"refuse images over this many pixels before decoding them (decompression bombs) [{MAX_IMAGE_PIXELS:,}; "
+               "0: no limit]")
+
+
+def set_max_image_pixels(pixels: Optional[int]) -> None:
+    """The pixel limit for every image this process opens (--max_image_pixels; None or 0: none)."""
+    global _limit
+    _limit = pixels or None
+
+
+# This module's check replaces PIL's decompression-bomb guard: it runs on every image the project
+# opens, before decoding, and its message names the flag that raises it. PIL's would warn, or
+# raise with its own message, at limits of its own.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The one conversion every path uses (training, evaluation, chat, web): the first frame of an
+    animation; 16- and 32-bit greyscale scaled to 8 bits (PIL's own conversion clips them to
+    white); transparency composited on white (as transformers' convert_to_rgb does); CMYK,
+    palette and the rest converted by PIL."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
+
+
+def _within_limit(image: Image.Image, what: str) -> Image.Image:
+    """The image, once its header says it is within the pixel limit (nothing decoded yet)."""
+    width, height = image.size
+    if _limit is not None and width * height > _limit:
+        raise ImageError(f"{what} is {width} x {height} = {width * height / 1e6:.1f} MP, over the limit of "
+                         f"{_limit / 1e6:.1f} MP (--max_image_pixels raises it); its pixels were not decoded")
+    return image
+
+
+def read_image(source, what: str, verb: str = "read", decode: bool = True) -> Optional[Image.Image]:
+    """An image from a path or file object, as RGB (to_rgb), refused over the pixel limit before
+    decoding; ImageError says what is wrong, naming it as `what`. decode=False: the header's
+    checks only (format, size), returning None."""
+    try:
+        with Image.open(source) as image:
+            _within_limit(image, what)
+            return to_rgb(image) if decode else None
+    except ImageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - PIL fails in many types on a file that is no image
+        raise ImageError(f"cannot {verb} {what}: {error}") from None
 
 
 def load_image(path: Union[str, Path]) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ImageError(f"cannot read image {path}: {error}") from None
+    return read_image(path, f"image {path}")
 
 
 def decode_image(data: bytes, what: str) -> Image.Image:
     """An image from its encoded bytes (PNG, JPEG, ...), as RGB; `what` names it in errors."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ImageError(f"cannot decode the image bytes of {what}: {error}") from None
+    return read_image(io.BytesIO(data), f"the image bytes of {what}", verb="decode")
 
 
 def inline_bytes(value: str, what: str) -> bytes:

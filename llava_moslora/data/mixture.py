@@ -12,8 +12,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
 from .records import DataError
 
 
@@ -61,6 +59,8 @@ def mixture_size(parts: list[Part], sizes: list[int]) -> int:
 
 def draw(parts: list[Part], sizes: list[int], seed: int) -> list[tuple[int, int]]:
     """(part, index within that part) of every sample of the mixture, part by part."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     weighted = [i for i, part in enumerate(parts) if part.weight is not None]
     counts = {i: part.count for i, part in enumerate(parts) if part.count is not None}

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+from ..hub import looks_like_hub_id, snapshot
+
 IMAGE_COLUMNS = ("image", "images")  # the columns records.parse_sample reads images from
 TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow"}
 BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")  # a long run of these is an image's bytes, not a path
 ROWS_PER_BATCH = 1024
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 class TableError(ValueError):
@@ -52,7 +53,7 @@ def is_table_source(path: Union[str, Path]) -> bool:
         return True
     if path_.is_dir():
         return True
-    return not path_.exists() and HUB_ID.fullmatch(str(path)) is not None and not path_.suffix
+    return looks_like_hub_id(path) and not path_.suffix
 
 
 @functools.lru_cache(maxsize=32)
@@ -94,11 +95,9 @@ def _load(source: str, where: str, what: str):
 def _hub_snapshot(repo_id: str):
     """The folder of a dataset repository already in the Hugging Face hub cache (as `hf download`
     leaves it), so an id reads offline as a model id does; None when it is not there."""
-    from huggingface_hub import snapshot_download
-
     try:
-        return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or no such repository): load_dataset decides
+        return str(snapshot(repo_id, repo_type="dataset", cached_only=True))
+    except FileNotFoundError:  # not cached (or no such repository): load_dataset decides
         return None
 
 

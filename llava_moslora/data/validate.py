@@ -22,9 +22,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
-from PIL import Image
 
-from .images import ImageError, decode_image, describe, load_image, stored_bytes
+from .images import ImageError, describe, read_image, stored_bytes
 from .records import DataError, Sample, is_file_image
 from .templates import IMAGE_TOKEN, Template
 from .tokenize import SampleTooLong, summarise_conversations, token_id
@@ -106,37 +105,24 @@ class SampleChecker:
         return findings
 
     def _image_fault(self, image) -> Optional[tuple[str, str]]:
+        """(kind, message) of what is wrong with one image, or None. The pixel limit is read from
+        the header in either check mode."""
+        decode = self.image_check == "decode"
         if not is_file_image(image):
-            return self._stored_image_fault(image)
+            try:
+                read_image(io.BytesIO(stored_bytes(image)), f"the image bytes of {describe(image)}", "decode", decode)
+            except ImageError as error:
+                return "unreadable_image", str(error)
+            return None
         if self.image_folder is None:
             return "missing_image", f"has image {image!r} but no image folder was given"
         path = self.image_folder / image
         if not path.is_file():
             return "missing_image", f"image file not found: {path}"
         try:
-            if self.image_check == "decode":
-                load_image(path)
-            else:
-                with Image.open(path):
-                    pass
+            read_image(path, f"image {path}", decode=decode)
         except ImageError as error:
             return "unreadable_image", str(error)
-        except Exception as error:  # PIL raises assorted types for a file that is not an image
-            return "unreadable_image", f"cannot read image {path}: {error}"
-        return None
-
-    def _stored_image_fault(self, image) -> Optional[tuple[str, str]]:
-        try:
-            data = stored_bytes(image)
-            if self.image_check == "decode":
-                decode_image(data, describe(image))
-            else:
-                with Image.open(io.BytesIO(data)):
-                    pass
-        except ImageError as error:
-            return "unreadable_image", str(error)
-        except Exception as error:  # PIL raises assorted types for bytes that are not an image
-            return "unreadable_image", f"cannot decode the image bytes of {describe(image)}: {error}"
         return None
 
 

@@ -37,7 +37,10 @@ ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 
 def decode_image(data: str) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+    """A TSV row's base64 image, as every path reads images (data.images.read_image)."""
+    from ..data.images import read_image
+
+    return read_image(io.BytesIO(base64.b64decode(data)), "a benchmark image", verb="decode")
 
 
 def parse_choice(prediction: str, row) -> Optional[str]:

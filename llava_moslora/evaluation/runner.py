@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
+from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, set_max_image_pixels
 from .benchmarks import data_root, resolve_benchmarks, suites
 from .batching import DEFAULT_BATCH_SIZE, check_batch_size
 from .plan import BenchmarkPlan, locate_local, make_plan, render_plan
@@ -255,6 +256,8 @@ def add_arguments(parser, name: str = "eval") -> None:
     parser.add_argument("--model-name", "--model_name", dest="model_name", default=None,
                         help="prefix of the result files (default: the checkpoint directory's name)")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: CUDA when present)")
+    parser.add_argument("--max_image_pixels", "--max-image-pixels", dest="max_image_pixels", type=int,
+                        default=MAX_IMAGE_PIXELS, help=PIXELS_HELP)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="rows answered per generation, prompts of like length together; the answers equal "
                              "one-at-a-time ones (on a GPU, a batch out of memory is halved and retried) "
@@ -266,6 +269,7 @@ def add_arguments(parser, name: str = "eval") -> None:
 
 
 def run(args, name: str = "eval") -> int:
+    set_max_image_pixels(args.max_image_pixels)
     try:
         outcomes = evaluate_checkpoint(args.model, resolve_benchmarks(args.benchmarks), args.work_dir,
                                        backend=args.backend, judge=args.judge, root=args.data_root,

@@ -145,8 +145,10 @@ class LlavaMoSLoRAMixin:
 
 
 def open_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """A message's image, read as training reads images (converted alike, the pixel limit kept)."""
+    from ..data.images import read_image
+
+    return read_image(path, f"image {path}")
 
 
 @functools.lru_cache(maxsize=None)

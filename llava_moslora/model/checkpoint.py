@@ -10,7 +10,6 @@ inferred from folder names.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -21,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 from ..data.own_chat_template import OWN, own_template, recognise
+from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
 from ..data.templates import IMAGE_TOKEN, TEMPLATES, get_template
 from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
 from .quantize import Quantization
@@ -73,7 +73,6 @@ def save_checkpoint(bundle: LlavaBundle, out_dir: Union[str, Path],
     return out
 
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as the hub spells model ids
 ORIGINAL_LLAVA = ("llava_llama", "llava_mistral", "llava_mpt", "llava_qwen")  # LLaVA's own repository
 
 
@@ -84,16 +83,8 @@ def local_checkpoint(path: Union[str, Path], weights: bool = True) -> Path:
     local = Path(path).expanduser()
     if local.is_dir():
         return local
-    if not local.exists() and HUB_ID.fullmatch(str(path)):
-        from huggingface_hub import snapshot_download
-        try:
-            return Path(snapshot_download(str(path), allow_patterns=None if weights else
-                                          ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
-        except Exception as error:  # not cached while offline, no network, an unknown or gated id
-            raise FileNotFoundError(
-                f"{path}: no such directory, and as a hub id it could not be fetched or found in the Hugging "
-                f"Face cache ({type(error).__name__}). Download it once (`hf download {path}`), or give a "
-                "local directory") from None
+    if looks_like_hub_id(path):
+        return snapshot(str(path), patterns=None if weights else CONFIG_FILES)
     raise FileNotFoundError(f"checkpoint directory not found: {path}")
 
 
@@ -209,6 +200,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
     bundle = LlavaBundle(bundle.model, saved_tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
     apply_tuning(bundle.model, recipe)
     if weights:
+        check_readable(path, [TRAINABLE_FILE])
         load_trained_tensors(bundle.model, path / TRAINABLE_FILE, recipe.trained_tensors)
     return bundle
 
@@ -259,10 +251,49 @@ def check_resumable(path: Union[str, Path], model: torch.nn.Module, recipe: Reci
         raise CheckpointError(f"cannot resume from {path}: it was written by a different setup.\n  {shown}")
 
 
-def newest_complete_checkpoint(directory: Union[str, Path]) -> Optional[Path]:
+def unreadable_files(folder: Union[str, Path]) -> list[str]:
+    """What in a checkpoint folder would not read back, "file: why" each: a safetensors file whose
+    header or length is wrong (safe_open checks both), a torch file that is not a whole zip (its
+    directory sits at the end, so a cut file loses it), JSON that does not parse, an empty file.
+    Reads headers and directories only, never the tensors."""
+    import zipfile
+
+    found = []
+    for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        name = file.relative_to(folder)
+        try:
+            if file.stat().st_size == 0:
+                found.append(f"{name}: empty")
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt") as handle:
+                    list(handle.keys())
+            elif file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):
+                found.append(f"{name}: not a whole torch file (cut short?)")
+            elif file.suffix == ".json":
+                settings = json.loads(file.read_text())
+                shards = set((settings.get("weight_map") or {}).values()) if isinstance(settings, dict) else set()
+                found += [f"{name}: names {shard}, which is missing" for shard in sorted(shards)
+                          if not (file.parent / shard).is_file()]
+        except Exception as error:  # noqa: BLE001 - safetensors, OSError, JSON: each a reason to name
+            found.append(f"{name}: {error}")
+    return found
+
+
+def check_readable(folder: Union[str, Path], files: Optional[Sequence[str]] = None) -> None:
+    """CheckpointError naming every file of `folder` (or only `files`) that would not read back."""
+    folder = Path(folder)
+    bad = unreadable_files(folder)
+    if files is not None:
+        bad = [line for line in bad if line.split(":", 1)[0] in files]
+    if bad:
+        raise CheckpointError(f"{folder} is damaged (a copy or disk fault, or a save cut short): " + "; ".join(bad[:5]))
+
+
+def newest_complete_checkpoint(directory: Union[str, Path], skipped: Optional[list] = None) -> Optional[Path]:
     """The Trainer's checkpoint-N in `directory` with the highest N whose trainer state (written
-    last) reads back: one a kill cut short while saving, or another tool left unfinished, is
-    passed over. None when there is none."""
+    last) reads back and whose files do (unreadable_files): one a kill cut short while saving, a
+    damaged copy, or another tool left unfinished, is passed over, with its reason appended to
+    `skipped` when given. None when there is none."""
     root = Path(directory)
     found = sorted(((int(p.name.split("-")[1]), p) for p in root.glob("checkpoint-*")
                     if p.name.split("-")[1].isdigit()), reverse=True) if root.is_dir() else []
@@ -270,6 +301,11 @@ def newest_complete_checkpoint(directory: Union[str, Path]) -> Optional[Path]:
         try:
             json.loads((path / "trainer_state.json").read_text())
         except (OSError, ValueError):
+            continue
+        bad = unreadable_files(path)
+        if bad:
+            if skipped is not None:
+                skipped.append((path, bad))
             continue
         return path
     return None
@@ -295,6 +331,7 @@ def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[
 
 
 def _load_merged(path: Path, dtype, weights: bool = True) -> LlavaBundle:
+    check_readable(path)  # a half-written or damaged folder: named here, not deep in transformers
     if weights:
         model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
     else:

@@ -13,8 +13,9 @@ import threading
 import time
 from typing import Iterator, Optional
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, ImageError, read_image, set_max_image_pixels, to_rgb
 from ..data.templates import IMAGE_TOKEN
 from ..evaluation.answer import Answerer
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
@@ -42,24 +43,17 @@ class ChatSession:
         return len(self.images) - sum(question.count(IMAGE_TOKEN) for question, _ in self.history)
 
     def add_image(self, image) -> None:
-        """Add an image (a path or an opened image) to the conversation. An unreadable one raises
-        OSError / UnidentifiedImageError and leaves the session as it was."""
-        if not isinstance(image, Image.Image):
-            with Image.open(image) as opened:
-                image = opened.convert("RGB")
-        self.images.append(image.convert("RGB"))
+        """Add an image (a path or an opened image) to the conversation. An unreadable one, or one
+        over the pixel limit, raises ImageError and leaves the session as it was."""
+        self.images.append(to_rgb(image) if isinstance(image, Image.Image) else read_image(image, f"image {image}"))
 
     def set_image(self, path: Optional[str]) -> None:
         """Start a new conversation about this image (or none)."""
-        image = None
-        if path:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        self.use_image(image)
+        self.use_image(read_image(path, f"image {path}") if path else None)
 
     def use_image(self, image: Optional[Image.Image]) -> None:
         """A new conversation about this (already opened) image, or none."""
-        self.images, self.history = ([image.convert("RGB")] if image is not None else []), []
+        self.images, self.history = ([to_rgb(image)] if image is not None else []), []
 
     def reset(self) -> None:
         self.images, self.history = [], []
@@ -151,7 +145,7 @@ def interactive(session: ChatSession, stats: bool) -> None:
             try:
                 session.add_image(path)
                 print(f"(image {len(session.images)}: {path}; the next question is about it)", file=sys.stderr)
-            except (OSError, UnidentifiedImageError) as error:
+            except ImageError as error:
                 print(f"cannot use image {path!r}: {error}", file=sys.stderr)
         elif line.startswith("/"):
             print(f"unknown command {line.split()[0]}; {HELP}", file=sys.stderr)
@@ -172,6 +166,7 @@ def add_arguments(parser, name: str = "chat") -> None:
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass when temperature > 0")
     parser.add_argument("--max_new_tokens", type=int, default=512)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS, help=PIXELS_HELP)
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: bfloat16 on a GPU that has it, else float32")
     parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
@@ -180,6 +175,7 @@ def add_arguments(parser, name: str = "chat") -> None:
 
 
 def run(args, name: str = "chat") -> int:
+    set_max_image_pixels(args.max_image_pixels)
     device = inference_device(args.device)
     start = time.perf_counter()
     try:
@@ -194,7 +190,7 @@ def run(args, name: str = "chat") -> int:
     for path in args.image or []:
         try:
             session.add_image(path)
-        except (OSError, UnidentifiedImageError) as error:
+        except ImageError as error:
             print(f"cannot use image {path!r}: {error}", file=sys.stderr)
             if args.prompt:
                 return 2

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, ImageError, read_image, set_max_image_pixels, to_rgb
 from ..data.templates import IMAGE_TOKEN, TEMPLATE_HELP
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
@@ -91,11 +92,11 @@ def image_key(image: Optional[Image.Image]) -> Optional[str]:
 
 
 def open_image(value) -> Image.Image:
-    """The image box's value as an RGB image; OSError / UnidentifiedImageError when unreadable."""
+    """The image box's value as an RGB image (data.images.to_rgb, as training converts it);
+    ImageError when unreadable or over the pixel limit."""
     if isinstance(value, UnreadableImage):
-        raise UnidentifiedImageError(str(value))
-    image = value if isinstance(value, Image.Image) else Image.open(value)
-    return image.convert("RGB")
+        raise ImageError(str(value))
+    return to_rgb(value) if isinstance(value, Image.Image) else read_image(value, "this image")
 
 
 def messages(history: list, pending: Optional[tuple[str, str]] = None) -> list[dict]:
@@ -138,7 +139,7 @@ class Demo:
                 added = conversation.add(image)
                 status = (f"image {len(conversation.images)} added: the next question is about it" if added
                           else "this image is already in the conversation")
-            except (OSError, UnidentifiedImageError) as error:
+            except ImageError as error:
                 status = f"cannot use this image: {error}"
         return (*self.panes(conversation), status, conversation)
 
@@ -156,7 +157,7 @@ class Demo:
         try:
             if value is not None:  # an image not seen yet joins the conversation (as the box's change does)
                 conversation.add(open_image(value))
-        except (OSError, UnidentifiedImageError) as error:
+        except ImageError as error:
             yield (*self.panes(conversation), f"cannot use this image: {error}", conversation)
             return
         if not question:
@@ -248,9 +249,14 @@ def tolerant(image_box):
     preprocess = image_box.preprocess
 
     def preprocess_or_reason(payload):
+        path = getattr(payload, "path", None)
         try:
+            if path:  # the header first: a decompression bomb is refused before anything decodes it
+                read_image(path, "this image", decode=False)
             return preprocess(payload)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+        except ImageError as error:
+            return UnreadableImage(str(error))
+        except Exception as error:  # noqa: BLE001 - whatever Gradio's decoding raised: the page says it
             return UnreadableImage(f"{type(error).__name__}: {error}")
 
     image_box.preprocess = preprocess_or_reason
@@ -302,6 +308,7 @@ def add_arguments(parser, name: str = "web") -> None:
     parser.add_argument("--port", type=int, default=7860, help="port [7860]")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS, help=PIXELS_HELP)
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto: bfloat16 on a GPU that has it, else float32")
     parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
@@ -312,6 +319,7 @@ def add_arguments(parser, name: str = "web") -> None:
 
 
 def run(args, name: str = "web") -> int:
+    set_max_image_pixels(args.max_image_pixels)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline cluster node
     if importlib.util.find_spec("gradio") is None:
         print("llava-moslora web needs gradio: pip install 'llava-moslora[web]' "

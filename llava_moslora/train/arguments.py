@@ -7,12 +7,15 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
+from ..data.images import MAX_IMAGE_PIXELS
+
 
 @dataclass
 class DataArguments:
     data_path: str = field(default=None, metadata={"help": "Conversations (LLaVA's conversations + image, or messages + images; one <image> per image, several allowed) as JSON, JSONL, .parquet, .arrow, a `datasets` folder or dataset id; images as paths under --image_folder, base64, or bytes stored in the table. Several sources joined with commas."})
     data_mixture: Optional[str] = field(default=None, metadata={"help": "Several sources instead of --data_path, each with a weight (a number with a point: shares of the weighted sources' samples together, drawn at random) or a count (a whole number of samples), e.g. a.json:0.7,b.parquet:0.3,c.jsonl:2000; drawn once from --data_seed (else --seed)."})
     image_folder: Optional[str] = field(default=None, metadata={"help": "Folder the samples' image paths are relative to."})
+    max_image_pixels: int = field(default=MAX_IMAGE_PIXELS, metadata={"help": "Refuse (or with --skip_bad_samples skip) images over this many pixels, read from their header before decoding (0: no limit)."})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "Override the template's system prompt."})
 
 

@@ -1,13 +1,15 @@
 """`python -m llava_moslora.train.launch`: torchrun, ending the way a scheduler expects.
 
 The stage scripts start training through this instead of torchrun itself; it takes torchrun's
-arguments unchanged and differs in three ways:
+arguments unchanged and differs in these ways:
 - SIGUSR1 (SLURM's `--signal` warning before the time limit) is handled like SIGTERM
   (`--signals_to_handle`): torchrun passes it to every rank, the ranks save a checkpoint at the end of the step and stop. Left to
   its default, SIGUSR1 would kill torchrun and orphan the ranks.
 - A run stopped by a signal exits with 128 + that signal (143 for SIGTERM, 130 for SIGINT, 138
   for SIGUSR1), with one line naming it, instead of torchrun's traceback and exit 1, so a job
   script or scheduler can tell "preempted, resumable" from "failed".
+- A run whose ranks stopped on a mistake they said in one line (exit code 2: bad data, a bad
+  checkpoint, a launch mistake) exits 2 without torchrun's failure report.
 - The grace torchrun gives the ranks to save before it kills them (`--shutdown_timeout`,
   default SHUTDOWN_TIMEOUT below) is longer than torchrun's 30 s; the scheduler's own kill
   deadline still bounds it.
@@ -21,6 +23,7 @@ from typing import Optional, Sequence
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 TORCHRUN_SIGNALS = ("SIGHUP", "SIGQUIT")  # torchrun's own, kept
 SHUTDOWN_TIMEOUT = 300
+SAID = 2  # train.main.SAID: a rank stopped on a mistake it has said (not imported: this starts first)
 
 
 def signal_exit_code(failures) -> Optional[int]:
@@ -51,6 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "(continue with --resume_from_checkpoint auto)", file=sys.stderr, flush=True)
         return 128 + int(stopped.sigval)
     except ChildFailedError as failed:
+        if {failure.exitcode for failure in failed.failures.values()} == {SAID}:
+            return SAID  # the ranks said what was wrong, in one line: no report on top
         code = signal_exit_code(failed.failures)
         if code is None:
             raise

@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .preflight import check_launch
+
 CPU_FLAGS = ["--use_cpu", "True"]
 LAUNCHED = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun and the deepspeed launcher
 GPU_ONLY_FLAGS = ("--bf16", "--fp16", "--tf32")
@@ -177,14 +179,41 @@ def silence_what_users_cannot_act_on() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+SAID = 2  # the exit code of a run that stopped on a mistake it has said in one line (launch.py: no report)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """main(), with the project's own errors (launch mistakes, bad data, checkpoints) said once, on
+    rank 0, in one line, and exit code SAID, instead of a traceback from every rank."""
+    from ..data.records import DataError
+    from ..model.recipe import CheckpointError
+
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            return stop.code or 0
+        message = stop.code
+    except (DataError, CheckpointError) as error:
+        message = str(error)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"llava-moslora train: {message}", file=sys.stderr, flush=True)
+    return SAID
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     silence_what_users_cannot_act_on()
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_launch(argv)
     if flag_is_on(argv, "--dry_run"):
         return dry_run_report(argv)
     model_args, data_args, training_args = parse(adapt_to_machine(argv))
 
     from transformers import set_seed
+
+    from ..data.images import set_max_image_pixels
+
+    set_max_image_pixels(data_args.max_image_pixels)  # data-loader workers fork after this: they inherit it
 
     from ..data import LlavaCollator, LlavaDataset
     from ..data.collator import packed_row_length
@@ -225,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if main_process:
             print(f"[llava-moslora] {error}", file=sys.stderr, flush=True)
         shut_down_process_group()
-        return 1
+        return SAID
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, main_process)
     if resume:
         check_resumable(resume, bundle.model, bundle.recipe)
@@ -299,25 +328,29 @@ def dry_run_report(argv: list[str]) -> int:
 
 
 def resolve_resume(value: Optional[str], output_dir: str, verbose: bool) -> Optional[str]:
-    """--resume_from_checkpoint: a path as given, or "auto" = the newest complete checkpoint-N
-    in the output directory (None when there is none: a fresh start)."""
+    """--resume_from_checkpoint: a path as given, or "auto" = the newest sound checkpoint-N in the
+    output directory (None when there is none: a fresh start); damaged newer ones are named."""
     if value != "auto":
         return value
-    found = newest_checkpoint(output_dir)
+    skipped: list = []
+    found = newest_checkpoint(output_dir, skipped)
     if verbose:
+        for path, bad in skipped:
+            print(f"[llava-moslora] warning: --resume_from_checkpoint auto passes over {path}, which is damaged: "
+                  f"{'; '.join(bad[:3])}", file=sys.stderr, flush=True)
         print(f"[llava-moslora] --resume_from_checkpoint auto: "
               f"{f'resuming from {found}' if found else f'no checkpoint in {output_dir}, starting from step 0'}",
               flush=True)
     return str(found) if found else None
 
 
-def newest_checkpoint(output_dir: str) -> Optional[Path]:
+def newest_checkpoint(output_dir: str, skipped: Optional[list] = None) -> Optional[Path]:
     """The checkpoint-N to resume from. Checkpoints are renamed into place only when complete
-    (.staging/ holds unfinished ones); the trainer-state check also passes over incomplete ones
-    that older versions or other tools left."""
+    (.staging/ holds unfinished ones); the trainer-state and file checks also pass over ones
+    that a disk or copy fault damaged, or that older versions or other tools left incomplete."""
     from ..model.checkpoint import newest_complete_checkpoint
 
-    return newest_complete_checkpoint(output_dir)
+    return newest_complete_checkpoint(output_dir, skipped)
 
 
 def shut_down_process_group() -> None:
@@ -345,4 +378,4 @@ def exit_without_teardown(code: int) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    exit_without_teardown(main())
+    exit_without_teardown(run())

@@ -30,6 +30,10 @@ def add_arguments(parser, name: str) -> None:
                         help="as in training: whether the CLS token is an image token")
     parser.add_argument("--model_max_length", type=int, default=2048, help="as in training")
     parser.add_argument("--system_prompt", default=None, help="as in training")
+    from ..data.images import MAX_IMAGE_PIXELS
+
+    parser.add_argument("--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS,
+                        help="as in training: images over this many pixels are errors (0: no limit)")
     parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="checking processes (0: none)")
     parser.add_argument("--write-clean", dest="write_clean", default=None, metavar="PATH",
                         help="write the samples without errors here (.jsonl: one per line, else a JSON list; images "
@@ -106,7 +110,10 @@ def mixture_samples(spec: str, seed: int, rejected: list) -> tuple[list, list]:
 
 
 def run(args, name: str) -> int:
+    from ..data.images import set_max_image_pixels
     from ..data.records import DataError
+
+    set_max_image_pixels(args.max_image_pixels)
     from ..data.validate import clean_records
 
     try:

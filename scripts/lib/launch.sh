@@ -1,7 +1,9 @@
 # Shared by scripts/pretrain.sh and scripts/finetune.sh (sourced, not run).
 # Builds the launcher, the precision flags (bf16 + tf32 on GPUs, nothing on CPU) and the gradient
 # accumulation that keeps GLOBAL_BATCH constant whatever the number of GPUs and nodes. Sets:
-# LAUNCH (array), PRECISION (array), WORLD, GRAD_ACCUM, DS_CONFIG.
+# LAUNCH (array), PRECISION (array), WORLD, GRAD_ACCUM, DS_CONFIG; defines run_training, which
+# checks the arguments (llava_moslora.train.preflight: missing paths, unknown values, an output
+# folder holding another run; one line each and exit 2, before any process starts) and execs LAUNCH.
 #
 # Launchers: torchrun (through llava_moslora.train.launch, which adds SLURM's USR1 warning and
 # exits 128+signal when preempted) on one node, or on each of NNODES nodes with a static
@@ -97,3 +99,12 @@ esac
 nodes=""
 [ "$NNODES" -gt 1 ] && nodes="node $NODE_RANK of $NNODES (rendezvous $MASTER_ADDR:$PORT), "
 echo "launch: ${nodes}$WORLD process(es), per-device batch $PER_DEVICE_BATCH x accumulation $GRAD_ACCUM = global batch $GLOBAL_BATCH, ZeRO-$ZERO"
+
+# flag -> the variable that gave it, for preflight's messages ("DATA_PATH=... (--data_path): ...")
+export LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,--data_mixture=DATA_MIXTURE,--image_folder=IMAGE_FOLDER,\
+--pretrain_mm_mlp_adapter=STAGE1_DIR,--model_name_or_path=MODEL,--vision_tower=VISION_TOWER,--adapter=ADAPTER,\
+--template=TEMPLATE,--output_dir=OUTPUT_DIR"
+run_training() {
+  "$PYTHON" -m llava_moslora.train.preflight "$@" || exit 2
+  exec "${LAUNCH[@]}" "$@"
+}

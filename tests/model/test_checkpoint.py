@@ -154,3 +154,30 @@ def test_a_pickled_projector_with_code_in_it_is_refused(tiny_bases, tmp_path):
     bundle = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"])
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         load_projector(bundle.model, tmp_path / "mm_projector.bin")
+
+
+def test_damaged_files_are_named_when_loading(tiny_checkpoint, tmp_path):
+    """A truncated trainable.safetensors (a stage checkpoint) or weight shard (a merged folder),
+    and a shard its index names but the folder lacks, are CheckpointErrors naming the file."""
+    import shutil
+    import subprocess
+    import sys
+
+    from llava_moslora.model import CheckpointError, load_checkpoint
+
+    stage = tmp_path / "stage"
+    shutil.copytree(tiny_checkpoint, stage)
+    data = (stage / "trainable.safetensors").read_bytes()
+    (stage / "trainable.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="trainable.safetensors: .*incomplete metadata"):
+        load_checkpoint(stage)
+    merged = tmp_path / "merged"
+    subprocess.run([sys.executable, "-m", "llava_moslora", "merge", "--checkpoint", str(tiny_checkpoint), "--out",
+                    str(merged)], check=True, capture_output=True)
+    weights = next(merged.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"{weights.name}: "):
+        load_checkpoint(merged)
+    (merged / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-00002.safetensors"}}))
+    with pytest.raises(CheckpointError, match="names model-00002.safetensors, which is missing"):
+        load_checkpoint(merged)

@@ -114,6 +114,15 @@ def test_a_bad_image_gets_a_message_and_the_next_request_works(server, images):
     assert ask(client, QUESTIONS[0], images / "test_000001.png")[-1][-1] == "done"
 
 
+def test_a_decompression_bomb_gets_a_message_naming_the_limit_and_the_page_goes_on(server, images, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb, optimize=True)  # ~50 KB on disk, 1.2 GB as RGB pixels
+    client = Client(server, verbose=False)
+    *panes, status = ask(client, QUESTIONS[0], bomb)[-1]
+    assert status.startswith("cannot use this image") and "over the limit" in status and "--max_image_pixels" in status
+    assert ask(client, QUESTIONS[0], images / "test_000001.png")[-1][-1] == "done"
+
+
 def test_two_tabs_keep_their_own_conversations(server, models, images):
     first, second = Client(server, verbose=False), Client(server, verbose=False)
     ask(first, QUESTIONS[0], images / "test_000000.png")

@@ -30,7 +30,8 @@ def faulty_env(faulty, stage1, out):
 def test_bad_data_stops_the_run_before_step_1_naming_the_samples(faulty, stage1, tmp_path):
     out = tmp_path / "strict"
     result = run_script("finetune.sh", faulty_env(faulty, stage1, out), *STEADY, succeed=False)
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # said once, on rank 0
+    assert result.stderr.count("found before step 1") == 1
     assert "bad samples in" in result.stderr and "found before step 1" in result.stderr
     for sample_id in ("missing-image", "unreadable-image", "unknown-role", "fully-masked"):
         assert sample_id in result.stderr, sample_id
@@ -182,4 +183,19 @@ def test_auto_resume_picks_the_newest_complete_checkpoint(tmp_path):
     (tmp_path / ".staging" / "checkpoint-30").mkdir(parents=True)
     (tmp_path / "checkpoint-final").mkdir()
     assert newest_checkpoint(str(tmp_path)) == tmp_path / "checkpoint-12"  # not 3 (older), 20 (incomplete)
+    (tmp_path / "checkpoint-12" / "trainable.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{")  # cut short
+    skipped = []
+    assert newest_checkpoint(str(tmp_path), skipped) == tmp_path / "checkpoint-3"  # 12 is damaged: passed over
+    assert skipped[0][0] == tmp_path / "checkpoint-12" and "trainable.safetensors" in skipped[0][1][0]
     assert resolve_resume(str(tmp_path / "checkpoint-3"), str(tmp_path), verbose=False) == str(tmp_path / "checkpoint-3")
+
+
+def test_auto_resume_passes_over_a_damaged_newest_checkpoint(shapes_data, stage1, uninterrupted, tmp_path):
+    """The newest checkpoint's trainable.safetensors cut short (a disk or copy fault): auto says
+    so and resumes from the one before, to the uninterrupted run's losses."""
+    out = tmp_path / "damaged"
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "6", "--save_steps", "3",
+               "--save_total_limit", "3", *STEADY)
+    newest = out / "checkpoint-6" / "trainable.safetensors"
+    newest.write_bytes(newest.read_bytes()[:40])
+    resume_and_compare(shapes_data, stage1, out, uninterrupted, 3)

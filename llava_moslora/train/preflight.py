@@ -1,0 +1,154 @@
+"""Launch checks: what the user named, checked before any process group starts or weight loads.
+
+`python -m llava_moslora.train.preflight ARGS` takes the arguments `train` would get and exits 2
+with one line per mistake: a missing data path, image folder, stage-1 checkpoint, model or
+vision tower; an unknown adapter or template; an output directory that holds another run. The
+stage scripts run it before the launcher, and say which of their variables gave each flag
+(LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,..."); `train` runs the same checks itself. It
+imports no torch and no transformers, so a mistake costs a second, not a model load.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..data.records import ACCEPTED, data_paths
+from ..data.tables import is_table_source
+from ..data.templates import TEMPLATES
+from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
+
+ADAPTERS = ("lora", "moslora", "moelora")
+OWN_TEMPLATE = "chat_template"  # data/own_chat_template.OWN, without importing its room's tokenizers
+PATH_FLAGS = ("--data_path", "--data_mixture", "--image_folder", "--pretrain_mm_mlp_adapter", "--model_name_or_path",
+              "--vision_tower", "--adapter", "--template", "--output_dir", "--resume_from_checkpoint")
+RUN_MARKERS = ("llava_moslora.json", "trainer_state.json")  # a stage checkpoint, or a run's state
+
+
+class LaunchError(SystemExit):
+    """A launch mistake, said in one line; exits 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
+def flags_of(argv: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+    """The last value of each checked flag in `argv` (--flag value or --flag=value), and the
+    flags given more than once (the last, from the command line, overrides the script's)."""
+    found, repeated = {}, set()
+    for i, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        if name in PATH_FLAGS and (equals or i + 1 < len(argv)):
+            if name in found:
+                repeated.add(name)
+            found[name] = value if equals else argv[i + 1]
+    return found, repeated
+
+
+def variables() -> dict[str, str]:
+    """flag -> the script variable that gave it (from LLAVA_MOSLORA_VARIABLES)."""
+    pairs = (item.split("=", 1) for item in os.environ.get("LLAVA_MOSLORA_VARIABLES", "").split(",") if "=" in item)
+    return {flag: name for flag, name in pairs}
+
+
+def named(flag: str, value: str, names: dict[str, str]) -> str:
+    return f"{names[flag]}={value} ({flag})" if flag in names else f"{flag} {value}"
+
+
+def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> list[str]:
+    """Every launch mistake in `argv`, one line each."""
+    names = variables() if names is None else names
+    flags, repeated = flags_of(argv)
+    names = {flag: name for flag, name in names.items() if flag not in repeated}
+    found = []
+
+    def say(flag: str, problem: str) -> None:
+        found.append(f"{named(flag, flags[flag], names)}: {problem}")
+
+    for flag in ("--data_path", "--data_mixture"):
+        if flag in flags:
+            found += _data_problems(flag, flags[flag], names)
+    if "--image_folder" in flags and not Path(flags["--image_folder"]).is_dir():
+        say("--image_folder", "no such folder (the root the samples' image paths are relative to)")
+    for flag in ("--pretrain_mm_mlp_adapter", "--model_name_or_path", "--vision_tower"):
+        if flags.get(flag):
+            problem = _model_problem(flags[flag], checkpoint=flag == "--pretrain_mm_mlp_adapter")
+            if problem:
+                say(flag, problem)
+    if "--adapter" in flags and flags["--adapter"] not in ADAPTERS:
+        say("--adapter", f"unknown adapter; accepted: {', '.join(ADAPTERS)}")
+    if "--template" in flags and flags["--template"] not in (*TEMPLATES, OWN_TEMPLATE):
+        say("--template", f"unknown template; accepted: {', '.join(TEMPLATES)}, {OWN_TEMPLATE} (the model's own)")
+    dry_run = "--dry_run" in argv and "False" not in argv[argv.index("--dry_run") + 1:argv.index("--dry_run") + 2]
+    if "--output_dir" in flags and "--resume_from_checkpoint" not in flags and not dry_run:
+        problem = _output_problem(Path(flags["--output_dir"]))
+        if problem:
+            say("--output_dir", problem)
+    return found
+
+
+def _data_problems(flag: str, value: str, names: dict[str, str]) -> list[str]:
+    if flag == "--data_mixture":
+        from ..data.mixture import parse_mixture
+        from ..data.records import DataError
+
+        try:
+            paths = [part.path for part in parse_mixture(value)]
+        except DataError as error:
+            return [f"{named(flag, value, names)}: {error}"]
+    else:
+        paths = [str(p) for p in data_paths(value)]
+    missing = [p for p in paths if not Path(p).exists() and not is_table_source(p)]
+    return [f"{named(flag, value, names)}: {p} is no file or folder (and not a dataset id); give {ACCEPTED}"
+            for p in missing]
+
+
+def _model_problem(value: str, checkpoint: bool) -> Optional[str]:
+    path = Path(value).expanduser()
+    if path.is_file():
+        return None if checkpoint else "a file; give a model folder or hub id"
+    if path.is_dir():
+        markers = ("llava_moslora.json", "config.json")
+        return None if any((path / m).is_file() for m in markers) else (
+            "a folder with neither llava_moslora.json nor config.json: not a checkpoint or model folder")
+    if not looks_like_hub_id(value):
+        what = "a stage-1 checkpoint, projector file, merged folder or hub id" if checkpoint else "a folder or hub id"
+        return f"no such file or folder; give {what}"
+    try:
+        snapshot(value, patterns=list(CONFIG_FILES))  # configs only: cheap online, the cache offline
+    except FileNotFoundError as error:
+        return str(error).split(": ", 1)[1]
+    return None
+
+
+def _output_problem(output: Path) -> Optional[str]:
+    if not output.is_dir():
+        return None
+    held = sorted(p.name for p in output.glob("checkpoint-*") if p.is_dir()) + \
+        [m for m in RUN_MARKERS if (output / m).is_file()]
+    if not held:
+        return None
+    return (f"holds another run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); continue it with "
+            "--resume_from_checkpoint auto, or give another output folder (or delete this one)")
+
+
+def check_launch(argv: Sequence[str]) -> None:
+    """Raise LaunchError (exit 2) saying every mistake, printed once (rank 0 under a launcher)."""
+    found = problems(argv)
+    if found:
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(f"llava-moslora: {line}" for line in found), file=sys.stderr, flush=True)
+        raise LaunchError(found[0])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    found = problems(list(sys.argv[1:] if argv is None else argv))
+    for line in found:
+        print(f"llava-moslora: {line}", file=sys.stderr, flush=True)
+    return 2 if found else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

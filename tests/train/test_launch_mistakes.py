@@ -1,0 +1,66 @@
+"""Mistakes at launch fail fast, in one line: each named variable checked before any process
+group starts or any weight loads (train/preflight.py), exit 2; the project's own errors from
+inside a run are said once, on rank 0, without a traceback per rank."""
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT, run_script, stage2_env
+
+
+def failed_in_one_line(result, *expected):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "component" not in result.stdout  # no model was built
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("DATA_PATH", "/nonexistent.json", "is no file or folder"),
+    ("STAGE1_DIR", "checkpoints/llava-typo", "hf download checkpoints/llava-typo"),
+    ("IMAGE_FOLDER", "/no/images", "no such folder"),
+    ("ADAPTER", "dora", "accepted: lora, moslora, moelora"),
+    ("TEMPLATE", "vicuna", "accepted: plain, vicuna_v1"),
+    ("DATA_MIXTURE", "a.json:0", "above 0"),
+])
+def test_finetune_names_the_variable_that_is_wrong(shapes_data, stage1, tmp_path, variable, value, expected):
+    env = {**stage2_env(shapes_data, stage1, tmp_path / "out"), variable: value}
+    result = run_script("finetune.sh", env, succeed=False)
+    failed_in_one_line(result, f"{variable}={value}", expected)
+
+
+def test_a_missing_model_or_tower_and_an_unknown_zero_stop_pretrain(tiny_bases, shapes_data, tmp_path):
+    env = {"MODEL": tiny_bases["language_model"], "VISION_TOWER": tiny_bases["vision_tower"],
+           "DATA_PATH": str(shapes_data / "captions.json"), "IMAGE_FOLDER": str(shapes_data / "images"),
+           "OUTPUT_DIR": str(tmp_path / "s1"), "GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "4"}
+    failed_in_one_line(run_script("pretrain.sh", {**env, "MODEL": str(tmp_path / "vicuna")}, succeed=False),
+                       "MODEL=", "no such file or folder")
+    failed_in_one_line(run_script("pretrain.sh", {**env, "VISION_TOWER": str(tmp_path)}, succeed=False),
+                       "VISION_TOWER=", "neither llava_moslora.json nor config.json")
+    failed_in_one_line(run_script("pretrain.sh", {**env, "ZERO": "4"}, succeed=False), "ZERO must be 2, 3 or 3_offload")
+
+
+def test_an_output_folder_holding_another_run_is_refused_unless_resuming(shapes_data, stage1, uninterrupted, tmp_path):
+    env = stage2_env(shapes_data, stage1, uninterrupted)
+    failed_in_one_line(run_script("finetune.sh", env, succeed=False), "OUTPUT_DIR=", "holds another run",
+                       "--resume_from_checkpoint auto")
+    dry = run_script("finetune.sh", env, "--dry_run")  # a dry run writes nothing: allowed
+    assert "component" in dry.stdout
+
+
+def test_train_itself_checks_and_says_data_errors_once(shapes_data, stage1, tmp_path):
+    direct = subprocess.run([sys.executable, "-m", "llava_moslora", "train", "--data_path", "/nonexistent.json",
+                             "--pretrain_mm_mlp_adapter", str(stage1), "--output_dir", str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    failed_in_one_line(direct, "--data_path /nonexistent.json", "is no file or folder")
+    # an error met inside the run (here: every sample's image missing), from both ranks: one line
+    broken = tmp_path / "broken.json"
+    broken.write_text((shapes_data / "captions.json").read_text().replace('.png"', '.gone.png"'))
+    env = {**stage2_env(shapes_data, stage1, tmp_path / "run"), "DATA_PATH": str(broken)}
+    result = run_script("finetune.sh", env, succeed=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert result.stderr.count("bad samples in") == 1
