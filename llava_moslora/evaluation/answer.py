@@ -9,6 +9,7 @@ each reply is cut at its own first stop token, so it reads as the same question 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -22,6 +23,46 @@ from ..model import LlavaBundle, inference_device
 PROMPTS_REMEMBERED = 1 << 16  # rendered prompts kept (a benchmark's worth; token ids only)
 
 
+class PromptTooLong(ValueError):
+    """A question (with its images) that does not fit in the model's context."""
+
+    def __init__(self, tokens: int, context: int) -> None:
+        super().__init__(f"the question is {tokens} tokens with its images, and the model reads at most {context}: "
+                         "shorten it")
+
+    @property
+    def as_answer(self) -> str:
+        """How evaluation records the row: a prediction that names the failure (and scores as wrong)."""
+        return f"[not answered: {self}]"
+
+
+@dataclass
+class Fit:
+    """A conversation cut to the model's context: the prompt's ids, the images and earlier turns
+    kept, how many of each were left out (oldest first), and the new tokens that fit after it."""
+
+    ids: list
+    images: list
+    history: list
+    max_new_tokens: int
+    dropped_turns: int = 0
+    dropped_images: int = 0
+    capped: bool = False  # max_new_tokens was lowered to fit
+    cut: bool = False  # ... and the reply used all of it (set once generated)
+
+    @property
+    def notice(self) -> Optional[str]:
+        """What the reply's status should say about the context, if anything."""
+        said = []
+        if self.dropped_turns:
+            images = f" and {self.dropped_images} image{'s' * (self.dropped_images != 1)}" if self.dropped_images else ""
+            said.append(f"the oldest {self.dropped_turns} turn{'s' * (self.dropped_turns != 1)}{images} no longer fit "
+                        "the model's context and were left out")
+        if self.cut:
+            said.append(f"the reply was cut at {self.max_new_tokens} tokens, where the model's context ends")
+        return "; ".join(said) or None
+
+
 class Answerer:
     def __init__(self, bundle: LlavaBundle, device: Optional[str] = None, max_new_tokens: int = 16) -> None:
         self.bundle = bundle
@@ -32,6 +73,8 @@ class Answerer:
         stops = {bundle.tokenizer.eos_token_id, token_id(bundle.tokenizer, self.template.end_of_turn)}
         self.stop_ids = sorted(i for i in stops if i is not None)
         self.last_new_tokens = 0  # of the latest reply, for tokens-per-second reports
+        self.last_fit: Optional[Fit] = None  # of the latest reply: what the context left out
+        self.context = getattr(bundle.model.config.text_config, "max_position_embeddings", None)
         self._prompts: dict = {}
 
     def prompt_ids(self, question: str, images: int = 0, history: Sequence[tuple[str, str]] = ()) -> list[int]:
@@ -54,18 +97,40 @@ class Answerer:
         pixels = torch.stack([preprocess_image(image, self.bundle.image_processor) for image in images])
         return {"pixel_values": pixels.to(self.device, dtype=next(self.model.parameters()).dtype)}
 
+    def fit(self, question: str, images=None, history: Sequence[tuple[str, str]] = (),
+            max_new_tokens: Optional[int] = None) -> Fit:
+        """The conversation within the model's context (its position embeddings): the oldest turns
+        (with the images they brought) are left out until the prompt leaves room for a quarter of
+        the context or the reply asked for, whichever is less; the reply is capped to what fits.
+        PromptTooLong when the question alone leaves no room."""
+        images, history = as_list(images), list(history)
+        wanted = max_new_tokens or self.max_new_tokens
+        dropped_turns = dropped_images = 0
+        while True:
+            ids = self.prompt_ids(question, len(images), history)
+            room = wanted if self.context is None else self.context - len(ids)
+            if room >= min(wanted, max(1, (self.context or 0) // 4)) or not history:
+                break
+            oldest = history.pop(0)[0].count(IMAGE_TOKEN)
+            images, dropped_turns, dropped_images = images[oldest:], dropped_turns + 1, dropped_images + oldest
+        if room < 1:
+            raise PromptTooLong(len(ids), self.context)
+        return Fit(ids, images, history, min(wanted, room), dropped_turns, dropped_images, capped=room < wanted)
+
     @torch.no_grad()
     def __call__(self, question: str, images=None, history: Sequence[tuple[str, str]] = (),
                  **generate_kwargs) -> str:
         """The reply (greedy unless generate_kwargs say otherwise); a `streamer` sees it as it grows.
-        `images`: the conversation's images in order (one image, a list, or None)."""
-        images = as_list(images)
-        ids = torch.tensor([self.prompt_ids(question, len(images), history)], device=self.device)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **self._pixels(images)}
-        settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "eos_token_id": self.stop_ids,
+        `images`: the conversation's images in order (one image, a list, or None). The
+        conversation is cut to the model's context first (fit; what it did is in last_fit)."""
+        fit = self.last_fit = self.fit(question, images, history, generate_kwargs.pop("max_new_tokens", None))
+        ids = torch.tensor([fit.ids], device=self.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **self._pixels(fit.images)}
+        settings = {"max_new_tokens": fit.max_new_tokens, "do_sample": False, "eos_token_id": self.stop_ids,
                     "pad_token_id": self.bundle.tokenizer.pad_token_id, **generate_kwargs}
         output = self.model.generate(**inputs, **settings)
         self.last_new_tokens = output.shape[1] - ids.shape[1]
+        fit.cut = fit.capped and self.last_new_tokens >= fit.max_new_tokens
         return self.bundle.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     @torch.no_grad()
@@ -73,6 +138,15 @@ class Answerer:
         """Greedy replies to (question, images) requests (images: one, a list, or None), generated together."""
         requests = [(question, as_list(images)) for question, images in requests]
         prompts = [self.prompt_ids(question, len(images)) for question, images in requests]
+        too_long = {row for row, prompt in enumerate(prompts) if self.context is not None and len(prompt) >= self.context}
+        if too_long:  # recorded as their answer, by name; the other rows are generated as usual
+            kept = [row for row in range(len(requests)) if row not in too_long]
+            answers = dict(zip(kept, self.answer_batch([requests[row] for row in kept], max_new_tokens) if kept else []))
+            return [answers[row] if row in answers else PromptTooLong(len(prompts[row]), self.context).as_answer
+                    for row in range(len(requests))]
+        wanted = max_new_tokens or self.max_new_tokens
+        if self.context is not None:  # positions follow each row's own length: the longest row bounds them
+            wanted = min(wanted, self.context - max(len(prompt) for prompt in prompts))
         width = max(len(prompt) for prompt in prompts)
         tokenizer = self.bundle.tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -84,7 +158,7 @@ class Answerer:
         # one image per <image>, in row order, as the model fills them in
         inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
                   **self._pixels([image for _, images in requests for image in images])}
-        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False,
+        output = self.model.generate(**inputs, max_new_tokens=wanted, do_sample=False,
                                      eos_token_id=self.stop_ids, pad_token_id=pad)
         replies = []
         for row in output[:, width:].tolist():

@@ -24,7 +24,7 @@ from ..data.prompts import LETTERS, mcq_prompt, short_prompt
 from ..data.templates import IMAGE_TOKEN
 from ..model import inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import loading_quantization
-from .answer import Answerer
+from .answer import Answerer, PromptTooLong
 from .benchmarks import benchmark_type
 from .toolkit import import_vlmeval_quietly, vlmeval_available
 
@@ -130,7 +130,10 @@ class LlavaMoSLoRAMixin:
 
     def generate_inner(self, message: list[dict], dataset: Optional[str] = None) -> str:
         text, images = self.question(message)
-        return self.answerer(text, [open_rgb(path) for path in images], max_new_tokens=self.answer_tokens(dataset))
+        try:
+            return self.answerer(text, [open_rgb(path) for path in images], max_new_tokens=self.answer_tokens(dataset))
+        except PromptTooLong as error:  # the row's prediction names it; the benchmark goes on
+            return error.as_answer
 
     def prompt_length(self, message, dataset: Optional[str] = None) -> int:
         """Tokens of the prompt a message becomes (to batch prompts of like length)."""

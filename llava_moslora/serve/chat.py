@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, ImageError, read_image, set_max_image_pixels, to_rgb
 from ..data.templates import IMAGE_TOKEN
-from ..evaluation.answer import Answerer
+from ..evaluation.answer import Answerer, PromptTooLong
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..data.templates import TEMPLATE_HELP
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
@@ -36,6 +36,7 @@ class ChatSession:
         self.history: list[tuple[str, str]] = []
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {}
         self.settings = {"max_new_tokens": max_new_tokens, **sampling}
+        self.notice: Optional[str] = None  # what the model's context left out of the latest reply
 
     @property
     def unasked(self) -> int:
@@ -87,15 +88,20 @@ class ChatSession:
         worker.join()
         if "error" in result:
             raise result["error"]
-        self.history.append((question, result["reply"]))
+        self._answered(question, result["reply"])
         yield Reply(result["reply"])
+
+    def _answered(self, question: str, reply: str) -> None:
+        """The turn joins the history (whole: the context only decides what each prompt shows)."""
+        self.history.append((question, reply))
+        self.notice = self.answerer.last_fit.notice if self.answerer.last_fit is not None else None
 
     def ask(self, question: str, on_text=None) -> str:
         """The reply to `question`; on_text(chunk) sees it while it is generated."""
         if on_text is None:
             question = self.placed(question)
             reply = self.answerer(question, self.images, self.history, **self.settings)
-            self.history.append((question, reply))
+            self._answered(question, reply)
             return reply
         for item in self.stream(question):
             if isinstance(item, Reply):
@@ -113,8 +119,11 @@ class Reply(str):
 
 
 def timed_answer(session: ChatSession, question: str, stats: bool, on_text=None) -> str:
+    """The reply; what the context left out, and with `stats` the speed, go to stderr."""
     start = time.perf_counter()
     reply = session.ask(question, on_text)
+    if session.notice:
+        print(f"\n(note: {session.notice})", file=sys.stderr, flush=True)
     if stats:
         seconds = time.perf_counter() - start
         tokens = session.answerer.last_new_tokens
@@ -151,7 +160,10 @@ def interactive(session: ChatSession, stats: bool) -> None:
             print(f"unknown command {line.split()[0]}; {HELP}", file=sys.stderr)
         else:
             print("ASSISTANT: ", end="", flush=True)
-            timed_answer(session, line, stats, on_text=lambda chunk: print(chunk, end="", flush=True))
+            try:
+                timed_answer(session, line, stats, on_text=lambda chunk: print(chunk, end="", flush=True))
+            except PromptTooLong as error:
+                print(f"(cannot answer: {error})", file=sys.stderr, flush=True)
             print(flush=True)
 
 
@@ -196,7 +208,11 @@ def run(args, name: str = "chat") -> int:
                 return 2
     if args.prompt:
         for prompt in args.prompt:
-            print(timed_answer(session, prompt, args.stats), flush=True)
+            try:
+                print(timed_answer(session, prompt, args.stats), flush=True)
+            except PromptTooLong as error:
+                print(f"llava-moslora chat: cannot answer {prompt[:40]!r}...: {error}", file=sys.stderr)
+                return 2
         return 0
     interactive(session, args.stats)
     return 0

@@ -27,6 +27,7 @@ from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, ImageError, read_image,
 from ..data.templates import IMAGE_TOKEN, TEMPLATE_HELP
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import BITS, BITS_HELP, loading_quantization
+from ..evaluation.answer import PromptTooLong
 from .chat import ChatSession, Reply
 
 EXAMPLE_QUESTION = "How many shapes are in the image?"
@@ -178,7 +179,8 @@ class Demo:
         fixed = self.panes(conversation)  # the panes of models that did not load: the same all along
         for i, item in stream_together(sessions, question):
             if isinstance(item, BaseException):
-                failures.append(f"{self.models[i].name}: {type(item).__name__}: {item}")
+                reason = f"cannot answer: {item}" if isinstance(item, PromptTooLong) else f"{type(item).__name__}: {item}"
+                failures.append(f"{self.models[i].name}: {reason}")
                 continue
             if isinstance(item, Reply):
                 histories[i].append((asked[i], str(item)))
@@ -188,7 +190,9 @@ class Demo:
             shown_ = [messages(history, (asked[j], partial[j]) if j in partial else None) if j in sessions else pane
                       for j, (history, pane) in enumerate(zip(histories, fixed))]
             yield (*shown_, "answering..." if partial else "", conversation)
-        status = "; ".join(failures) if failures else "done"
+        notices = [f"{self.models[i].name}: {session.notice}" if len(sessions) > 1 else session.notice
+                   for i, session in sessions.items() if session.notice]
+        status = "; ".join(failures + notices) if failures or notices else "done"
         yield (*self.panes(conversation), status, conversation)
 
     def regenerate(self, value, temperature, top_p, max_new_tokens, conversation: Optional[Conversation]):

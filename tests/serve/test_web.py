@@ -123,6 +123,22 @@ def test_a_decompression_bomb_gets_a_message_naming_the_limit_and_the_page_goes_
     assert ask(client, QUESTIONS[0], images / "test_000001.png")[-1][-1] == "done"
 
 
+def test_an_over_long_prompt_and_a_long_conversation_are_said_and_the_page_goes_on(server, images):
+    """The tiny models read 1,024 positions: a 2,400-word question cannot fit; a conversation that
+    outgrows the context drops its oldest turns and the status says so."""
+    client = Client(server, verbose=False)
+    *panes, status = ask(client, " ".join(["the red circle is above the square"] * 343), images / "test_000000.png")[-1]
+    assert "cannot answer" in status and "the model reads at most 1024" in status
+    question = " ".join(["and what about the blue square to the left of the small red circle"] * 4)
+    for turn in range(40):
+        *panes, status = ask(client, question, images / "test_000000.png")[-1]
+        if "no longer fit" in status:
+            break
+    assert "no longer fit the model's context" in status, (turn, status)
+    assert len(panes[0]) == 2 * (turn + 1)  # the page shows the whole conversation
+    assert "cannot" not in ask(client, "What color is it?", images / "test_000000.png")[-1][-1]
+
+
 def test_two_tabs_keep_their_own_conversations(server, models, images):
     first, second = Client(server, verbose=False), Client(server, verbose=False)
     ask(first, QUESTIONS[0], images / "test_000000.png")
