@@ -69,6 +69,15 @@ def test_embedded_images_benchmark_reads_a_parquet_with_images_lazily(tmp_path):
     assert "x the images' bytes (target <= 0.10)" in out
 
 
+def test_web_load_benchmark_drives_the_server_and_reports_each_level(tiny_checkpoint):
+    pytest.importorskip("gradio_client", reason="the web load benchmark drives the page with gradio_client")
+    out = run_benchmark("web_load", "--model", str(tiny_checkpoint), "--clients", "1,3", "--requests", "6",
+                        "--tokens", "4")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith(("| 1 |", "| 3 |"))]
+    assert [(row[0].strip(), row[1].strip(), row[2].strip()) for row in rows] == [("1", "6", "0"), ("3", "6", "0")]
+    assert "server RSS" in out and "(target <= 10%)" in out
+
+
 @pytest.mark.slow
 def test_memory_estimate_benchmark_prints_estimate_and_measured():
     out = run_benchmark("memory_estimate", "--hidden", "64", "--layers", "2", "--rank", "4", "--steps", "1")

@@ -188,6 +188,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     from ..data.records import DataError
     from ..model.recipe import CheckpointError
 
+    silence_what_users_cannot_act_on()  # before the import below brings bitsandbytes in
+    from .trainer import CheckpointSaveError
+
     try:
         return main(argv)
     except SystemExit as stop:
@@ -196,6 +199,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         message = stop.code
     except (DataError, CheckpointError) as error:
         message = str(error)
+    except CheckpointSaveError as error:  # met by some ranks, maybe not rank 0: each says it
+        print(f"llava-moslora train (rank {os.environ.get('RANK', '0')}): {error}", file=sys.stderr, flush=True)
+        return SAID
     if os.environ.get("RANK", "0") == "0":
         print(f"llava-moslora train: {message}", file=sys.stderr, flush=True)
     return SAID

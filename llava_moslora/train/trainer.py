@@ -41,6 +41,29 @@ from .interrupt import ShieldedWorkerInit
 from .metrics import RunRecord
 
 STAGING_DIR = ".staging"
+FULL_DISK_BYTES = 1 << 20  # free space under this after a failed save: the disk filled up
+
+
+class CheckpointSaveError(RuntimeError):
+    """Saving a checkpoint failed (a full disk, usually): said by every rank that met it."""
+
+
+def save_failure(error: BaseException, folder: Path, step: int) -> CheckpointSaveError:
+    """What to say when saving checkpoint-`step` into `folder` failed. Torch and DeepSpeed report a
+    full disk in their own words ("unexpected pos", "iostream error"), so the free space decides."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    full = getattr(error, "errno", None) == 28 or (free is not None and free < FULL_DISK_BYTES)
+    cause = (f"the disk is full ({free or 0} bytes free on {folder})" if full
+             else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    previous = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
+                      if p.name.rsplit("-", 1)[1].isdigit() else -1)
+    kept = f"{previous[-1]} is intact: free space, then continue with --resume_from_checkpoint auto" if previous \
+        else "no earlier checkpoint exists: free space and start again"
+    return CheckpointSaveError(f"saving {PREFIX_CHECKPOINT_DIR}-{step} failed: {cause}. Training stopped; the "
+                               f"partial checkpoint was removed; {kept}")
 
 
 def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -265,6 +288,10 @@ class LlavaTrainer(Trainer):
             super()._save_checkpoint(model, trial)
             (staging / name).mkdir(parents=True, exist_ok=True)
             self.record.save(staging / name, self.args.process_index)
+        except Exception as error:  # this rank could not write its part: clean up, say why, stop
+            failure = save_failure(error, run_dir, self.state.global_step)
+            shutil.rmtree(staging / name, ignore_errors=True)  # each rank: its own files at least
+            raise failure from error
         finally:
             self._staging = None
         barrier()  # every rank's shards are on disk

@@ -199,3 +199,39 @@ def test_auto_resume_passes_over_a_damaged_newest_checkpoint(shapes_data, stage1
     newest = out / "checkpoint-6" / "trainable.safetensors"
     newest.write_bytes(newest.read_bytes()[:40])
     resume_and_compare(shapes_data, stage1, out, uninterrupted, 3)
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_the_previous_checkpoint_resumes(shapes_data, stage1, uninterrupted,
+                                                                              tmp_path):
+    """On a small file system of its own (a 256 MB tmpfs), a run saves checkpoint-3; the disk is
+    then filled to within 64 KB, and the run continued from there fails to save checkpoint-6: it
+    stops saying the disk is full, the partial checkpoint is removed, checkpoint-3 stays sound,
+    and once space is freed it resumes to the uninterrupted run's losses."""
+    import os
+    import subprocess
+
+    from llava_moslora.model.checkpoint import unreadable_files
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small file system here (needs root): {mounted.stderr.strip()}")
+    try:
+        out = disk / "out"
+        run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "3", "--save_steps", "3", *STEADY)
+        filler = disk / "filler"
+        with open(filler, "wb") as handle:  # the disk fills up (another job, logs, a dataset copy)
+            handle.truncate(os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - (64 << 10))
+            os.posix_fallocate(handle.fileno(), 0, handle.seek(0, 2))
+        result = run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10", "--save_steps",
+                            "3", "--resume_from_checkpoint", "auto", *STEADY, succeed=False)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "saving checkpoint-6 failed: the disk is full" in result.stderr, result.stderr[-3000:]
+        assert f"{out / 'checkpoint-3'} is intact" in result.stderr and "Traceback" not in result.stderr
+        assert not (out / ".staging" / "checkpoint-6").exists()  # the partial checkpoint was removed
+        assert unreadable_files(out / "checkpoint-3") == []
+        filler.unlink()  # space freed
+        resume_and_compare(shapes_data, stage1, out, uninterrupted, 3)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
