@@ -95,12 +95,18 @@ class Grid:
 
 
 def read_grid_file(path: Path) -> dict:
+    """The grid file's mapping; a GridError says where a malformed file breaks."""
     text = Path(path).read_text()
-    if Path(path).suffix == ".json":
-        return json.loads(text)
     import yaml
 
-    data = yaml.safe_load(text)
+    try:
+        data = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as error:
+        raise GridError(f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise GridError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(data, dict):
         raise GridError(f"{path}: expected a mapping at the top level")
     return data

@@ -72,6 +72,8 @@ def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> lis
             found += _data_problems(flag, flags[flag], names)
     if "--image_folder" in flags and not Path(flags["--image_folder"]).is_dir():
         say("--image_folder", "no such folder (the root the samples' image paths are relative to)")
+    elif "--image_folder" in flags and not os.access(flags["--image_folder"], os.R_OK | os.X_OK):
+        say("--image_folder", "not readable by this user")
     for flag in ("--pretrain_mm_mlp_adapter", "--model_name_or_path", "--vision_tower"):
         if flags.get(flag):
             problem = _model_problem(flags[flag], checkpoint=flag == "--pretrain_mm_mlp_adapter")
@@ -101,12 +103,15 @@ def _data_problems(flag: str, value: str, names: dict[str, str]) -> list[str]:
     else:
         paths = [str(p) for p in data_paths(value)]
     missing = [p for p in paths if not Path(p).exists() and not is_table_source(p)]
+    unreadable = [p for p in paths if Path(p).exists() and not os.access(p, os.R_OK)]
     return [f"{named(flag, value, names)}: {p} is no file or folder (and not a dataset id); give {ACCEPTED}"
-            for p in missing]
+            for p in missing] + [f"{named(flag, value, names)}: {p} is not readable by this user" for p in unreadable]
 
 
 def _model_problem(value: str, checkpoint: bool) -> Optional[str]:
     path = Path(value).expanduser()
+    if path.exists() and not os.access(path, os.R_OK):
+        return "not readable by this user"
     if path.is_file():
         return None if checkpoint else "a file; give a model folder or hub id"
     if path.is_dir():

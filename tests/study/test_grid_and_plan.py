@@ -175,6 +175,15 @@ def test_grid_mistakes_are_named(tmp_path, changes, message):
         load_grid(write_grid(tmp_path, **changes))
 
 
+def test_a_malformed_grid_file_is_named_with_where_it_breaks(tmp_path):
+    (tmp_path / "grid.yaml").write_text("name: x\nbudgets: [1, 2\n")
+    with pytest.raises(GridError, match=r"grid.yaml: malformed YAML at line 3, column 1"):
+        load_grid(tmp_path / "grid.yaml")
+    (tmp_path / "grid.json").write_text('{"name": "x",}')
+    with pytest.raises(GridError, match=r"grid.json: malformed JSON at line 1"):
+        load_grid(tmp_path / "grid.json")
+
+
 def test_a_json_grid_reads_like_the_yaml_one(tmp_path):
     raw = yaml.safe_load(DEFAULT_GRID.read_text())
     path = tmp_path / "grid.json"
