@@ -30,6 +30,8 @@
 #   PACKING           1: pack each batch's samples into rows of MAX_LENGTH tokens, attention within
 #                     each sample (no compute on padding; the same loss) [0]
 #   ATTN              attention kernel: sdpa | eager | flash_attention_2 [transformers' choice]
+#   REPORT_TO         experiment tracking: none | tensorboard | wandb | mlflow | ... (comma-separated, as
+#                     transformers' --report_to; install the package first: pip install tensorboard) [none]
 set -euo pipefail
 [ "${1:-}" = "--help" ] || [ "${1:-}" = "-h" ] && { sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit 0; }
 
@@ -57,6 +59,7 @@ NUM_EXPERTS="${NUM_EXPERTS:-20}"
 TOP_K="${TOP_K:-10}"
 GATE_RESCALE="${GATE_RESCALE:-none}"
 TEMPLATE="${TEMPLATE:-vicuna_v1}"
+REPORT_TO="${REPORT_TO:-none}"
 source "$(dirname "$0")/lib/launch.sh"
 
 extra=()
@@ -85,5 +88,5 @@ run_training \
   --lr_scheduler_type cosine --group_by_modality_length True \
   --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
   --save_strategy steps --save_steps 50000 --save_total_limit 1 \
-  --logging_steps 1 --dataloader_num_workers 4 --report_to none \
+  --logging_steps 1 --dataloader_num_workers 4 --report_to "$REPORT_TO" \
   "${extra[@]}" "${PRECISION[@]}" "$@"

@@ -33,6 +33,8 @@
 #   PACKING           1: pack each batch's samples into rows of MAX_LENGTH tokens, attention within
 #                     each sample (no compute on padding; the same loss) [0]
 #   ATTN              attention kernel: sdpa | eager | flash_attention_2 [transformers' choice]
+#   REPORT_TO         experiment tracking: none | tensorboard | wandb | mlflow | ... (comma-separated, as
+#                     transformers' --report_to; install the package first: pip install tensorboard) [none]
 # Without CUDA the same command trains on the CPU (gloo, DeepSpeed's CPU accelerator, fp32).
 # --dry_run prints the trainable parameters, batch arithmetic and a ZeRO-2/3 memory estimate and
 # exits (no GPU, no weights read). SIGTERM / SIGINT / SIGUSR1 save a checkpoint and end the run
@@ -52,6 +54,7 @@ LR="${LR:-1e-3}"
 EPOCHS="${EPOCHS:-1}"
 MAX_LENGTH="${MAX_LENGTH:-2048}"
 TEMPLATE="${TEMPLATE:-plain}"
+REPORT_TO="${REPORT_TO:-none}"
 source "$(dirname "$0")/lib/launch.sh"
 extra=()
 [ "${PACKING:-0}" = "1" ] && extra+=(--packing True)
@@ -72,5 +75,5 @@ run_training \
   --learning_rate "$LR" --weight_decay 0 --warmup_steps 0.03 --lr_scheduler_type cosine \
   --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
   --save_strategy steps --save_steps 24000 --save_total_limit 1 \
-  --logging_steps 1 --dataloader_num_workers 4 --report_to none \
+  --logging_steps 1 --dataloader_num_workers 4 --report_to "$REPORT_TO" \
   ${BITS:+--bits "$BITS"} "${extra[@]}" "${PRECISION[@]}" "$@"

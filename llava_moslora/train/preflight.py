@@ -22,7 +22,12 @@ from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
 ADAPTERS = ("lora", "moslora", "moelora")
 OWN_TEMPLATE = "chat_template"  # data/own_chat_template.OWN, without importing its room's tokenizers
 PATH_FLAGS = ("--data_path", "--data_mixture", "--image_folder", "--pretrain_mm_mlp_adapter", "--model_name_or_path",
-              "--vision_tower", "--adapter", "--template", "--output_dir", "--resume_from_checkpoint")
+              "--vision_tower", "--adapter", "--template", "--output_dir", "--resume_from_checkpoint", "--report_to")
+# transformers' --report_to integrations (transformers 5.23) -> the module each needs
+TRACKERS = {"azure_ml": "azureml", "clearml": "clearml", "codecarbon": "codecarbon", "comet_ml": "comet_ml",
+            "dagshub": "dagshub", "dvclive": "dvclive", "flyte": "flytekit", "kubeflow": "kubeflow", "mlflow": "mlflow",
+            "neptune": "neptune", "swanlab": "swanlab", "tensorboard": "tensorboard", "trackio": "trackio",
+            "wandb": "wandb"}
 RUN_MARKERS = ("llava_moslora.json", "trainer_state.json")  # a stage checkpoint, or a run's state
 
 
@@ -83,6 +88,10 @@ def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> lis
         say("--adapter", f"unknown adapter; accepted: {', '.join(ADAPTERS)}")
     if "--template" in flags and flags["--template"] not in (*TEMPLATES, OWN_TEMPLATE):
         say("--template", f"unknown template; accepted: {', '.join(TEMPLATES)}, {OWN_TEMPLATE} (the model's own)")
+    if flags.get("--report_to"):
+        problem = _tracker_problem(flags["--report_to"])
+        if problem:
+            say("--report_to", problem)
     dry_run = "--dry_run" in argv and "False" not in argv[argv.index("--dry_run") + 1:argv.index("--dry_run") + 2]
     if "--output_dir" in flags and "--resume_from_checkpoint" not in flags and not dry_run:
         problem = _output_problem(Path(flags["--output_dir"]))
@@ -126,6 +135,21 @@ def _model_problem(value: str, checkpoint: bool) -> Optional[str]:
     except FileNotFoundError as error:
         return str(error).split(": ", 1)[1]
     return None
+
+
+def _tracker_problem(value: str) -> Optional[str]:
+    """What keeps transformers from reporting to `value` (comma-separated integrations), if anything."""
+    import importlib.util
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if names in (["none"], ["all"]):
+        return None
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        return f"unknown tracker {', '.join(unknown)}; accepted: none, all, {', '.join(TRACKERS)}"
+    missing = [name for name in names if importlib.util.find_spec(TRACKERS[name]) is None
+               and not (name == "tensorboard" and importlib.util.find_spec("tensorboardX"))]
+    return f"not installed: pip install {' '.join(missing)}" if missing else None
 
 
 def _output_problem(output: Path) -> Optional[str]:

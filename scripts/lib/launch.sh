@@ -103,7 +103,7 @@ echo "launch: ${nodes}$WORLD process(es), per-device batch $PER_DEVICE_BATCH x a
 # flag -> the variable that gave it, for preflight's messages ("DATA_PATH=... (--data_path): ...")
 export LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,--data_mixture=DATA_MIXTURE,--image_folder=IMAGE_FOLDER,\
 --pretrain_mm_mlp_adapter=STAGE1_DIR,--model_name_or_path=MODEL,--vision_tower=VISION_TOWER,--adapter=ADAPTER,\
---template=TEMPLATE,--output_dir=OUTPUT_DIR"
+--template=TEMPLATE,--output_dir=OUTPUT_DIR,--report_to=REPORT_TO"
 run_training() {
   "$PYTHON" -m llava_moslora.train.preflight "$@" || exit 2
   exec "${LAUNCH[@]}" "$@"

@@ -26,11 +26,20 @@ def failed_in_one_line(result, *expected):
     ("ADAPTER", "dora", "accepted: lora, moslora, moelora"),
     ("TEMPLATE", "vicuna", "accepted: plain, vicuna_v1"),
     ("DATA_MIXTURE", "a.json:0", "above 0"),
+    ("REPORT_TO", "tensorbord", "accepted: none, all,"),
 ])
 def test_finetune_names_the_variable_that_is_wrong(shapes_data, stage1, tmp_path, variable, value, expected):
     env = {**stage2_env(shapes_data, stage1, tmp_path / "out"), variable: value}
     result = run_script("finetune.sh", env, succeed=False)
     failed_in_one_line(result, f"{variable}={value}", expected)
+
+
+def test_a_tracker_that_is_not_installed_names_the_install(shapes_data, stage1, tmp_path):
+    import importlib.util
+
+    missing = next(name for name in ("wandb", "mlflow", "tensorboard", "trackio") if importlib.util.find_spec(name) is None)
+    env = {**stage2_env(shapes_data, stage1, tmp_path / "out"), "REPORT_TO": missing}
+    failed_in_one_line(run_script("finetune.sh", env, succeed=False), f"REPORT_TO={missing}", f"pip install {missing}")
 
 
 def test_a_missing_model_or_tower_and_an_unknown_zero_stop_pretrain(tiny_bases, shapes_data, tmp_path):
