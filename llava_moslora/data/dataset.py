@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import ImageError, open_image, preprocess_image
-from .mixture import Part, draw
+from .mixture import Part, mix
 from .record_cache import SampleTable, open_samples
 from .records import DataError, Sample, is_file_image
 from .own_chat_template import template_for
@@ -58,10 +58,7 @@ class LlavaDataset(Dataset):
             self.samples: Sequence[Sample] = open_samples(self.data_path, rejected)
         else:
             sources = [list(open_samples(part.path, rejected)) for part in mixture]
-            offsets = [sum(len(s) for s in sources[:i]) for i in range(len(sources))]
-            self.samples = [sample for source in sources for sample in source]
-            self.part_of = [i for i, source in enumerate(sources) for _ in source]
-            self.plan = [offsets[part] + index for part, index in draw(mixture, [len(s) for s in sources], mixture_seed)]
+            self.samples, self.part_of, self.plan = mix(mixture, sources, mixture_seed)
         if not self.samples:
             raise DataError(f"{self.data_path}: no samples")
         if self.image_folder is None and not collect_rejected:

@@ -57,6 +57,16 @@ def mixture_size(parts: list[Part], sizes: list[int]) -> int:
         sum(part.count for part in parts if part.count is not None)
 
 
+def mix(parts: list[Part], sources: list[list], seed: int) -> tuple[list, list[int], list[int]]:
+    """Each part's loaded samples joined into one list (each distinct sample once), the part of
+    each, and the plan: the positions in that list the mixture draws (a sample may come twice)."""
+    offsets = [sum(len(s) for s in sources[:i]) for i in range(len(sources))]
+    joined = [sample for source in sources for sample in source]
+    part_of = [i for i, source in enumerate(sources) for _ in source]
+    plan = [offsets[part] + index for part, index in draw(parts, [len(s) for s in sources], seed)]
+    return joined, part_of, plan
+
+
 def draw(parts: list[Part], sizes: list[int], seed: int) -> list[tuple[int, int]]:
     """(part, index within that part) of every sample of the mixture, part by part."""
     import torch

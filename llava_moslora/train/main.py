@@ -185,23 +185,23 @@ SAID = 2  # the exit code of a run that stopped on a mistake it has said in one 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """main(), with the project's own errors (launch mistakes, bad data, checkpoints) said once, on
     rank 0, in one line, and exit code SAID, instead of a traceback from every rank."""
-    from ..data.records import DataError
-    from ..model.recipe import CheckpointError
-
-    silence_what_users_cannot_act_on()  # before the import below brings bitsandbytes in
-    from .trainer import CheckpointSaveError
-
     try:
         return main(argv)
     except SystemExit as stop:
         if not isinstance(stop.code, str):
             return stop.code or 0
         message = stop.code
-    except (DataError, CheckpointError) as error:
+    except Exception as error:  # the error classes are imported only now: a launch mistake costs no model import
+        from ..data.records import DataError
+        from ..model.recipe import CheckpointError
+        from .trainer import CheckpointSaveError
+
+        if isinstance(error, CheckpointSaveError):  # met by some ranks, maybe not rank 0: each says it
+            print(f"llava-moslora train (rank {os.environ.get('RANK', '0')}): {error}", file=sys.stderr, flush=True)
+            return SAID
+        if not isinstance(error, (DataError, CheckpointError)):
+            raise
         message = str(error)
-    except CheckpointSaveError as error:  # met by some ranks, maybe not rank 0: each says it
-        print(f"llava-moslora train (rank {os.environ.get('RANK', '0')}): {error}", file=sys.stderr, flush=True)
-        return SAID
     if os.environ.get("RANK", "0") == "0":
         print(f"llava-moslora train: {message}", file=sys.stderr, flush=True)
     return SAID

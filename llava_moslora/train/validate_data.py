@@ -97,16 +97,17 @@ def mixture_samples(spec: str, seed: int, rejected: list) -> tuple[list, list]:
     """Every source's samples once, each sample's source, and (printed) what the mixture draws."""
     from collections import Counter
 
-    from ..data.mixture import draw, parse_mixture
+    from ..data.mixture import mix, parse_mixture
     from ..data.records import load_samples
 
     parts = parse_mixture(spec)
     loaded = [load_samples(part.path, rejected) for part in parts]
-    drawn = Counter(part for part, _ in draw(parts, [len(s) for s in loaded], seed))
+    samples, part_of, plan = mix(parts, loaded, seed)
+    drawn = Counter(part_of[i] for i in plan)
     for k, (part, source) in enumerate(zip(parts, loaded)):
         print(f"[validate-data] mixture: {part.path}: {len(source)} samples read, {drawn.get(k, 0)} drawn "
               f"({part.share}, seed {seed})", flush=True)
-    return [s for source in loaded for s in source], [k for k, source in enumerate(loaded) for _ in source]
+    return samples, part_of
 
 
 def run(args, name: str) -> int:
