@@ -2,7 +2,8 @@
 
 `llava-moslora abilities RESULT_DIR [RESULT_DIR ...] --out DIR` reads each checkpoint's
 `*_acc.csv` (multiple choice, TextVQA) and `*_score.csv` (MME, POPE, HallusionBench, yes/no,
-MathVista/MMVet) and writes abilities.json, abilities.md and radar_{benchmark}.png (report.py).
+MathVista/MMVet) and writes abilities.json, abilities.md and radar_{benchmark}.png (report.py: the
+scores on 0-100 and, with several checkpoints, the normalized scores beside them).
 
 Scales: every value is also given as a score on 0-100: fractions (MCQ `_acc.csv`) x 100; MME
 subtasks / 200 x 100, perception / 2000 x 100, reasoning / 800 x 100, MME total (perception +
@@ -325,7 +326,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "abilities") -> N
     parser.add_argument("result_dirs", nargs="+", metavar="RESULT_DIR",
                         help="one checkpoint's evaluation work directory, searched recursively for "
                              "VLMEvalKit *_acc.csv and *_score.csv (the newest copy of each benchmark is used)")
-    parser.add_argument("--out", required=True, help="writes abilities.json, abilities.md and radar_{benchmark}.png")
+    parser.add_argument("--out", required=True,
+                        help="writes abilities.json, abilities.md and radar_{benchmark}.png (for benchmarks with "
+                             ">= 3 abilities: scores on 0-100 and, with several checkpoints, beside them the "
+                             "normalized scores, 100 = the best compared checkpoint on each ability)")
     parser.add_argument("--labels", default=None,
                         help="comma-separated checkpoint names, one per RESULT_DIR (default: the directory names)")
     parser.add_argument("--no_plot", "--no-plot", dest="no_plot", action="store_true",

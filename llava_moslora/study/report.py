@@ -6,7 +6,8 @@ their grid flagged; then the fairness checks and the loss curves.
 
 Writes under <out>/report/: study.md, study.json, and per budget (with several budgets, each
 name below gets a _<budget> suffix) abilities/ (mean over seeds: abilities.md, abilities.json,
-radar_*.png, one polygon per variant), abilities_all/ (every final run) and loss_curves.png.
+radar_*.png: scores and normalized scores, one polygon per variant), abilities_all/ (every final run)
+and loss_curves.png.
 Scores are read back from the evaluation files, as `llava-moslora abilities` does.
 """
 from __future__ import annotations
@@ -293,8 +294,8 @@ def budget_section(grid, budget, allocations: dict[str, Allocation], finished: l
                   + ("; ".join(f"**{v}** {why}" for v, why in flagged.items()) if flagged else "none.")]
     else:
         lines += ["One learning rate per variant (no search): " + ", ".join(f"{v} {lr:g}" for v, lr in chosen.items())]
-    lines += ["", f"Figures: abilities{suffix}/radar_*.png (normalized per-ability scores, one polygon per variant), "
-              f"loss_curves{suffix}.png.", ""]
+    lines += ["", f"Figures: abilities{suffix}/radar_*.png (per-ability scores on 0-100 and normalized, "
+              f"one polygon per variant), loss_curves{suffix}.png.", ""]
     return lines, {"reference": reference, "r": budget.r, "chosen_lr": chosen, "edges": flagged, "not_run": not_run,
                    "search": {v: {f"{lr:g}": s for lr, s in scores.items()} for v, scores in search_scores.items()},
                    "variants": numbers, "comparisons": comparison_numbers}
@@ -326,7 +327,8 @@ def write_study_report(out: Path, grid, allocations: dict[str, dict[str, Allocat
         lines += section
     lines += ["## Fairness", ""] + fairness(finished, search)
     lines += ["", "## Files", "", "- abilities*/: per-ability scores of each variant, the mean over its seeds, "
-              "normalized across the budget's variants (abilities.md), radar_*.png (one polygon per variant)",
+              "normalized across the budget's variants (abilities.md), radar_*.png (scores and normalized scores, "
+              "one polygon per variant)",
               "- abilities_all*/: every final run on its own", "- loss_curves*.png: training loss of every variant",
               "- study.json: every number above"]
     path = report / "study.md"

@@ -6,6 +6,7 @@ flat work dir with `lora_{dataset}` files; `moslora/{old,new}` are two run.py ru
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -246,3 +247,153 @@ def test_matplotlib_is_imported_only_for_plots():
             "print('matplotlib' in sys.modules, 'pandas' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+# --- radar plots ------------------------------------------------------------------------------
+
+LONG_NAMES = ["fine-grained cross-instance perception", "fine-grained single-instance perception",
+              "coarse perception", "science & technology", "instance reasoning", "logical reasoning"]
+
+
+def mmbench_categories():
+    """MMBench's 20 leaf abilities (snake_case, up to 38 characters) from the fixture's header."""
+    header = (FIXTURES / "lora" / "lora_MMBench_DEV_EN_acc.csv").read_text().splitlines()[0]
+    names = [name.strip('"') for name in header.split(",")]
+    return names[names.index("RR") + 1:]
+
+
+def radar_bench(names, series):
+    """A compared benchmark with `series` checkpoints over `names`, built through normalize()."""
+    from llava_moslora.evaluation.scores import AbilityScore, BenchmarkScores, CheckpointScores
+    checkpoints = []
+    for j in range(series):
+        abilities_ = [AbilityScore("Overall", "overall", 50.0, 50.0)]
+        abilities_ += [AbilityScore(name, "category", 0.0, 25.0 + (7 * i + 13 * j) % 70)
+                       for i, name in enumerate(names)]
+        bench = BenchmarkScores("BENCH", "mcq", Path("x.csv"), abilities_, "Overall", list(names))
+        checkpoints.append(CheckpointScores(f"checkpoint_{j}", Path("."), {"BENCH": bench}))
+    comparison = normalize(checkpoints)
+    return comparison.benchmarks[0], comparison.labels
+
+
+def drawn(figure):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def shown(labels):
+    return [text for text in labels if text.get_visible() and text.get_text().strip()]
+
+
+@pytest.mark.parametrize("names", [LONG_NAMES[:3], LONG_NAMES, mmbench_categories()], ids=["3", "6", "20"])
+@pytest.mark.parametrize("series", [1, 2, 5])
+def test_radar_labels_do_not_overlap(names, series):
+    from llava_moslora.evaluation.report import radar_figure
+    figure = radar_figure(*radar_bench(names, series))
+    renderer = drawn(figure)
+    boxes = []
+    for index, axes in enumerate(figure.axes):
+        radial, angular = shown(axes.yaxis.get_ticklabels()), shown(axes.xaxis.get_ticklabels())
+        assert len(radial) >= 4 and len(angular) == len(names)  # the check below is not vacuous
+        boxes += [(f"panel {index} ring value {t.get_text()!r}", t.get_window_extent(renderer)) for t in radial]
+        boxes += [(f"panel {index} ability {t.get_text()!r}", t.get_window_extent(renderer)) for t in angular]
+        boxes.append((f"panel {index} title", axes.title.get_window_extent(renderer)))
+    boxes += [("legend", legend.get_window_extent(renderer)) for legend in figure.legends]
+    clashes = [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+    assert not clashes
+    page = figure.bbox
+    cut = [name for name, box in boxes if box.x0 < page.x0 or box.y0 < page.y0 or box.x1 > page.x1 or box.y1 > page.y1]
+    assert not cut  # every label is inside the saved image
+
+
+@pytest.mark.parametrize("names", [LONG_NAMES[:3], LONG_NAMES, mmbench_categories()], ids=["3", "6", "20"])
+def test_radar_ability_names_stay_outside_the_circle(names):
+    from llava_moslora.evaluation.report import radar_figure
+    figure = radar_figure(*radar_bench(names, 2))
+    renderer = drawn(figure)
+    for axes in figure.axes:
+        floor, top = axes.get_ylim()
+        (cx, cy), (rx, ry) = axes.transData.transform([(0, floor), (0, top)])
+        radius = math.hypot(rx - cx, ry - cy)
+        for text in shown(axes.xaxis.get_ticklabels()):
+            box = text.get_window_extent(renderer)
+            nearest = (min(max(cx, box.x0), box.x1), min(max(cy, box.y0), box.y1))
+            assert math.dist((cx, cy), nearest) > radius, f"{text.get_text()!r} reaches into the circle"
+
+
+@pytest.mark.parametrize("lowest, ticks", [(5.0, [20, 40, 60, 80, 100]), (62.0, [60, 70, 80, 90, 100]),
+                                           (85.0, [75, 80, 85, 90, 95, 100]), (100.0, [92, 94, 96, 98, 100])])
+def test_radar_normalized_rings(lowest, ticks):
+    from llava_moslora.evaluation.report import radar_figure
+    bench, labels = radar_bench(LONG_NAMES, 2)
+    for ability in bench.abilities:
+        ability.normalized = {label: max(lowest, 100.0 if i else lowest) for i, label in enumerate(labels)}
+    normalized = radar_figure(bench, labels).axes[1]
+    assert [t for t in normalized.get_yticks() if t > normalized.get_ylim()[0]] == ticks
+
+
+def filled(axes):
+    from matplotlib.colors import to_rgba
+    patches = [p for p in axes.patches if p.get_fill() and to_rgba(p.get_facecolor())[3] > 0]
+    collections = [c for c in axes.collections if len(c.get_facecolors()) and c.get_facecolors()[:, 3].max() > 0]
+    return patches + collections
+
+
+@pytest.mark.parametrize("series", [4, 5, 8])
+def test_radar_of_many_checkpoints_is_outlines(series):
+    from llava_moslora.evaluation.report import radar_figure
+    figure = radar_figure(*radar_bench(LONG_NAMES, series))
+    assert len(figure.axes) == 2
+    for axes in figure.axes:
+        assert not filled(axes)
+        lines = axes.get_lines()
+        assert len(lines) == series
+        assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == min(series, 7)
+
+
+def test_radar_of_two_checkpoints_is_filled():
+    from llava_moslora.evaluation.report import radar_figure
+    figure = radar_figure(*radar_bench(LONG_NAMES, 2))
+    assert [len(filled(axes)) for axes in figure.axes] == [2, 2]
+
+
+def test_radar_panels_titles_and_legend(result_dirs, tmp_path):
+    from llava_moslora.evaluation.report import NORMALIZED_TITLE, RAW_TITLE, radar_figure
+    comparison = normalize(collect_scores(result_dirs, labels="LoRA,MoSLoRA"))
+    bench, _ = compared(comparison, "MMBench_DEV_EN")
+    figure = radar_figure(bench, comparison.labels)
+    raw, normalized = figure.axes
+    assert raw.get_title() == RAW_TITLE == "score on 0-100" and raw.get_ylim() == (0, 100)
+    assert NORMALIZED_TITLE == "normalized: 100 = the best compared checkpoint on each ability"
+    floor = normalized.get_ylim()[0]
+    assert floor == 60  # lowest normalized radar value: lora's AR, 75
+    assert normalized.get_title() == f"{NORMALIZED_TITLE}\n(radius starts at {floor:g}, not 0)"
+    assert [line.get_ydata()[0] for line in raw.get_lines()] == pytest.approx([60.0, 80.0])  # AR scores
+    assert [line.get_ydata()[0] for line in normalized.get_lines()] == pytest.approx([75.0, 100.0])
+    assert len(figure.legends) == 1 and not raw.get_legend() and not normalized.get_legend()
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["LoRA", "MoSLoRA"]
+    seed = next(b for b in comparison.benchmarks if b.benchmark == "SEEDBench_IMG")  # only LoRA ran it
+    single = radar_figure(seed, comparison.labels)
+    assert [axes.get_title() for axes in single.axes] == [RAW_TITLE] and single.axes[0].get_ylim() == (0, 100)
+    assert [t.get_text() for t in single.legends[0].get_texts()] == ["LoRA"]
+    files = write_report(comparison, tmp_path / "out")
+    assert (tmp_path / "out" / "radar_MMBench_DEV_EN.png") in files.plots
+
+
+def test_radar_normalized_radius_from_zero_has_no_note():
+    from llava_moslora.evaluation.report import NORMALIZED_TITLE, radar_figure
+    bench, labels = radar_bench(LONG_NAMES, 2)
+    bench.abilities[1].normalized[labels[0]] = 5.0
+    assert radar_figure(bench, labels).axes[1].get_title() == NORMALIZED_TITLE
+
+
+@pytest.mark.parametrize("name, width, expected", [
+    ("fine-grained single-instance perception", 18, "fine-grained\nsingle-instance\nperception"),
+    ("structuralized_imagetext_understanding", 13, "structuralized_\nimagetext_\nunderstanding"),
+    ("ocr", 13, "ocr"),
+])
+def test_wrap_name(name, width, expected):
+    from llava_moslora.evaluation.report import wrap_name
+    assert wrap_name(name, width) == expected
