@@ -17,7 +17,7 @@ bf16 (MoSLoRA r=128, per-device batch 16, length 2048): what a user sees on a lo
 `--llava-7b --gpus 1 --per-device 4 --bits 4` is the one-GPU QLoRA recipe.
 
 --qlora-peaks trains the same LM in one process at 16, 8 and 4 bits and prints each run's
-training-phase peak RSS (what README's QLoRA section reports for the CPU).
+training-phase peak RSS (what docs/TRAINING.md's QLoRA section reports for the CPU).
 """
 from __future__ import annotations
 

@@ -31,3 +31,24 @@ def tiny_base_factory(tmp_path_factory):
 def tiny_checkpoint(tiny_bases, tmp_path_factory):
     """A stage-2 checkpoint: MoSLoRA (r=4, random non-zero adapters) on the tiny bases."""
     return save_tiny_checkpoint(tiny_bases, tmp_path_factory.mktemp("ckpt") / "moslora-tiny")
+
+
+@pytest.fixture(scope="session")
+def readme_workdir(tmp_path_factory):
+    """A user's checkout after README.md's quickstart command, shortened: a folder whose entries
+    link to this repository's (scripts, bases, .venv, ...), so commands run from it as written, and
+    whose own runs/quickstart holds the quickstart's output. Returns (folder, the quickstart's
+    completed process). Shared by tests/test_quickstart.py and tests/test_readme.py."""
+    import os
+    import subprocess
+
+    from helpers import ROOT, readme_env
+
+    work = tmp_path_factory.mktemp("checkout")
+    for entry in ROOT.iterdir():
+        if entry.name not in {"runs", "eval_results", "checkpoints", "outputs", ".git"}:
+            os.symlink(entry, work / entry.name)
+    result = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=work, env=readme_env(work), capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return work, result

@@ -215,3 +215,17 @@ def write_sources(root, sizes):
         (root / name).write_text("\n".join(json.dumps(r) for r in records) if name.endswith(".jsonl")
                                  else json.dumps(records))
     return root
+
+
+# The quickstart at a tenth of a minute: what tests/test_quickstart.py and tests/test_readme.py run.
+SHORT_QUICKSTART = {"NUM_PRETRAIN": "48", "NUM_INSTRUCT": "48", "NUM_TEST": "8", "STAGE1_EPOCHS": "1",
+                    "STAGE2_EPOCHS": "1"}
+
+
+def readme_env(work):
+    """The environment of a user in the checkout `work` who has run `source .venv/bin/activate`,
+    with the quickstart shortened."""
+    env = script_env({**SHORT_QUICKSTART, "PATH": f"{work / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                      "VIRTUAL_ENV": str(work / ".venv")})
+    env.pop("NUM_GPUS")  # the quickstart picks its own; a README command sets what it needs
+    return env

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Optional, Sequence
 
-DEFAULT_BATCH_SIZE = 16  # rows per generation; see README (Evaluation) for why and what it gains
+DEFAULT_BATCH_SIZE = 16  # rows per generation; see docs/EVALUATION.md for why and what it gains
 
 
 def check_batch_size(batch_size: int) -> int:

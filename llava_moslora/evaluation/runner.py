@@ -63,7 +63,7 @@ def choose_backend(backend: str) -> str:
         return "builtin"
     if backend == "vlmeval" and not vlmeval_available():
         raise ValueError("--backend vlmeval needs VLMEvalKit: git clone https://github.com/open-compass/VLMEvalKit "
-                         "&& pip install -e VLMEvalKit (see README, Evaluation)")
+                         "&& pip install -e VLMEvalKit (see docs/EVALUATION.md)")
     return backend
 
 

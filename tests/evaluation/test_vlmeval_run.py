@@ -1,6 +1,6 @@
 """`llava-moslora vlmeval`: our class registered where VLMEvalKit's run.py looks (supported_VLM for
 --model, vlmeval.vlm for --config), then run.py run in-process. Against a stand-in VLMEvalKit with
-the same registry shape (fixtures/standin); the real run.py is run by hand (README, Evaluation)."""
+the same registry shape (fixtures/standin); the real run.py is run by hand (docs/EVALUATION.md)."""
 import json
 import os
 import subprocess

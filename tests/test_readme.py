@@ -1,0 +1,204 @@
+"""README.md's commands, run as written in a checkout after the (shortened) quickstart, so the
+front door cannot drift from the code; and the docs it links to, checked against what they name.
+
+Every command of the README's ```bash blocks gets a plan from PLANS: run as written; run with
+input (the chat's interactive mode, the web page's first answer); run as a dry run on the
+embedded bases (the cluster recipes: their variables and flags reach the launch checks and the
+trainer's arguments); or not run offline, with the reason. A command no plan covers fails the
+test, and so does a plan no command uses."""
+import re
+import shlex
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, readme_env
+
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+# (pattern on the command, plan, why); the first match wins.
+PLANS = [
+    (r"^bash scripts/test\.sh\b", "skip", "runs this suite itself"),
+    (r"^bash scripts/quickstart\.sh$", "quickstart", "run by the readme_workdir fixture, shortened"),
+    (r"^source \.venv/bin/activate$", "activate", "readme_env: .venv/bin first on PATH"),
+    (r"^sbatch ", "skip", "needs SLURM; the node variables it sets: tests/train/test_launchers.py"),
+    (r"\bREPORT_TO=", "skip", "needs the tracker installed (not in the pinned stack); the refusal without "
+                              "it: tests/train/test_launch_mistakes.py"),
+    (r"llava-hf/", "skip", "needs a hub LLaVA in the cache; a llava-hf start: tests/model/test_foreign_llava_hf.py"),
+    (r"^bash eval/run\.sh \S+ paper\b", "skip", "needs VLMEvalKit and its network downloads"),
+    (r"^llava-moslora study --quick$", "skip", "5.8 min of training; its --dry-run is run"),
+    (r"^bash scripts/study\.sh$", "skip", "39 min of training; tests/study runs a small study end to end"),
+    (r"^(\w+=\S+ )*bash scripts/(pretrain|finetune)\.sh --help$", "run", ""),
+    (r"^(\w+=\S+ )*bash scripts/(pretrain|finetune)\.sh\b", "dry_run", ""),
+    (r"^bash scripts/chat\.sh (?!.*--prompt)", "stdin", ""),
+    (r"^bash scripts/web\.sh ", "web", ""),
+    (r"^(llava-moslora|bash scripts/chat\.sh) ", "run", ""),
+]
+QUESTION = "How many shapes are in the image?"
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the ```bash blocks: continuation lines joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M):
+        pending = ""
+        for line in block.splitlines():
+            pending += line
+            if pending.endswith("\\"):
+                pending = pending[:-1] + " "
+                continue
+            words = shlex.split(pending, comments=True)
+            if words:
+                commands.append(shlex.join(words))
+            pending = ""
+    return commands
+
+
+def plan(command: str) -> tuple[int, str, str]:
+    for index, (pattern, action, why) in enumerate(PLANS):
+        if re.search(pattern, command):
+            return index, action, why
+    raise AssertionError(f"README.md command with no plan in tests/test_readme.py: {command}")
+
+
+def test_every_readme_command_has_a_plan_and_every_plan_a_command():
+    commands = readme_commands(README.read_text())
+    used = {plan(c)[0] for c in commands}
+    assert used == set(range(len(PLANS))), [PLANS[i][0] for i in set(range(len(PLANS))) - used]
+    run = [c for c in commands if plan(c)[1] not in ("skip", "activate")]
+    assert len(run) >= 15, run  # the offline ones: eval, abilities, chat, web, merge, export, study, scripts
+
+
+def dry_run_env(work: Path) -> dict:
+    """The cluster recipes' defaults (Vicuna-7B, CLIP-L, LLaVA's data) replaced by the embedded
+    bases and the quickstart's data: what a command sets itself still wins. The quickstart's
+    stage 1 stands where pretrain.sh's default OUTPUT_DIR would have put LLaVA's."""
+    quickstart = work / "runs" / "quickstart"
+    stage1 = work / "checkpoints" / "llava-v1.5-7b-pretrain"
+    if not stage1.exists():
+        stage1.parent.mkdir(exist_ok=True)
+        stage1.symlink_to(quickstart / "stage1")
+    return {"MODEL": str(work / "bases" / "shapes-tiny" / "llm"), "VISION_TOWER": str(work / "bases" / "shapes-tiny" / "vision"),
+            "DATA_PATH": str(quickstart / "data" / "instruct.json"), "IMAGE_FOLDER": str(quickstart / "data" / "images")}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def first_web_answer(command: str, work: Path, env: dict) -> str:
+    """Start the README's web command on a free port, ask one question about a held-out image
+    through the page's own API, and stop the server; returns the problem, or "" when it answered."""
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    server = subprocess.Popen(["bash", "-c", f"{command} --port {port}"], cwd=work, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}/", time.time() + 240
+        while True:
+            if server.poll() is not None:
+                return "the server stopped: " + server.communicate()[0][-2000:]
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    return "the server did not come up in 240 s"
+                time.sleep(0.5)
+        image = work / "runs" / "quickstart" / "data" / "images" / "test_000000.png"
+        *panes, status = list(Client(url, verbose=False).submit(QUESTION, handle_file(str(image)), 0, 1, 8,
+                                                                 api_name="/ask"))[-1]
+        answer = panes[0][-1]["content"] if panes and panes[0] else None
+        return "" if status == "done" and answer else f"no answer: status {status!r}, panes {panes!r}"
+    finally:
+        subprocess.run(["pkill", "-TERM", "-s", str(server.pid)], check=False)
+        server.wait(timeout=60)
+
+
+def run_one(command: str, action: str, work: Path, env: dict) -> str:
+    """Run one README command as planned; returns the problem, or "" when it did what it says."""
+    if action == "web":
+        return first_web_answer(command, work, env)
+    stdin = None
+    if action == "dry_run":
+        env = {**env, **dry_run_env(work)}
+        command += "" if "--dry_run" in command else " --dry_run"
+    elif action == "stdin":
+        stdin = QUESTION + "\n"
+    result = subprocess.run(["bash", "-c", command], cwd=work, env=env, input=stdin, capture_output=True,
+                            text=True, timeout=600)
+    if result.returncode != 0:
+        return f"exit {result.returncode}\n{result.stdout[-1500:]}\n{result.stderr[-2500:]}"
+    if action == "dry_run" and "dry run: nothing was trained" not in result.stdout:
+        return "no dry-run summary:\n" + result.stdout[-1500:]
+    if "--prompt" in command and len(result.stdout.splitlines()) != command.count("--prompt"):
+        return "not one answer per --prompt:\n" + result.stdout
+    if action == "stdin" and not result.stdout.strip():
+        return "no answer to the question on stdin"
+    return ""
+
+
+@pytest.mark.slow
+def test_every_offline_readme_command_runs_as_written(readme_workdir):
+    work, _ = readme_workdir
+    env = readme_env(work)
+    problems, ran = [], []
+    for command in readme_commands(README.read_text()):
+        _, action, _ = plan(command)
+        if action in ("skip", "activate", "quickstart"):
+            continue
+        problem = run_one(command, action, work, env)
+        ran.append(command)
+        if problem:
+            problems.append(f"$ {command}\n{problem}")
+    assert not problems, "\n\n".join(problems)
+    # what the commands promise to write, they wrote
+    for path in ("eval_results/compare/abilities.md", "eval_results/compare/radar_ShapesVQA_MCQ.png",
+                 "runs/quickstart/merged/config.json", "runs/quickstart/peft/adapter_config.json"):
+        assert (work / path).is_file(), path
+    assert [p.name for p in (work / "checkpoints").iterdir()] == ["llava-v1.5-7b-pretrain"]  # dry runs write nothing
+
+
+def script_variables(script: str) -> set[str]:
+    """The variables a launch script's --help documents (upper-case names at the start of a line)."""
+    help_text = subprocess.run(["bash", str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    names = set()
+    for line in help_text.splitlines():
+        lead = re.match(r"^  ([A-Z][A-Z0-9_]*(?:, [A-Z][A-Z0-9_]*)*)", line)
+        if lead:
+            names.update(lead.group(1).split(", "))
+        names.update(re.findall(r"\b([A-Z][A-Z0-9_]{2,}) \[", line))  # "LR [2e-4], MM_PROJECTOR_LR [2e-5]"
+    return names - {"SLURM_NNODES", "SLURM_NODEID", "SLURM_JOB_NODELIST", "SLURM_JOB_ID", "CUDA"}
+
+
+def test_training_doc_lists_every_variable_the_scripts_take():
+    table = (ROOT / "docs" / "TRAINING.md").read_text().split("## The variables", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    for script in ("pretrain.sh", "finetune.sh"):
+        variables = script_variables(script)
+        assert {"MODEL", "ZERO", "REPORT_TO"} & variables, variables  # the parse found them
+        assert variables <= documented, f"{script}: not in docs/TRAINING.md: {sorted(variables - documented)}"
+
+
+def test_links_in_the_readme_and_docs_lead_somewhere():
+    broken = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://")) and not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+
+
+def test_the_readme_is_a_map_read_in_two_minutes():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250, len(lines)
