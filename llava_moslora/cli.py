@@ -39,7 +39,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
               "train", "llava-moslora merge --checkpoint runs/quickstart/stage2 --out runs/quickstart/merged"),
     "export-peft": ("llava_moslora.model.export",
                     "write lora/moslora adapters as a PEFT LoRA adapter plus the tuned projector",
-                    "train", "llava-moslora export-peft --checkpoint runs/quickstart/stage2 --out runs/quickstart/peft"),
+                    "train", "llava-moslora export-peft --checkpoint runs/quickstart/stage2 --base runs/quickstart/stage1-merged "
+                             "--out runs/quickstart/peft"),
     "pretrain-bases": ("llava_moslora.demo.bases",
                        "pretrain the tiny CLIP tower and Llama the quickstart starts from, on ShapesVQA's domain",
                        "train", "llava-moslora pretrain-bases --out runs/bases"),
@@ -48,7 +49,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
                   "train", "llava-moslora init-tiny --data runs/shapes --out runs/tiny"),
     "eval": ("llava_moslora.evaluation.runner",
              "run VLMEvalKit benchmarks (or local MCQ / yes-no TSVs offline) on a checkpoint",
-             "evaluate", "llava-moslora eval --model runs/quickstart/stage2 --benchmarks shapes"),
+             "evaluate", "llava-moslora eval --model runs/quickstart/stage2 --benchmarks shapes "
+                         "--data-root runs/quickstart/data --work-dir eval_results/stage2"),
     "vlmeval": ("llava_moslora.evaluation.vlmeval_run",
                 "run VLMEvalKit's own run.py with checkpoints as --model llava_moslora:CKPT (judges, --reuse, torchrun)",
                 "evaluate", "llava-moslora vlmeval --run-py VLMEvalKit/run.py -- --data MMStar "

@@ -20,9 +20,11 @@
 #   NUM_GPUS, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, HOSTFILE, SHUTDOWN_TIMEOUT, LAUNCHER_ARGS, ZERO [2],
 #   GLOBAL_BATCH [128], PER_DEVICE_BATCH [16], EPOCHS [1], MAX_LENGTH [2048]: as in scripts/pretrain.sh
 #   (--dry_run, signals and resuming too)
-#   LR [2e-4], MM_PROJECTOR_LR [2e-5], LORA_R [128], LORA_ALPHA [256], LORA_DROPOUT [0.05]
+#   LR [2e-4], MM_PROJECTOR_LR [2e-5], LORA_DROPOUT [0.05]
+#   LORA_R, LORA_ALPHA  rank and scale numerator; for moelora per expert [128, 256; moelora 4, 16]
 #   MIXER_INIT        MoSLoRA mixer init [kaiming]
-#   NUM_EXPERTS [20], TOP_K [10], GATE_RESCALE [none|sqrt], ROUTER_LR [unset]: MoE-LoRA
+#   NUM_EXPERTS [20], TOP_K [10], GATE_RESCALE [none|sqrt], ROUTER_LR [unset]: MoE-LoRA (the
+#                     defaults are its paper's: 20 experts of rank 4, 10 routed per token)
 #   RIEMANNIAN        1: Riemannian preconditioning (needs ZERO=2) [0]
 #   BITS              16 | 8 | 4: QLoRA, the language model held in 8 or 4 bits (bitsandbytes;
 #                     ZERO=2 or one GPU; --quant_type nf4|fp4, --double_quant) [16]
@@ -51,8 +53,13 @@ EPOCHS="${EPOCHS:-1}"
 MAX_LENGTH="${MAX_LENGTH:-2048}"
 LR="${LR:-2e-4}"
 MM_PROJECTOR_LR="${MM_PROJECTOR_LR:-2e-5}"
-LORA_R="${LORA_R:-128}"
-LORA_ALPHA="${LORA_ALPHA:-256}"
+# LLaVA-1.5's LoRA is rank 128. MoE-LoRA's rank is per expert: its paper's 20 experts of rank 4 hold
+# 80 rank rows per layer (plus a 20 x d_in router) against LoRA's 128; 20 of rank 128 would hold 2,560.
+if [ "$ADAPTER" = moelora ]; then
+  LORA_R="${LORA_R:-4}"; LORA_ALPHA="${LORA_ALPHA:-16}"
+else
+  LORA_R="${LORA_R:-128}"; LORA_ALPHA="${LORA_ALPHA:-256}"
+fi
 LORA_DROPOUT="${LORA_DROPOUT:-0.05}"
 MIXER_INIT="${MIXER_INIT:-kaiming}"
 NUM_EXPERTS="${NUM_EXPERTS:-20}"

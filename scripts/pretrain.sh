@@ -24,7 +24,8 @@
 #                     "--no_ssh_check", "--include node1:0,1") [none]
 #   ZERO              2 | 3 | 3_offload [2]
 #   GLOBAL_BATCH      samples per optimizer step, kept by gradient accumulation [256]
-#   PER_DEVICE_BATCH  samples per process per forward [32]
+#   PER_DEVICE_BATCH  samples per process per forward, lowered when the processes would overshoot
+#                     GLOBAL_BATCH (2 nodes of 8: 16 per device) [32]
 #   LR                learning rate [1e-3]
 #   EPOCHS            [1]
 #   MAX_LENGTH        model_max_length [2048]

@@ -11,7 +11,8 @@
 # `llava-moslora pretrain-bases`; see bases/shapes-tiny/README.md). --seed picks the ShapesVQA
 # draw (training and held-out scenes) and the training seed. Environment: NUM_GPUS [2 processes],
 # BASES [bases/shapes-tiny], STAGE1_EPOCHS [1], STAGE2_EPOCHS [1], NUM_PRETRAIN [2000],
-# NUM_INSTRUCT [8000], NUM_TEST [400]. Running it twice starts over in the same directory.
+# NUM_INSTRUCT [8000], NUM_TEST [400]. Running it twice starts over in the same directory (emptied
+# first; a folder holding anything else is refused).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$root/runs/quickstart"
@@ -24,6 +25,14 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# Running it again starts over in OUT, so OUT is emptied first: only a folder a quickstart wrote
+# (or an empty or new one), never a folder of other files given by mistake.
+marker=".llava-moslora-quickstart"
+if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ] && [ ! -e "$OUT/$marker" ] && [ ! -e "$OUT/data/scenes.json" ]; then
+  echo "quickstart: --out $OUT holds files the quickstart did not write, and it would empty it;" \
+       "give a new or empty folder (or the output of an earlier quickstart)" >&2
+  exit 2
+fi
 cd "$root"
 bash scripts/setup.sh
 PY="$root/.venv/bin/python"
@@ -32,6 +41,7 @@ BASES="$(realpath "${BASES:-$root/bases/shapes-tiny}")"
 start=$(date +%s)
 rm -rf "$OUT"
 mkdir -p "$OUT"
+touch "$OUT/$marker"
 stage() { echo; echo "== $1 ($(( $(date +%s) - start )) s)"; }
 
 stage "ShapesVQA (seed $SEED)"

@@ -44,6 +44,19 @@ def test_every_subcommand_has_help_with_an_example(name):
     assert "example:" in result.stdout
 
 
+@pytest.mark.parametrize("name", [n for n in SUBCOMMANDS if n != "train"])  # train's example is the script
+def test_every_example_parses_as_written(name):
+    """The example a --help ends with names every required option (argparse would refuse it otherwise)."""
+    import shlex
+
+    from llava_moslora.cli import build_parser
+
+    words = shlex.split(SUBCOMMANDS[name][3], comments=True)
+    assert words[:2] == ["llava-moslora", name]
+    args = build_parser(name).parse_args(words[1:])
+    assert args.command == name
+
+
 def test_no_command_prints_help_and_fails():
     result = run()
     assert result.returncode == 2 and "commands:" in result.stdout

@@ -25,3 +25,15 @@ def test_shortened_quickstart_runs_end_to_end(readme_workdir):
     # nothing a user cannot act on
     for noise in ("FutureWarning", "deprecated", "requires torchvision", "OMP_NUM_THREADS", "Failed to load"):
         assert noise not in result.stdout + result.stderr, noise
+
+
+def test_an_output_folder_of_other_files_is_refused_not_emptied(tmp_path):
+    import subprocess
+
+    from helpers import ROOT
+
+    (tmp_path / "thesis.tex").write_text("months of work")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "holds files the quickstart did not write" in result.stderr
+    assert (tmp_path / "thesis.tex").read_text() == "months of work"

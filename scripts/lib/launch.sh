@@ -84,9 +84,18 @@ if [ "$dry_run" = "1" ]; then
   LAUNCH=("$PYTHON" -m llava_moslora.train --dry_run_world "$WORLD")
 fi
 
+# The global batch is the recipe's (LLaVA's 256 / 128); the per-device batch only bounds memory. So
+# when more processes than the recipe's node would overshoot it (2 nodes of 8 at 16 per device make
+# 256), each process takes a smaller batch instead: never more memory, the same optimizer steps.
+lowered=""
+if [ $(( PER_DEVICE_BATCH * WORLD )) -gt "$GLOBAL_BATCH" ] && [ $(( GLOBAL_BATCH % WORLD )) -eq 0 ]; then
+  lowered=" (lowered from $PER_DEVICE_BATCH: $WORLD processes x $PER_DEVICE_BATCH would overshoot it)"
+  PER_DEVICE_BATCH=$(( GLOBAL_BATCH / WORLD ))
+fi
 per_step=$(( PER_DEVICE_BATCH * WORLD ))
 if [ $(( GLOBAL_BATCH % per_step )) -ne 0 ]; then
-  echo "GLOBAL_BATCH=$GLOBAL_BATCH is not a multiple of PER_DEVICE_BATCH=$PER_DEVICE_BATCH x $WORLD processes" >&2
+  echo "GLOBAL_BATCH=$GLOBAL_BATCH is not a multiple of PER_DEVICE_BATCH=$PER_DEVICE_BATCH x $WORLD processes;" \
+       "set PER_DEVICE_BATCH to a divisor of GLOBAL_BATCH / $WORLD, or GLOBAL_BATCH to a multiple of $per_step" >&2
   exit 2
 fi
 GRAD_ACCUM=$(( GLOBAL_BATCH / per_step ))
@@ -98,7 +107,7 @@ case "${ZERO}" in
 esac
 nodes=""
 [ "$NNODES" -gt 1 ] && nodes="node $NODE_RANK of $NNODES (rendezvous $MASTER_ADDR:$PORT), "
-echo "launch: ${nodes}$WORLD process(es), per-device batch $PER_DEVICE_BATCH x accumulation $GRAD_ACCUM = global batch $GLOBAL_BATCH, ZeRO-$ZERO"
+echo "launch: ${nodes}$WORLD process(es), per-device batch $PER_DEVICE_BATCH x accumulation $GRAD_ACCUM = global batch $GLOBAL_BATCH$lowered, ZeRO-$ZERO"
 
 # flag -> the variable that gave it, for preflight's messages ("DATA_PATH=... (--data_path): ...")
 export LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,--data_mixture=DATA_MIXTURE,--image_folder=IMAGE_FOLDER,\

@@ -80,3 +80,17 @@ def test_dry_run_steps_are_the_trainers(stage1, shapes_data, tmp_path):
     run_script("finetune.sh", env, *flags)
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["max_steps"] == 3 and state["global_step"] == 3
+
+
+def test_moelora_defaults_to_its_papers_rank_per_expert(stage1, shapes_data, tmp_path):
+    """ADAPTER=moelora alone gives the paper's 20 experts of rank 4 (alpha 16), not 20 of LoRA's 128."""
+    def language_model_trainable(**variables):
+        env = {k: v for k, v in stage2_env(shapes_data, stage1, tmp_path / "x", ADAPTER="moelora").items()
+               if k not in ("LORA_R", "LORA_ALPHA")}
+        printed = run_script("finetune.sh", {**env, **variables}, "--dry_run").stdout
+        return int(next(line.split()[1] for line in printed.splitlines()
+                        if line.startswith("language_model")).replace(",", ""))
+
+    default = language_model_trainable()
+    assert default == language_model_trainable(LORA_R="4", LORA_ALPHA="16")
+    assert language_model_trainable(LORA_R="128", LORA_ALPHA="256") > 10 * default

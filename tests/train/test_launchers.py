@@ -56,7 +56,19 @@ def test_explicit_node_variables_win_and_bad_ones_are_refused():
     both = resolved_launch(NNODES="2", HOSTFILE="/dev/null", NUM_GPUS="1", GLOBAL_BATCH="8")
     assert both.returncode == 2 and "choose one" in both.stderr
     uneven = resolved_launch(NNODES="2", NUM_GPUS="3", GLOBAL_BATCH="8")
-    assert uneven.returncode == 2 and "x 6 processes" in uneven.stderr
+    assert uneven.returncode == 2 and "x 6 processes" in uneven.stderr and "set PER_DEVICE_BATCH" in uneven.stderr
+
+
+def test_more_processes_than_the_recipe_take_a_smaller_per_device_batch_not_a_bigger_global_one():
+    """LLaVA's stage 2 (global 128, 16 per device on one node of 8) on 2 nodes: 8 per device."""
+    two_nodes = resolved_launch(NNODES="2", NODE_RANK="0", NUM_GPUS="8", GLOBAL_BATCH="128", PER_DEVICE_BATCH="16")
+    assert two_nodes.returncode == 0, two_nodes.stderr
+    assert two_nodes.accumulation == "1"
+    assert "16 process(es), per-device batch 8 x accumulation 1 = global batch 128 (lowered from 16" in two_nodes.banner
+    one_node = resolved_launch(NUM_GPUS="8", GLOBAL_BATCH="128", PER_DEVICE_BATCH="16")
+    assert "per-device batch 16 x accumulation 1 = global batch 128, ZeRO-2" in one_node.banner  # as given
+    fewer = resolved_launch(NUM_GPUS="2", GLOBAL_BATCH="128", PER_DEVICE_BATCH="16")
+    assert fewer.accumulation == "4" and "lowered" not in fewer.banner
 
 
 def test_the_launcher_ends_with_128_plus_the_signal_the_ranks_stopped_on():
