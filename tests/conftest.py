@@ -1,8 +1,11 @@
 """Fixtures shared by every test room."""
+import os
+import subprocess
+
 import pytest
 import torch
 
-from helpers import TwoLayer, save_bases, save_tiny_checkpoint
+from helpers import ROOT, TwoLayer, readme_env, save_bases, save_tiny_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -39,11 +42,6 @@ def readme_workdir(tmp_path_factory):
     link to this repository's (scripts, bases, .venv, ...), so commands run from it as written, and
     whose own runs/quickstart holds the quickstart's output. Returns (folder, the quickstart's
     completed process). Shared by tests/test_quickstart.py and tests/test_readme.py."""
-    import os
-    import subprocess
-
-    from helpers import ROOT, readme_env
-
     work = tmp_path_factory.mktemp("checkout")
     for entry in ROOT.iterdir():
         if entry.name not in {"runs", "eval_results", "checkpoints", "outputs", ".git"}:

@@ -6,8 +6,12 @@ conftest.py modules would shadow each other under one module name.
 import json
 import os
 import signal
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -229,3 +233,26 @@ def readme_env(work):
                       "VIRTUAL_ENV": str(work / ".venv")})
     env.pop("NUM_GPUS")  # the quickstart picks its own; a README command sets what it needs
     return env
+
+
+def free_port():
+    """A localhost port nothing listens on (for a rendezvous or a server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_server(process, url, seconds=180) -> Optional[str]:
+    """Poll `url` until the server `process` (stdout piped) answers: None then, else what went
+    wrong (it stopped, with its output's end, or it did not come up in time)."""
+    deadline = time.time() + seconds
+    while True:
+        if process.poll() is not None:
+            return "the server stopped: " + process.communicate()[0][-3000:]
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return None
+        except OSError:
+            if time.time() > deadline:
+                return f"the server did not come up in {seconds} s"
+            time.sleep(0.5)

@@ -1,7 +1,11 @@
 """A shortened quickstart (tiny data, few steps) end to end, exactly as a newcomer runs it: README.md's
 command in a checkout (the readme_workdir fixture, which tests/test_readme.py goes on from)."""
+import subprocess
+
 import pytest
 from safetensors.torch import load_file
+
+from helpers import ROOT
 
 
 @pytest.mark.slow
@@ -28,10 +32,6 @@ def test_shortened_quickstart_runs_end_to_end(readme_workdir):
 
 
 def test_an_output_folder_of_other_files_is_refused_not_emptied(tmp_path):
-    import subprocess
-
-    from helpers import ROOT
-
     (tmp_path / "thesis.tex").write_text("months of work")
     result = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=60)

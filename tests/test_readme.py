@@ -8,15 +8,12 @@ trainer's arguments); or not run offline, with the reason. A command no plan cov
 test, and so does a plan no command uses."""
 import re
 import shlex
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, readme_env
+from helpers import ROOT, free_port, readme_env, wait_for_server
 
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -87,12 +84,6 @@ def dry_run_env(work: Path) -> dict:
             "DATA_PATH": str(quickstart / "data" / "instruct.json"), "IMAGE_FOLDER": str(quickstart / "data" / "images")}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def first_web_answer(command: str, work: Path, env: dict) -> str:
     """Start the README's web command on a free port, ask one question about a held-out image
     through the page's own API, and stop the server; returns the problem, or "" when it answered."""
@@ -102,17 +93,10 @@ def first_web_answer(command: str, work: Path, env: dict) -> str:
     server = subprocess.Popen(["bash", "-c", f"{command} --port {port}"], cwd=work, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        url, deadline = f"http://127.0.0.1:{port}/", time.time() + 240
-        while True:
-            if server.poll() is not None:
-                return "the server stopped: " + server.communicate()[0][-2000:]
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    return "the server did not come up in 240 s"
-                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/"
+        problem = wait_for_server(server, url, seconds=240)
+        if problem:
+            return problem
         image = work / "runs" / "quickstart" / "data" / "images" / "test_000000.png"
         *panes, status = list(Client(url, verbose=False).submit(QUESTION, handle_file(str(image)), 0, 1, 8,
                                                                  api_name="/ask"))[-1]

@@ -6,7 +6,6 @@ batch. ZeRO-3 partitions the factors themselves: the hooks must refuse, loudly.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_close_rel
+from helpers import assert_close_rel, free_port
 from llava_moslora.adapters import adapter_state_dict
 from llava_moslora.optim import attach_riemannian
 
@@ -31,12 +30,6 @@ def reference_step(kind, riemannian=True):
     ((model(x) - y) ** 2).mean().backward()
     optimizer.step()
     return adapter_state_dict(model)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_worker(tmp_path, mode, kind):

@@ -3,16 +3,13 @@ driven through gradio_client (the page's own API) and, where Chromium is install
 headless browser. Answers must be the CLI chat's, streamed; side-by-side models answer as each
 does alone; a bad image or a model that cannot load gets a message and the server goes on."""
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from PIL import Image
 
-from helpers import ROOT, save_tiny_checkpoint
+from helpers import ROOT, free_port, save_tiny_checkpoint, wait_for_server
 
 pytest.importorskip("gradio_client", reason="the web demo's tests need gradio_client (the web extra)")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -38,27 +35,15 @@ def models(tiny_checkpoint, tiny_bases, tmp_path_factory):
     return [str(tiny_checkpoint), str(other), str(tmp_path_factory.mktemp("nothing") / "missing")]
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(models, images):
     port = free_port()
     command = [sys.executable, "-m", "llava_moslora", "web", "--port", str(port), "--examples", str(images)]
     process = subprocess.Popen([*command, *[a for m in models for a in ("--model", m)]], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, deadline = f"http://127.0.0.1:{port}/", time.time() + 180
-    while True:
-        assert process.poll() is None, process.communicate()[0][-3000:]
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            assert time.time() < deadline, "the web server did not come up"
-            time.sleep(0.5)
+    url = f"http://127.0.0.1:{port}/"
+    problem = wait_for_server(process, url)
+    assert problem is None, problem
     yield url
     process.terminate()
     process.wait(timeout=30)

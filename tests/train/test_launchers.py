@@ -2,13 +2,12 @@
 NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT), the DeepSpeed launcher with a hostfile, and
 llava_moslora.train.launch's exit codes. Both multi-process paths must train stage 2 to the
 losses of one torchrun with 2 processes."""
-import socket
 import subprocess
 from types import SimpleNamespace
 
 import pytest
 
-from helpers import ROOT, STEADY, losses, run_script, script_env, stage2_env
+from helpers import ROOT, STEADY, free_port, losses, run_script, script_env, stage2_env
 
 
 def resolved_launch(**env):
@@ -83,12 +82,6 @@ def test_the_launcher_ends_with_128_plus_the_signal_the_ranks_stopped_on():
         "--signals_to_handle=SIGTERM,SIGINT,SIGUSR1,SIGHUP,SIGQUIT", "--shutdown_timeout=300", "--nnodes", "1", "-m", "x"]
     assert with_defaults(["--shutdown-timeout", "60", "--signals_to_handle=SIGTERM", "-m", "x"]) == [
         "--shutdown-timeout", "60", "--signals_to_handle=SIGTERM", "-m", "x"]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow
