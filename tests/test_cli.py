@@ -57,6 +57,31 @@ def test_every_example_parses_as_written(name):
     assert args.command == name
 
 
+@pytest.mark.parametrize("name", [n for n in SUBCOMMANDS if n != "train"])  # train: HfArgumentParser, both already
+def test_every_option_takes_both_spellings(name):
+    """--max_new_tokens and --max-new-tokens alike, for every long option of every command: the
+    example, rewritten in the other spelling, parses to the same values."""
+    import shlex
+
+    from llava_moslora.cli import build_parser
+
+    parser = build_parser(name)
+    command = next(action for action in parser._actions if action.dest == "command").choices[name]
+    for action in command._actions:
+        for option in (o for o in action.option_strings if o.startswith("--")):
+            twin = "--" + (option[2:].replace("_", "-") if "_" in option else option[2:].replace("-", "_"))
+            assert twin in action.option_strings, f"{name} {option}: {twin} is not accepted"
+    words = shlex.split(SUBCOMMANDS[name][3], comments=True)[1:]
+    swapped = [w[:2] + (w[2:].replace("_", "-") if "_" in w else w[2:].replace("-", "_")) if w.startswith("--") else w
+               for w in words]
+    assert vars(build_parser(name).parse_args(swapped)) == vars(build_parser(name).parse_args(words))
+
+
+def test_chat_takes_hyphenated_options():
+    result = run("chat", "--model", "no/such-checkpoint-here", "--max-new-tokens", "3", "--top-p", "0.9")
+    assert "unrecognized arguments" not in result.stderr and "no/such-checkpoint-here" in result.stderr
+
+
 def test_no_command_prints_help_and_fails():
     result = run()
     assert result.returncode == 2 and "commands:" in result.stdout

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..adapters import AdapterConfig
+from ..towers import FEATURE_HELP
 from .recipe import TUNE_MODES, check_tune_modes
 
 
@@ -27,7 +28,7 @@ class ModelArguments:
     vision_tower: str = field(default=None, metadata={"help": "CLIP or SigLIP vision tower: hub id or local path (e.g. openai/clip-vit-large-patch14-336)."})
     mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "Projector: mlp2x_gelu (LLaVA-1.5) or linear."})
     mm_vision_select_layer: int = field(default=-2, metadata={"help": "Vision tower hidden layer fed to the projector."})
-    mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch (drop CLS, LLaVA-1.5) or cls_patch (keep it)."})
+    mm_vision_select_feature: str = field(default="auto", metadata={"help": FEATURE_HELP})
     template: str = field(default="vicuna_v1", metadata={"help": "Conversation template: plain (stage 1), vicuna_v1, llama3, chatml."})
     tune_vision_tower: str = field(default="frozen", metadata={"help": "frozen | full | adapter"})
     tune_mm_projector: str = field(default="full", metadata={"help": "frozen | full"})
@@ -64,13 +65,6 @@ class ModelArguments:
             exclude_modules=None if vision else _targets(self.lora_exclude_modules),
             mixer_init=self.mixer_init, mixer_trainable=self.mixer_trainable, num_experts=self.num_experts,
             top_k=self.top_k, gate_rescale=self.gate_rescale, load_balance_coef=self.load_balance_coef)
-
-    @property
-    def select_strategy(self) -> str:
-        choices = {"patch": "default", "cls_patch": "full"}
-        if self.mm_vision_select_feature not in choices:
-            raise ValueError(f"mm_vision_select_feature must be one of {list(choices)}")
-        return choices[self.mm_vision_select_feature]
 
     def tune_settings(self) -> dict:
         """The recipe fields these arguments decide: tune modes and adapter configs."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -19,13 +20,14 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from ..data.chat_templates import chat_template
 from ..data.templates import IMAGE_TOKEN
+from ..tokenizer_files import load_failure
+from ..towers import select_strategy
 from .recipe import Recipe
 
 VISION_TOWERS = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
                  "siglip": SiglipVisionModel, "siglip_vision_model": SiglipVisionModel}
-# SigLIP has no CLS token: its patch features are used whole.
-DEFAULT_SELECT_STRATEGY = {CLIPVisionModel: "default", SiglipVisionModel: "full"}
 PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
+LLAMA3_BOS = "<|begin_of_text|>"
 
 
 @dataclass
@@ -87,10 +89,31 @@ def llava_image_processor(path: str):
     return image_processor_class("LlavaImageProcessor")(**settings, do_pad=True)
 
 
+class TokenizerLoadError(ValueError):
+    """The language model's tokenizer files do not load; the message says what to install."""
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """AutoTokenizer, with a failure said in one line naming the folder and what would help.
+    Llama 3's original tiktoken file loads without the post-processor that its tokenizer.json
+    has, which prepends <|begin_of_text|>: it is turned on, so both forms give the same ids."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as error:  # whatever transformers raises for files it cannot read
+        folder = Path(path)
+        if not folder.is_dir():
+            raise
+        raise TokenizerLoadError(f"{path}: {load_failure(folder, error)}") from error
+    if tokenizer.bos_token == LLAMA3_BOS and "add_bos_token" not in tokenizer.init_kwargs \
+            and tokenizer("x")["input_ids"][:1] != [tokenizer.bos_token_id]:
+        tokenizer.add_bos_token = True
+    return tokenizer
+
+
 def prepare_tokenizer(path: str, trust_remote_code: bool = False):
     """The LM's tokenizer with `<image>` added, and a pad token where it has none (the unk
     token, as LLaVA does for Vicuna, else a new `<pad>`)."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code)
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     if tokenizer.pad_token is None:
@@ -114,14 +137,25 @@ def resize_embeddings(lm, size: int) -> None:
             embedding.weight[old:] = embedding.weight[:old].mean(dim=0, keepdim=True)
 
 
-def num_image_tokens(vision_config, select_strategy: str) -> int:
+def num_image_tokens(vision_config, strategy: str) -> int:
+    """Image tokens per image: the tower's patches, plus CLIP's CLS token under "full"."""
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
     has_cls = vision_config.model_type.startswith("clip")
-    return patches + (1 if has_cls and select_strategy == "full" else 0)
+    return patches + (1 if has_cls and strategy == "full" else 0)
+
+
+def check_image_tokens(tower, strategy: str, image_tokens: int) -> None:
+    """The image-token count must be what LLaVA takes from the tower: its token positions, less
+    the first under "default". Checked when the model is built, not at the first step."""
+    positions = getattr(tower, "vision_model", tower).embeddings.num_positions
+    features = positions - (1 if strategy == "default" else 0)
+    if features != image_tokens:  # towers.select_strategy refuses the choices that would differ
+        raise ValueError(f"the vision tower gives {features} features per image under {strategy!r} "
+                         f"({positions} tokens), but {image_tokens} image tokens were planned")
 
 
 def build_llava(vision_tower: str, language_model: str, *, projector_type: str = "mlp2x_gelu",
-                vision_feature_layer: int = -2, vision_feature_select_strategy: Optional[str] = None,
+                vision_feature_layer: int = -2, vision_feature_select: Optional[str] = None,
                 template: str = "vicuna_v1", dtype: torch.dtype = torch.float32,
                 attn_implementation: Optional[str] = None, trust_remote_code: bool = False,
                 weights: bool = True, quantization=None) -> LlavaBundle:
@@ -130,6 +164,7 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     weights=False builds the same model on the meta device from the configs alone (no weight
     file is read): shapes and parameter counts for a dry run, no memory. `quantization` (a
     quantize.Quantization) loads the language model's linear layers in 4 or 8 bits.
+    `vision_feature_select` is towers.select_strategy's choice (auto: the tower's patch tokens).
 
     projector_type "mlp2x_gelu" is LLaVA-1.5's Linear-GELU-Linear. "linear" is a single linear
     map, stored as transformers' two-layer projector with an identity activation and a frozen
@@ -138,7 +173,7 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     if projector_type not in PROJECTOR_TYPES:
         raise ValueError(f"unknown projector_type {projector_type!r}; expected one of {PROJECTOR_TYPES}")
     tower_class = vision_tower_class(vision_tower, trust_remote_code)
-    strategy = vision_feature_select_strategy or DEFAULT_SELECT_STRATEGY[tower_class]
+    strategy = select_strategy(tower_class.config_class.model_type, vision_feature_select)
     tokenizer = prepare_tokenizer(language_model, trust_remote_code)
     set_chat_template(tokenizer, template)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -162,6 +197,7 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     if tokenizer.pad_token_id is not None:
         lm.config.pad_token_id = tokenizer.pad_token_id
     image_tokens = num_image_tokens(tower.config, strategy)
+    check_image_tokens(tower, strategy, image_tokens)
     config = LlavaConfig(
         vision_config=tower.config, text_config=lm.config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=image_tokens,

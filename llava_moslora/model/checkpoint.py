@@ -190,7 +190,7 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
     else:
         bundle = build_llava(recipe.vision_tower, recipe.language_model, projector_type=recipe.projector_type,
                              vision_feature_layer=recipe.vision_feature_layer,
-                             vision_feature_select_strategy=recipe.vision_feature_select_strategy,
+                             vision_feature_select=recipe.vision_feature_select_strategy,
                              template=recipe.template, dtype=dtype, weights=weights, quantization=quantization)
     saved_tokenizer = AutoTokenizer.from_pretrained(path)
     if len(saved_tokenizer) != len(bundle.tokenizer):

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .preflight import check_launch
+from .preflight import check_launch, flag_is_on, flag_value
 
 CPU_FLAGS = ["--use_cpu", "True"]
 LAUNCHED = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun and the deepspeed launcher
@@ -38,21 +38,6 @@ def adapt_to_machine(argv: list[str]) -> list[str]:
         print(f"[llava-moslora] no CUDA device: training on the CPU ({gloo}DeepSpeed's CPU accelerator, fp32{ignoring})",
               flush=True)
     return CPU_FLAGS + backend + _without(argv, GPU_ONLY_FLAGS)
-
-
-def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
-    """The value argv gives option `name` ("--x v", "--x=v"; "true" for a bare boolean "--x")."""
-    value = None
-    for i, arg in enumerate(argv):
-        key, equals, given = arg.partition("=")
-        if key == name:
-            value = given if equals else (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--")
-                                          else "true")
-    return value
-
-
-def flag_is_on(argv: Sequence[str], *names: str) -> bool:
-    return any((flag_value(argv, name) or "false").lower() in ("true", "1", "yes") for name in names)
 
 
 def _without(argv: list[str], flags: Sequence[str]) -> list[str]:
@@ -152,7 +137,7 @@ def build(model_args, training_args, weights: bool = True):
         bundle = build_llava(model_args.vision_tower, model_args.model_name_or_path,
                              projector_type=model_args.mm_projector_type,
                              vision_feature_layer=model_args.mm_vision_select_layer,
-                             vision_feature_select_strategy=model_args.select_strategy,
+                             vision_feature_select=model_args.mm_vision_select_feature,
                              template=model_args.template, dtype=dtype,
                              trust_remote_code=model_args.trust_remote_code, weights=weights,
                              quantization=model_args.quantization())
@@ -193,13 +178,14 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         message = stop.code
     except Exception as error:  # the error classes are imported only now: a launch mistake costs no model import
         from ..data.records import DataError
+        from ..model.builder import TokenizerLoadError
         from ..model.recipe import CheckpointError
         from .trainer import CheckpointSaveError
 
         if isinstance(error, CheckpointSaveError):  # met by some ranks, maybe not rank 0: each says it
             print(f"llava-moslora train (rank {os.environ.get('RANK', '0')}): {error}", file=sys.stderr, flush=True)
             return SAID
-        if not isinstance(error, (DataError, CheckpointError)):
+        if not isinstance(error, (DataError, CheckpointError, TokenizerLoadError)):
             raise
         message = str(error)
     if os.environ.get("RANK", "0") == "0":

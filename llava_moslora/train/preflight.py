@@ -18,6 +18,8 @@ from ..data.records import ACCEPTED, data_paths
 from ..data.tables import is_table_source
 from ..data.templates import TEMPLATES
 from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
+from ..towers import CLS_FIRST, NO_CLS, select_strategy
+from ..tokenizer_files import load_failure, missing_libraries, needs_conversion, tokenizer_format
 
 ADAPTERS = ("lora", "moslora", "moelora")
 OWN_TEMPLATE = "chat_template"  # data/own_chat_template.OWN, without importing its room's tokenizers
@@ -45,6 +47,7 @@ def flags_of(argv: Sequence[str]) -> tuple[dict[str, str], set[str]]:
     found, repeated = {}, set()
     for i, arg in enumerate(argv):
         name, equals, value = arg.partition("=")
+        name = "--" + name[2:].replace("-", "_") if name.startswith("--") else name  # HfArgumentParser takes both
         if name in PATH_FLAGS and (equals or i + 1 < len(argv)):
             if name in found:
                 repeated.add(name)
@@ -82,6 +85,10 @@ def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> lis
     for flag in ("--pretrain_mm_mlp_adapter", "--model_name_or_path", "--vision_tower"):
         if flags.get(flag):
             problem = _model_problem(flags[flag], checkpoint=flag == "--pretrain_mm_mlp_adapter")
+            if problem is None and flag == "--model_name_or_path":
+                problem = _tokenizer_problem(flags[flag], trust_remote_code=flag_is_on(argv, "--trust_remote_code"))
+            if problem is None and flag == "--vision_tower":
+                problem = _feature_problem(flags[flag], flag_value(argv, "--mm_vision_select_feature"))
             if problem:
                 say(flag, problem)
     if "--adapter" in flags and flags["--adapter"] not in ADAPTERS:
@@ -92,8 +99,7 @@ def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> lis
         problem = _tracker_problem(flags["--report_to"])
         if problem:
             say("--report_to", problem)
-    dry_run = "--dry_run" in argv and "False" not in argv[argv.index("--dry_run") + 1:argv.index("--dry_run") + 2]
-    if "--output_dir" in flags and "--resume_from_checkpoint" not in flags and not dry_run:
+    if "--output_dir" in flags and "--resume_from_checkpoint" not in flags and not flag_is_on(argv, "--dry_run"):
         problem = _output_problem(Path(flags["--output_dir"]))
         if problem:
             say("--output_dir", problem)
@@ -137,6 +143,56 @@ def _model_problem(value: str, checkpoint: bool) -> Optional[str]:
     return None
 
 
+def _folder(value: str) -> Optional[Path]:
+    """The local folder of a model given as a folder or a (cached) hub id."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        return snapshot(value, patterns=list(CONFIG_FILES)) if looks_like_hub_id(value) else None
+    except FileNotFoundError:
+        return None
+
+
+def _tokenizer_problem(value: str, trust_remote_code: bool = False) -> Optional[str]:
+    """What keeps the language model's tokenizer from loading. Only files that transformers must
+    convert (no tokenizer.json: a SentencePiece or tiktoken tokenizer.model) are loaded here,
+    since only they fail for want of a library; that costs a transformers import, a few seconds."""
+    folder = _folder(value)
+    if folder is None or (folder / "llava_moslora.json").is_file() or not needs_conversion(folder):
+        return None
+    missing = missing_libraries(folder)
+    if missing:
+        kind = tokenizer_format(folder)
+        return (f"its tokenizer.model ({kind}, no tokenizer.json) needs {' and '.join(missing)} to load: "
+                f"pip install {' '.join(missing)}")
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as error:  # whatever transformers raises: said in one line, with what would help
+        return load_failure(folder, error)
+    return None
+
+
+def _feature_problem(tower: str, feature: Optional[str]) -> Optional[str]:
+    """Why --mm_vision_select_feature cannot be read from this tower (towers.select_strategy)."""
+    import json
+
+    folder = _folder(tower)
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type") if folder else None
+    except (OSError, ValueError):
+        return None  # the model loader says what is wrong with it
+    if model_type not in (*CLS_FIRST, *NO_CLS):
+        return None
+    try:
+        select_strategy(model_type, feature)
+    except ValueError as error:
+        return f"--mm_vision_select_feature {feature}: {error}"
+    return None
+
+
 def _tracker_problem(value: str) -> Optional[str]:
     """What keeps transformers from reporting to `value` (comma-separated integrations), if anything."""
     import importlib.util
@@ -161,6 +217,21 @@ def _output_problem(output: Path) -> Optional[str]:
         return None
     return (f"holds another run ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); continue it with "
             "--resume_from_checkpoint auto, or give another output folder (or delete this one)")
+
+
+def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
+    """The value argv gives option `name` ("--x v", "--x=v"; "true" for a bare boolean "--x"); the last wins."""
+    value = None
+    for i, arg in enumerate(argv):
+        key, equals, given = arg.partition("=")
+        if key.replace("-", "_") == name.replace("-", "_"):
+            value = given if equals else (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--")
+                                          else "true")
+    return value
+
+
+def flag_is_on(argv: Sequence[str], *names: str) -> bool:
+    return any((flag_value(argv, name) or "false").lower() in ("true", "1", "yes") for name in names)
 
 
 def check_launch(argv: Sequence[str]) -> None:

@@ -26,8 +26,8 @@ def add_arguments(parser, name: str) -> None:
     parser.add_argument("--template", default=None, help=f"conversation template (default: the checkpoint's, else {DEFAULT_TEMPLATE})")
     parser.add_argument("--vision_tower", default=None, help="vision tower, to count the image tokens of a base LM")
     parser.add_argument("--num_image_tokens", type=int, default=None, help="image tokens per image (overrides what the models say)")
-    parser.add_argument("--mm_vision_select_feature", default="patch", choices=["patch", "cls_patch"],
-                        help="as in training: whether the CLS token is an image token")
+    parser.add_argument("--mm_vision_select_feature", default="auto",
+                        help="as in training: which tower tokens are image tokens (auto, patch, cls_patch)")
     parser.add_argument("--model_max_length", type=int, default=2048, help="as in training")
     parser.add_argument("--system_prompt", default=None, help="as in training")
     from ..data.images import MAX_IMAGE_PIXELS
@@ -49,6 +49,7 @@ def tokenizer_and_layout(args):
 
     from ..model.builder import num_image_tokens, prepare_tokenizer
     from ..model.recipe import RECIPE_FILE, Recipe
+    from ..towers import select_strategy
 
     path = Path(args.model_name_or_path)
     template, image_tokens = args.template, args.num_image_tokens
@@ -62,8 +63,12 @@ def tokenizer_and_layout(args):
         if config.model_type == "llava":
             image_tokens = config.image_seq_length
         elif args.vision_tower:
-            strategy = "full" if args.mm_vision_select_feature == "cls_patch" else "default"  # as training maps it
-            image_tokens = num_image_tokens(getattr(config, "vision_config", config), strategy)
+            vision = getattr(config, "vision_config", config)
+            try:
+                strategy = select_strategy(vision.model_type, args.mm_vision_select_feature)  # as training maps it
+            except ValueError as error:
+                raise SystemExit(f"--mm_vision_select_feature: {error}") from None
+            image_tokens = num_image_tokens(vision, strategy)
         else:
             raise SystemExit("cannot tell how many tokens an image takes: give --vision_tower (as in training) "
                              "or --num_image_tokens (LLaVA-1.5 with CLIP ViT-L/14-336: 576)")

@@ -72,6 +72,19 @@ def test_siglip_tower_keeps_every_patch(tiny_bases, tmp_path):
     assert bundle.recipe.num_image_tokens == 16
     _, _, output = forward_with_image(bundle)
     assert torch.isfinite(output.loss)
+    with pytest.raises(ValueError, match="is a patch"):  # LLaVA's "drop the first token" would lose one
+        build_llava(str(tmp_path / "siglip"), tiny_bases["language_model"], vision_feature_select="default")
+
+
+def test_image_tokens_are_checked_against_the_tower_at_build_time(tiny_bases):
+    from llava_moslora.model.builder import check_image_tokens
+
+    bundle = build_llava(tiny_bases["vision_tower"], tiny_bases["language_model"], vision_feature_select="cls_patch")
+    assert bundle.recipe.num_image_tokens == 17  # 16 patches and CLIP's CLS token
+    tower = bundle.model.model.vision_tower
+    check_image_tokens(tower, "full", 17)
+    with pytest.raises(ValueError, match="gives 16 features per image"):
+        check_image_tokens(tower, "default", 17)
 
 
 def test_linear_projector_is_a_single_linear_map(tiny_bases):

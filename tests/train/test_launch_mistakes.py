@@ -73,3 +73,49 @@ def test_train_itself_checks_and_says_data_errors_once(shapes_data, stage1, tmp_
     result = run_script("finetune.sh", env, succeed=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
     assert result.stderr.count("bad samples in") == 1
+
+
+BLOCKER = '''import importlib.abc, sys
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {BLOCKED}:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Blocked())
+'''
+
+
+@pytest.mark.parametrize("family, blocked, expected", [
+    ("vicuna", ("google",), "(sentencepiece, no tokenizer.json) needs protobuf to load: pip install protobuf"),
+    ("llama3_tiktoken", ("tiktoken",), "(tiktoken, no tokenizer.json) needs tiktoken to load: pip install tiktoken"),
+])
+def test_a_tokenizer_that_cannot_load_names_the_install(family, blocked, expected, tiny_bases, shapes_data, tmp_path):
+    """A SentencePiece-only LLM (Vicuna, LLaVA-1.5) without protobuf, Llama 3's tiktoken file without
+    tiktoken: one line naming the folder and the install, before any process starts. The libraries
+    are hidden from Python by a sitecustomize, as on a machine without them."""
+    from real_tokenizers import save_real_tokenizer_lm
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER.replace("{BLOCKED}", repr(set(blocked))))
+    model = save_real_tokenizer_lm(tmp_path / "models", family)
+    env = {"MODEL": str(model), "VISION_TOWER": tiny_bases["vision_tower"], "PYTHONPATH": str(tmp_path / "site"),
+           "DATA_PATH": str(shapes_data / "captions.json"), "IMAGE_FOLDER": str(shapes_data / "images"),
+           "OUTPUT_DIR": str(tmp_path / "s1")}
+    failed_in_one_line(run_script("pretrain.sh", env, succeed=False), f"MODEL={model}", expected)
+
+
+@pytest.mark.parametrize("choice, expected", [
+    ("cls_patch", "cls_patch keeps a CLS token, which a siglip_vision_model tower does not have"),
+    ("default", "default drops the first token, which on a siglip_vision_model tower (no CLS token) is a patch"),
+    ("cls", "unknown feature selection 'cls'; accepted: auto, patch, cls_patch"),
+])
+def test_a_feature_choice_the_tower_cannot_give_is_refused(choice, expected, tiny_bases, shapes_data, tmp_path):
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    tower = tmp_path / "siglip"
+    SiglipVisionModel(SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tower)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tower)
+    env = {"MODEL": tiny_bases["language_model"], "VISION_TOWER": str(tower), "OUTPUT_DIR": str(tmp_path / "s1"),
+           "DATA_PATH": str(shapes_data / "captions.json"), "IMAGE_FOLDER": str(shapes_data / "images")}
+    failed_in_one_line(run_script("pretrain.sh", env, "--mm_vision_select_feature", choice, succeed=False),
+                       f"VISION_TOWER={tower}", expected)

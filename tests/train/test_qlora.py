@@ -88,10 +88,24 @@ def test_4bit_moslora_trains_with_two_processes_and_reloads_quantized(tiny_bases
     quantized_base = LlavaForConditionalGeneration.from_pretrained(base, quantization_config=config,
                                                                    device_map={"": "cpu"}, dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(quantized_base, str(export)).eval()
+    # On CPUs with AVX-512 BF16, bitsandbytes runs 4-bit layers at inference through a fused kernel
+    # that rounds the activations to bfloat16 (8 significant bits). The export folds the mixer into
+    # A, so PEFT computes B((MA)x) where we compute B(M(Ax)): equal in exact arithmetic, ~1e-7 apart
+    # in fp32, and that difference flips bfloat16 roundings of the next layer's inputs (steps of
+    # 2^-8 relative), which the tiny model's RMSNorms amplify to ~1e-3 in the logits. Both models
+    # therefore run the fp32 path that every CPU has (dequantize, fp32 matmul): then the two sides
+    # differ only by fp32 rounding of the fold (relative 2^-24 per operation, times the ~1e2
+    # operations on a path and the ~1e2 amplification of the norms: ~1e-4 at most).
+    for model in (peft_model, ours):
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     torch.manual_seed(0)
     ids = torch.randint(3, 200, (2, 12))
     with torch.no_grad():
         theirs, mine = peft_model(input_ids=ids).logits, ours.eval()(input_ids=ids).logits
+    print(f"\n[qlora export parity] max |PEFT - ours| = {(theirs - mine).abs().max().item():.2e}, "
+          f"max |logit| = {mine.abs().max().item():.2e}")
     torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-4)
 
 

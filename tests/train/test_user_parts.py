@@ -1,0 +1,160 @@
+"""The parts users bring, through the commands they run: language models with real tokenizer
+files in the forms the hub ships them (tests/real_tokenizers.py), CLIP and SigLIP towers.
+
+Each run family goes through scripts/pretrain.sh and scripts/finetune.sh as on a cluster (one
+process each, to keep the suite's time), then chat, eval and merge through the CLI. Every form,
+run or not, is checked for labels (exactly the replies plus the end-of-turn token) and for the
+merged directory's chat template (the same prompt as ours).
+"""
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+from transformers import AutoTokenizer, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+from helpers import ROOT, run_script
+from llava_moslora.cli import main as cli
+from llava_moslora.data import encode_conversation, get_template
+from llava_moslora.data.tokenize import IGNORE_INDEX
+from llava_moslora.model import build_llava, save_checkpoint
+from llava_moslora.model.builder import prepare_tokenizer
+from llava_moslora.model.export import merge_checkpoint
+from real_tokenizers import FAMILIES, TEMPLATE, save_real_tokenizer_lm
+
+# the forms trained through the stage scripts, each with a tower (both kinds are covered)
+RUNS = {"vicuna": "siglip", "mistral": "clip", "llama3": "clip", "qwen2_vocab_merges": "siglip"}
+REPLY = "A picture, 東京 😀."
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
+REPLIES = ["Sure.  Two spaces,\n\nthen a blank line.", "```python\ndef double(x):\n    return x * 2\n```",
+           "Café, naïve, Ærø: 東京 and 你好 😀🎉.", " A leading space, and two trailing  "]
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real-tokenizers")
+    return lambda family: save_real_tokenizer_lm(root, family)
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory):
+    """A tiny SigLIP tower (no CLS token: 16 patch tokens), saved as the hub ships one."""
+    out = tmp_path_factory.mktemp("siglip")
+    config = SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64)
+    SiglipVisionModel(config).save_pretrained(out)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return out
+
+
+def label_runs(encoded):
+    runs, current = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if label != IGNORE_INDEX:
+            current.append(label)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_decode_to_exactly_the_replies_and_end_of_turn(families, family):
+    tokenizer = prepare_tokenizer(str(families(family)))
+    template = get_template(TEMPLATE[family])
+    turns = [("<image>\nWhat is this?", REPLIES[0]), ("Some code?", REPLIES[1]),
+             ("Ünïcode, 字?", REPLIES[2]), ("Spaces?", REPLIES[3])]
+    encoded = encode_conversation(template, tokenizer, turns, num_image_tokens=4)
+    decoded = [tokenizer.decode(run) for run in label_runs(encoded)]
+    assert decoded == [reply + template.end_of_turn for reply in REPLIES]
+    assert encoded.input_ids.count(tokenizer.convert_tokens_to_ids("<image>")) == 4
+
+
+@pytest.mark.parametrize("family", ["llama3", "llama3_tiktoken"])
+def test_llama3_forms_give_the_same_ids(families, family):
+    """Llama 3's original tiktoken file and the hub's tokenizer.json: the same ids, <|begin_of_text|> first."""
+    reference = prepare_tokenizer(str(families("llama3")))
+    tokenizer = prepare_tokenizer(str(families(family)))
+    text = "<|start_header_id|>user<|end_header_id|>\n\nHi there, 東京 😀<|eot_id|>"
+    assert tokenizer(text).input_ids == reference(text).input_ids
+    assert tokenizer(text).input_ids[0] == tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merged_chat_template_renders_our_prompt(families, family, tiny_bases, tmp_path):
+    bundle = build_llava(tiny_bases["vision_tower"], str(families(family)), template=TEMPLATE[family])
+    merged = merge_checkpoint(save_checkpoint(bundle, tmp_path / "stage"), tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    turns = [("What is this?", REPLIES[2]), ("And this?", None)]
+    messages = [{"role": "user", "content": turns[0][0]}, {"role": "assistant", "content": turns[0][1]},
+                {"role": "user", "content": turns[1][0]}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert rendered == get_template(TEMPLATE[family]).prompt(turns)
+
+
+def write_colour_data(root):
+    """Solid-colour images with one question and one reply (what a few steps learn, so that chat
+    shows where generation stops), and a four-row multiple-choice TSV in VLMEvalKit's format."""
+    (root / "images").mkdir(parents=True)
+    questions, rows = [], []
+    for i in range(16):
+        name = list(COLORS)[i % 4]
+        Image.new("RGB", (24 + 2 * (i % 3), 24), COLORS[name]).save(root / "images" / f"{i}.png")
+        questions.append({"id": f"q{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": REPLY}]})
+    for i, name in enumerate(COLORS):
+        buffer = io.BytesIO()
+        Image.new("RGB", (24, 24), COLORS[name]).save(buffer, format="PNG")
+        rows.append({"index": i, "image": base64.b64encode(buffer.getvalue()).decode(), "question": "What color is it?",
+                     "A": "red", "B": "green", "C": "blue", "D": "yellow", "answer": "ABCD"[i], "category": "color",
+                     "l2-category": "perception", "split": "dev"})
+    (root / "questions.json").write_text(json.dumps(questions))
+    pd.DataFrame(rows).to_csv(root / "Colors_MCQ.tsv", sep="\t", index=False)
+    return root
+
+
+ONE_PROCESS = {"NUM_GPUS": "1", "GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "8"}
+QUICK = ["--dataloader_num_workers", "0", "--model_max_length", "256", "--activation_checkpointing", "False",
+         "--warmup_steps", "0", "--save_strategy", "no", "--lr_scheduler_type", "constant"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(RUNS))
+def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, families, siglip, tiny_bases, tmp_path):
+    data = write_colour_data(tmp_path / "data")
+    tower = str(siglip) if RUNS[family] == "siglip" else tiny_bases["vision_tower"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    # stage 1 trains the (random) LM too, on the one reply in the family's template, so that chat can
+    # show where generation stops; stage 2 then trains MoSLoRA adapters a few steps
+    run_script("pretrain.sh", {**ONE_PROCESS, "MODEL": str(families(family)), "VISION_TOWER": tower, "LR": "1e-2",
+                               "TEMPLATE": TEMPLATE[family], "DATA_PATH": str(data / "questions.json"),
+                               "IMAGE_FOLDER": str(data / "images"), "OUTPUT_DIR": str(stage1)},
+               "--max_steps", "30", "--tune_language_model", "full", *QUICK)
+    run_script("finetune.sh", {**ONE_PROCESS, "STAGE1_DIR": str(stage1), "TEMPLATE": TEMPLATE[family],
+                               "DATA_PATH": str(data / "questions.json"), "IMAGE_FOLDER": str(data / "images"),
+                               "OUTPUT_DIR": str(stage2), "ADAPTER": "moslora", "LORA_R": "8", "LORA_ALPHA": "16",
+                               "LORA_DROPOUT": "0", "LR": "1e-3", "MM_PROJECTOR_LR": "1e-3"},
+               "--max_steps", "4", *QUICK)
+    recipe = json.loads((stage2 / "llava_moslora.json").read_text())
+    assert recipe["template"] == TEMPLATE[family]
+    assert recipe["num_image_tokens"] == 16  # both towers: 16 patches, SigLIP's whole, CLIP's without CLS
+
+    # chat: the reply learned, ended at the end-of-turn token (not run on to max_new_tokens)
+    answer = subprocess.run([sys.executable, "-m", "llava_moslora", "chat", "--model", str(stage2),
+                             "--image", str(data / "images" / "2.png"), "--prompt", "What is this?",
+                             "--max-new-tokens", "40"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert answer.stdout.strip() == REPLY, answer.stdout
+    assert cli(["eval", "--model", str(stage2), "--benchmarks", "Colors_MCQ", "--data-root", str(data),
+                "--work-dir", str(tmp_path / "eval"), "--backend", "builtin"]) == 0
+    assert list((tmp_path / "eval").rglob("*Colors_MCQ*"))
+    assert cli(["merge", "--checkpoint", str(stage2), "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert merged.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                      tokenize=False) == get_template(TEMPLATE[family]).prompt([("Hi", None)])
