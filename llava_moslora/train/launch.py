@@ -9,7 +9,9 @@ arguments unchanged and differs in these ways:
   for SIGUSR1), with one line naming it, instead of torchrun's traceback and exit 1, so a job
   script or scheduler can tell "preempted, resumable" from "failed".
 - A run whose ranks stopped on a mistake they said in one line (exit code 2: bad data, a bad
-  checkpoint, a launch mistake) exits 2 without torchrun's failure report.
+  checkpoint, a launch mistake) exits 2 without torchrun's failure report; one whose rank crashed
+  and said so (exit code 1, train/crash.py) exits 1 with one line naming the ranks, the report
+  left out too (its "error_file: <N/A>" says nothing the rank did not).
 - The grace torchrun gives the ranks to save before it kills them (`--shutdown_timeout`,
   default SHUTDOWN_TIMEOUT below) is longer than torchrun's 30 s; the scheduler's own kill
   deadline still bounds it.
@@ -24,6 +26,7 @@ STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 TORCHRUN_SIGNALS = ("SIGHUP", "SIGQUIT")  # torchrun's own, kept
 SHUTDOWN_TIMEOUT = 300
 SAID = 2  # train.main.SAID: a rank stopped on a mistake it has said (not imported: this starts first)
+CRASHED = 1  # train.crash.FAILED: a rank crashed and said where
 
 
 def signal_exit_code(failures) -> Optional[int]:
@@ -54,8 +57,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "(continue with --resume_from_checkpoint auto)", file=sys.stderr, flush=True)
         return 128 + int(stopped.sigval)
     except ChildFailedError as failed:
-        if {failure.exitcode for failure in failed.failures.values()} == {SAID}:
+        codes = {failure.exitcode for failure in failed.failures.values()}
+        if codes == {SAID}:
             return SAID  # the ranks said what was wrong, in one line: no report on top
+        if CRASHED in codes and codes <= {CRASHED, SAID} | {128 + int(getattr(signal, n)) for n in STOP_SIGNALS}:
+            ranks = sorted(rank for rank, failure in failed.failures.items() if failure.exitcode == CRASHED)
+            print(f"[llava-moslora] launcher: the run failed (ranks {', '.join(map(str, ranks))} exited 1; the "
+                  "failing rank said why above); resume with --resume_from_checkpoint auto", file=sys.stderr, flush=True)
+            return CRASHED
         code = signal_exit_code(failed.failures)
         if code is None:
             raise

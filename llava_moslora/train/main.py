@@ -169,7 +169,8 @@ SAID = 2  # the exit code of a run that stopped on a mistake it has said in one 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """main(), with the project's own errors (launch mistakes, bad data, checkpoints) said once, on
-    rank 0, in one line, and exit code SAID, instead of a traceback from every rank."""
+    rank 0, in one line, and exit code SAID, instead of a traceback from every rank; any other
+    error ends this rank and its workers at once (train/crash.py), exit code 1."""
     try:
         return main(argv)
     except SystemExit as stop:
@@ -186,7 +187,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             print(f"llava-moslora train (rank {os.environ.get('RANK', '0')}): {error}", file=sys.stderr, flush=True)
             return SAID
         if not isinstance(error, (DataError, CheckpointError, TokenizerLoadError)):
-            raise
+            from .crash import crashed
+
+            batch = flag_value(list(sys.argv[1:] if argv is None else argv), "--per_device_train_batch_size")
+            return crashed(error, int(batch) if batch and batch.isdigit() else None)
         message = str(error)
     if os.environ.get("RANK", "0") == "0":
         print(f"llava-moslora train: {message}", file=sys.stderr, flush=True)

@@ -37,6 +37,7 @@ from ..adapters import MoELoraLinear, moe_aux_loss
 from ..data import IGNORE_INDEX, ModalityLengthGroupedSampler
 from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
 from ..model.checkpoint import load_trained_tensors, parameters_by_name
+from .crash import IN_FLIGHT
 from .interrupt import ShieldedWorkerInit
 from .metrics import RunRecord
 
@@ -204,6 +205,10 @@ class LlavaTrainer(Trainer):
         tokens = inputs.pop("token_counts", None)
         if sample_ids is not None and model.training:
             self.record.update(sample_ids, *tokens)
+        if model.training:  # what a crash report names (train/crash.py)
+            rows = inputs.get("attention_mask")
+            IN_FLIGHT.step, IN_FLIGHT.sample_ids = self.state.global_step + 1, list(sample_ids or [])
+            IN_FLIGHT.lengths = rows.sum(-1).tolist() if rows is not None else [inputs["input_ids"].shape[-1]]
         if counts is not None and model.training:
             self.label_counts = [total + count for total, count in zip(self.label_counts, counts)]
         self._idle_pending = "pixel_values" not in inputs and model.training
