@@ -221,6 +221,8 @@ class LlavaTrainer(Trainer):
                                           num_items_in_batch=num_items_in_batch)
         extra, self._idle_loss, self._idle_pending = self._idle_loss, None, False
         aux = moe_aux_loss(self.bundle.model) if self._moe_layers else None
+        if aux is not None and model.training and self._loss_counts_accumulation(num_items_in_batch):
+            aux = aux / self.current_gradient_accumulation_steps  # as the main loss weighs each micro-batch
         if aux is not None:
             extra = aux if extra is None else extra + aux
         if extra is not None:
@@ -231,6 +233,15 @@ class LlavaTrainer(Trainer):
             self._expert_load_sum = load if self._expert_load_sum is None else self._expert_load_sum + load
             self._expert_load_steps += 1
         return result
+
+    def _loss_counts_accumulation(self, num_items_in_batch) -> bool:
+        """Whether the main loss already weighs this micro-batch within the step (normalized by the
+        step's num_items_in_batch), so that Trainer.training_step does not divide it by the
+        accumulation steps: the same test training_step makes (transformers 5.23)."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is not None:
+            return scaled
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
     def _before_language_model(self, module, args) -> None:
         if self._idle_pending:
