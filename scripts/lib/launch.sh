@@ -113,7 +113,26 @@ echo "launch: ${nodes}$WORLD process(es), per-device batch $PER_DEVICE_BATCH x a
 export LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,--data_mixture=DATA_MIXTURE,--image_folder=IMAGE_FOLDER,\
 --pretrain_mm_mlp_adapter=STAGE1_DIR,--model_name_or_path=MODEL,--vision_tower=VISION_TOWER,--adapter=ADAPTER,\
 --template=TEMPLATE,--output_dir=OUTPUT_DIR,--report_to=REPORT_TO"
+# The CPUs this node's ranks share (the launcher's affinity, which they inherit: under SLURM what
+# srun's --cpus-per-task gave the step), and a warning when the ranks and their data workers
+# outnumber them.
+cpu_report() {
+  local cpus workers=0 previous="" arg
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # its affinity (nproc reads OMP_NUM_THREADS too)
+  for arg in "$@"; do
+    [ "$previous" = "--dataloader_num_workers" ] && workers="$arg"
+    case "$arg" in --dataloader_num_workers=*) workers="${arg#*=}" ;; esac
+    previous="$arg"
+  done
+  local wanted=$(( NUM_GPUS * (1 + workers) ))
+  echo "launch: $cpus CPUs for this node's $NUM_GPUS rank(s), each with $workers data worker(s)"
+  if [ "$wanted" -gt "$cpus" ]; then
+    echo "launch: warning: $NUM_GPUS rank(s) x (1 + $workers workers) = $wanted processes share $cpus CPUs;" \
+         "give the job more (SLURM: --cpus-per-task, passed on to srun) or lower --dataloader_num_workers" >&2
+  fi
+}
 run_training() {
   "$PYTHON" -m llava_moslora.train.preflight "$@" || exit 2
+  [ "$dry_run" = "1" ] || cpu_report "$@"
   exec "${LAUNCH[@]}" "$@"
 }

@@ -2,6 +2,7 @@
 NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT), the DeepSpeed launcher with a hostfile, and
 llava_moslora.train.launch's exit codes. Both multi-process paths must train stage 2 to the
 losses of one torchrun with 2 processes."""
+import os
 import subprocess
 from types import SimpleNamespace
 
@@ -118,3 +119,40 @@ def test_deepspeed_launcher_with_a_localhost_hostfile(shapes_data, stage1, unint
     assert "launch: 2 process(es)" in result.stdout
     hostfile_losses, one_node = losses(out), losses(uninterrupted)
     assert len(hostfile_losses) == 10 and hostfile_losses == pytest.approx(one_node, rel=1e-3)
+
+
+@pytest.mark.parametrize("script", ["pretrain", "finetune"])
+def test_the_sbatch_files_parse_and_pass_their_cpus_to_the_job_step(script, tmp_path):
+    """bash -n, then each sbatch file run as SLURM runs its batch script, with a fake srun on PATH that
+    records what it was given: the job's --cpus-per-task reaches the step (srun does not inherit it)."""
+    sbatch = ROOT / "scripts" / "slurm" / f"{script}.sbatch"
+    assert subprocess.run(["bash", "-n", str(sbatch)], capture_output=True).returncode == 0
+    lines = sbatch.read_text().splitlines()
+    directives = [line for line in lines if line.startswith("#SBATCH ")]
+    assert {"--cpus-per-task=64", "--signal=USR1@300"} <= {d.split()[1] for d in directives}
+    assert {"--partition", "--account", "--gres"} <= {line.split()[1].split("=")[0] for line in lines
+                                                      if line.startswith("##SBATCH ")}  # the cluster's own, commented
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$RECORD"\n')
+    (fake / "srun").chmod(0o755)
+    record = tmp_path / "srun-args"
+    env = {**script_env({}), "PATH": f"{fake}:{script_env({})['PATH']}", "RECORD": str(record),
+           "SLURM_CPUS_PER_TASK": "64", "SLURM_JOB_ID": "42"}
+    result = subprocess.run(["bash", str(sbatch), "--max_steps", "5"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    args = record.read_text().splitlines()
+    assert args[:2] == ["--kill-on-bad-exit=1", "--cpus-per-task=64"], args
+    assert args[2:] == ["bash", f"scripts/{script}.sh", "--resume_from_checkpoint", "auto", "--max_steps", "5"], args
+
+
+def test_the_launch_line_says_the_cpus_and_warns_when_ranks_and_workers_outnumber_them(tmp_path):
+    body = 'source scripts/lib/launch.sh && dry_run=0 && cpu_report "$@"'
+    run = lambda workers: subprocess.run(["bash", "-c", body, "x", "--dataloader_num_workers", workers],
+                                         env=script_env({"NUM_GPUS": "2", "GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "4", "ZERO": "2"}),
+                                         cwd=ROOT, capture_output=True, text=True)
+    cpus = len(os.sched_getaffinity(0))
+    quiet, crowded = run("0"), run(str(cpus))
+    assert f"launch: {cpus} CPUs for this node's 2 rank(s), each with 0 data worker(s)" in quiet.stdout
+    assert "warning" not in quiet.stderr or cpus < 2
+    assert f"2 rank(s) x (1 + {cpus} workers) = {2 * (1 + cpus)} processes share {cpus} CPUs" in crowded.stderr
