@@ -32,6 +32,8 @@
 #   PACKING           1: pack each batch's samples into rows of MAX_LENGTH tokens, attention within
 #                     each sample (no compute on padding; the same loss) [0]
 #   ATTN              attention kernel: sdpa | eager | flash_attention_2 [transformers' choice]
+#   SAVE_MINUTES      save a resumable checkpoint at least every this many minutes (besides --save_steps,
+#                     keeping --save_total_limit 1), so a crash loses at most that much; 0: off [30]
 #   REPORT_TO         experiment tracking: none | tensorboard | wandb | mlflow | ... (comma-separated, as
 #                     transformers' --report_to; install the package first: pip install tensorboard) [none]
 set -euo pipefail
@@ -94,6 +96,6 @@ run_training \
   --learning_rate "$LR" --mm_projector_lr "$MM_PROJECTOR_LR" --weight_decay 0 --warmup_steps 0.03 \
   --lr_scheduler_type cosine --group_by_modality_length True \
   --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
-  --save_strategy steps --save_steps 50000 --save_total_limit 1 \
+  --save_strategy steps --save_steps 50000 --save_total_limit 1 --save_minutes "${SAVE_MINUTES:-30}" \
   --logging_steps 1 --dataloader_num_workers 4 --report_to "$REPORT_TO" \
   "${extra[@]}" "${PRECISION[@]}" "$@"

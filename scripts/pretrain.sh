@@ -34,6 +34,8 @@
 #   PACKING           1: pack each batch's samples into rows of MAX_LENGTH tokens, attention within
 #                     each sample (no compute on padding; the same loss) [0]
 #   ATTN              attention kernel: sdpa | eager | flash_attention_2 [transformers' choice]
+#   SAVE_MINUTES      save a resumable checkpoint at least every this many minutes (besides --save_steps,
+#                     keeping --save_total_limit 1), so a crash loses at most that much; 0: off [30]
 #   REPORT_TO         experiment tracking: none | tensorboard | wandb | mlflow | ... (comma-separated, as
 #                     transformers' --report_to; install the package first: pip install tensorboard) [none]
 # Without CUDA the same command trains on the CPU (gloo, DeepSpeed's CPU accelerator, fp32).
@@ -75,6 +77,6 @@ run_training \
   --per_device_train_batch_size "$PER_DEVICE_BATCH" --gradient_accumulation_steps "$GRAD_ACCUM" \
   --learning_rate "$LR" --weight_decay 0 --warmup_steps 0.03 --lr_scheduler_type cosine \
   --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
-  --save_strategy steps --save_steps 24000 --save_total_limit 1 \
+  --save_strategy steps --save_steps 24000 --save_total_limit 1 --save_minutes "${SAVE_MINUTES:-30}" \
   --logging_steps 1 --dataloader_num_workers 4 --report_to "$REPORT_TO" \
   ${BITS:+--bits "$BITS"} "${extra[@]}" "${PRECISION[@]}" "$@"

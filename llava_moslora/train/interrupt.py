@@ -86,11 +86,37 @@ class StopOnSignal(TrainerCallback):
 
     def _agreed(self, args) -> int:
         """The signal number if any rank received one (a max-reduce every step: a few bytes)."""
+        return agreed_max(self.received or 0, args)
+
+
+def agreed_max(local: int, args) -> int:
+    """The largest of every rank's `local` (all ranks call it at the same step)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    flag = torch.tensor([local], dtype=torch.int32, device=args.device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+class SaveEveryMinutes(TrainerCallback):
+    """A checkpoint at least every `minutes` (--save_minutes), besides --save_steps, so a crash, an
+    out-of-memory or a lost node loses at most that much. Rank 0's clock decides and every rank
+    hears it in the step's reduce, so all save at the same step (ZeRO's save is collective)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self._last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
         import torch.distributed as dist
 
-        local = self.received or 0
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return local
-        flag = torch.tensor([local], dtype=torch.int32, device=args.device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+        due = time.monotonic() - self._last >= self.seconds
+        rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        if agreed_max(int(due and rank0), args):
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self._last = time.monotonic()  # whatever made this save (steps, a signal, time)

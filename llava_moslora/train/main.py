@@ -218,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..model import apply_tuning, parameter_counts, trainable_table
     from ..model.checkpoint import check_resumable
     from ..optim import attach_riemannian
-    from .interrupt import StopOnSignal
+    from .interrupt import SaveEveryMinutes, StopOnSignal
     from .metrics import PeakMemoryOfTraining, run_metrics, write_metrics
     from .screen import gather_lists, screen_dataset
     from .trainer import LlavaTrainer
@@ -260,8 +260,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if training_args.riemannian:
         attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
     stop = StopOnSignal()
+    callbacks = [stop, PeakMemoryOfTraining()] + ([SaveEveryMinutes(training_args.save_minutes)]
+                                                   if training_args.save_minutes > 0 else [])
     trainer = LlavaTrainer(model=bundle.model, args=training_args, train_dataset=dataset,
-                           data_collator=collator, bundle=bundle, callbacks=[stop, PeakMemoryOfTraining()])
+                           data_collator=collator, bundle=bundle, callbacks=callbacks)
     if resume:
         trainer.record.load(Path(resume), training_args.process_index)
     result = trainer.train(resume_from_checkpoint=resume)

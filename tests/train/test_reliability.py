@@ -235,3 +235,19 @@ def test_a_full_disk_stops_the_run_cleanly_and_the_previous_checkpoint_resumes(s
         resume_and_compare(shapes_data, stage1, out, uninterrupted, 3)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_run_killed_after_its_timed_checkpoint_resumes_to_the_same_losses(shapes_data, stage1, uninterrupted,
+                                                                           tmp_path):
+    """SAVE_MINUTES (here 0.6 s) writes checkpoints with no --save_steps due; SIGKILL to every
+    process after the first leaves it to resume from, to the uninterrupted run's losses."""
+    out = tmp_path / "timed"
+    run = start(shapes_data, stage1, out, "--save_steps", "100", SAVE_MINUTES="0.01")
+    for line in run.stdout:  # read as it comes (a full pipe would stall the run)
+        if list(out.glob("checkpoint-*/trainer_state.json")):
+            break
+    kill_tree(run.pid)
+    run.communicate(timeout=60)
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/trainer_state.json"))
+    assert saved and saved[-1] < 10, saved
+    resume_and_compare(shapes_data, stage1, out, uninterrupted, saved[-1])
