@@ -31,6 +31,7 @@ class LlavaTrainingArguments(TrainingArguments):
     riemannian_reg: float = field(default=1e-6, metadata={"help": "Damping added to the r x r preconditioner Gram matrices."})
     pretrain_mm_mlp_adapter: Optional[str] = field(default=None, metadata={"help": "Stage-1 checkpoint directory, or a projector file (LLaVA's mm_projector.bin / .safetensors)."})
     save_minutes: float = field(default=0.0, metadata={"help": "Also save a resumable checkpoint whenever this many minutes passed since the last one (0: off; the stage scripts pass SAVE_MINUTES, default 30), so a crash loses at most that much. Every rank saves at the same step."})
+    max_nonfinite_steps: int = field(default=3, metadata={"help": "Steps in a row whose loss is not finite (NaN, inf) before the run stops naming them and their samples; such a micro-batch is left out of its step and counted (train_metrics.json: nonfinite_steps). 0: never stop."})
     stage: int = field(default=2, metadata={"help": "1: projector alignment, 2: visual instruction tuning (recorded in the checkpoint)."})
     resume_from_checkpoint: Optional[str] = field(default=None, metadata={"help": "A checkpoint-N folder to continue from, or auto: the newest complete one in --output_dir (from step 0 when there is none)."})
     skip_bad_samples: bool = field(default=False, metadata={"help": "Leave out bad samples (found before step 1, or an image that fails when drawn) and count them, instead of stopping before step 1 with their ids."})

@@ -181,12 +181,13 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         from ..data.records import DataError
         from ..model.builder import TokenizerLoadError
         from ..model.recipe import CheckpointError
+        from .nonfinite import NonFiniteLoss
         from .trainer import CheckpointSaveError
 
         if isinstance(error, CheckpointSaveError):  # met by some ranks, maybe not rank 0: each says it
             print(f"llava-moslora train (rank {os.environ.get('RANK', '0')}): {error}", file=sys.stderr, flush=True)
             return SAID
-        if not isinstance(error, (DataError, CheckpointError, TokenizerLoadError)):
+        if not isinstance(error, (DataError, CheckpointError, TokenizerLoadError, NonFiniteLoss)):
             from .crash import crashed
 
             batch = flag_value(list(sys.argv[1:] if argv is None else argv), "--per_device_train_batch_size")
@@ -292,6 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trainable = {name: counts[0] for name, counts in parameter_counts(bundle.model).items()}
     metrics = run_metrics(trainer.record, training_args, trainer.state, result.metrics.get("train_runtime", 0.0),
                           trainable, resume)
+    metrics["nonfinite_steps"] = trainer.nonfinite.skipped  # steps with a micro-batch left out (train/nonfinite.py)
     if mixture is not None:
         metrics["mixture"] = dataset.mixture_counts()  # samples per source in the epoch's draw
     if main_process:

@@ -220,18 +220,24 @@ def _output_problem(output: Path) -> Optional[str]:
 
 
 def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
-    """The value argv gives option `name` ("--x v", "--x=v"; "true" for a bare boolean "--x"); the last wins."""
-    value = None
+    """The value argv gives option `name` as transformers' HfArgumentParser reads it: "--x v", "--x=v",
+    the dashed spelling "--x-y" of "--x_y", "true" for a bare boolean "--x"; the last wins. (The
+    launch checks read argv with this instead of HfArgumentParser itself, which would cost every
+    launch a transformers import; tests/train/test_launch_mistakes.py checks the two agree.)"""
+    value, wanted = None, name.replace("-", "_")
     for i, arg in enumerate(argv):
         key, equals, given = arg.partition("=")
-        if key.replace("-", "_") == name.replace("-", "_"):
+        if key.startswith("--") and key.replace("-", "_") == wanted:
             value = given if equals else (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--")
                                           else "true")
     return value
 
 
+TRUE_WORDS = ("yes", "true", "t", "y", "1")  # transformers.hf_argparser.string_to_bool's
+
+
 def flag_is_on(argv: Sequence[str], *names: str) -> bool:
-    return any((flag_value(argv, name) or "false").lower() in ("true", "1", "yes") for name in names)
+    return any((flag_value(argv, name) or "false").lower() in TRUE_WORDS for name in names)
 
 
 def check_launch(argv: Sequence[str]) -> None:

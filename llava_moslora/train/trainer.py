@@ -39,6 +39,7 @@ from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor
 from ..model.checkpoint import load_trained_tensors, parameters_by_name
 from .crash import IN_FLIGHT
 from .interrupt import ShieldedWorkerInit
+from .nonfinite import NonFiniteGuard
 from .metrics import RunRecord
 
 STAGING_DIR = ".staging"
@@ -171,6 +172,9 @@ class LlavaTrainer(Trainer):
         self.label_counts = [0, 0, 0]  # this rank's trained samples: seen, fully masked, truncated
         self.record = RunRecord()
         self._staging: Optional[Path] = None
+        self.nonfinite = NonFiniteGuard(self.args.max_nonfinite_steps)
+        self.nonfinite.attach([p for p in bundle.model.parameters() if p.requires_grad])
+        self.add_callback(self.nonfinite)
 
     # --- optimisation -------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -219,6 +223,10 @@ class LlavaTrainer(Trainer):
         else:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
+        if model.training and self.nonfinite is not None:
+            loss = result[0] if return_outputs else result
+            loss = self.nonfinite.checked(loss, sample_ids)
+            result = (loss, result[1]) if return_outputs else loss
         extra, self._idle_loss, self._idle_pending = self._idle_loss, None, False
         aux = moe_aux_loss(self.bundle.model) if self._moe_layers else None
         if aux is not None and model.training and self._loss_counts_accumulation(num_items_in_batch):

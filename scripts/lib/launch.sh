@@ -74,12 +74,9 @@ else
 fi
 
 # --dry_run: one process on this machine (no GPU needed), told the world the run would have
-previous="" dry_run=0
-for arg in "$@"; do
-  if [ "$previous" = "--dry_run" ] && [ "${arg,,}" = "false" ]; then dry_run=0; fi
-  if [ "$arg" = "--dry_run" ] || [ "${arg,,}" = "--dry_run=true" ]; then dry_run=1; fi
-  previous="$arg"
-done
+# (read as the trainer reads its flags: every spelling HfArgumentParser takes, train/preflight.py)
+dry_run=$("$PYTHON" -c 'import sys; from llava_moslora.train.preflight import flag_is_on
+print(int(flag_is_on(sys.argv[1:], "--dry_run")))' "$@")
 if [ "$dry_run" = "1" ]; then
   LAUNCH=("$PYTHON" -m llava_moslora.train --dry_run_world "$WORLD")
 fi

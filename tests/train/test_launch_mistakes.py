@@ -119,3 +119,26 @@ def test_a_feature_choice_the_tower_cannot_give_is_refused(choice, expected, tin
            "DATA_PATH": str(shapes_data / "captions.json"), "IMAGE_FOLDER": str(shapes_data / "images")}
     failed_in_one_line(run_script("pretrain.sh", env, "--mm_vision_select_feature", choice, succeed=False),
                        f"VISION_TOWER={tower}", expected)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--dry_run"], ["--dry_run", "True"], ["--dry_run", "false"], ["--dry_run=true"], ["--dry_run=False"],
+    ["--dry-run", "yes"], ["--dry_run", "no"], ["--dry_run", "t"], ["--dry_run", "1", "--dry_run", "0"],
+    ["--output_dir", "a", "--output-dir", "b"], ["--output_dir=c"], ["--trust_remote_code"],
+    ["--trust-remote-code", "n"], ["--mm_vision_select_feature", "cls_patch"], ["--mm-vision-select-feature=patch"],
+])
+def test_the_launch_checks_read_argv_as_the_trainer_does(argv):
+    """preflight.flag_value / flag_is_on against HfArgumentParser, the trainer's own parse."""
+    from transformers import HfArgumentParser
+
+    from llava_moslora.model import ModelArguments
+    from llava_moslora.train.arguments import DataArguments, LlavaTrainingArguments
+    from llava_moslora.train.preflight import flag_is_on, flag_value
+
+    required = ["--output_dir", "x"] if not any(a.startswith(("--output_dir", "--output-dir")) for a in argv) else []
+    model, data, training = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments)) \
+        .parse_args_into_dataclasses(required + argv + ["--use_cpu", "True"])
+    assert flag_is_on(argv, "--dry_run") == training.dry_run
+    assert flag_is_on(argv, "--trust_remote_code") == model.trust_remote_code
+    assert (flag_value(required + argv, "--output_dir") or "x") == training.output_dir
+    assert (flag_value(argv, "--mm_vision_select_feature") or "auto") == model.mm_vision_select_feature
