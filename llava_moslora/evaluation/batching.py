@@ -42,6 +42,8 @@ def answer_rows(model, rows: Sequence[tuple[Hashable, list]], dataset: Optional[
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
+            replies = None
+        if replies is None:  # out of memory: outside the except, whose traceback held the batch's tensors
             size = max(1, min(size, len(chunk)) // 2)  # the longest prompts come last: smaller batches for them
             torch.cuda.empty_cache()
             bar.write(f"[llava-moslora] out of GPU memory with {len(chunk)} rows: going on with batches of {size}")
