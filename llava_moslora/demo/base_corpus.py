@@ -23,8 +23,8 @@ from typing import Iterator
 
 from PIL import Image
 
-from .synth import (COLORS, DESCRIBE, SHAPES, SIZES, Shape, as_mcq, caption, draw_scene, question_turns, questions,
-                    random_benchmark_scene, short_answer)
+from .synth import (COLORS, DESCRIBE, SHAPES, SIZES, Shape, as_mcq, caption, draw_scene, place_of, question_turns,
+                    questions, random_benchmark_scene, short_answer)
 
 # The 2 x 2 grid in row-major order: the order of a 2 x 2-patch vision tower's tokens.
 CELLS = ("top left", "top right", "bottom left", "bottom right")
@@ -69,11 +69,19 @@ def text_sample(seed: int, index: int, mix: str = "full") -> tuple[list[Shape], 
     return scene, text_conversation(scene, rng, mix)
 
 
-def text_samples(seed: int, count: int, lookup_count: int = 0) -> Iterator[tuple[list[Shape], list[tuple[str, str]]]]:
-    """The language model's stream: `lookup_count` conversations of the "lookup" mix, then the
-    "full" mix (see MIXES)."""
+def mix_at(index: int, lookup_count: int = 0, drill_count: int = 0, last: str = "full") -> str:
+    """The mix of conversation `index` in the curriculum: `drill_count` of "drill", then
+    `lookup_count` of "lookup", then `last` (see MIXES)."""
+    if index < drill_count:
+        return "drill"
+    return "lookup" if index < drill_count + lookup_count else last
+
+
+def text_samples(seed: int, count: int, lookup_count: int = 0, drill_count: int = 0,
+                 last: str = "full") -> Iterator[tuple[list[Shape], list[tuple[str, str]]]]:
+    """The language model's stream, in curriculum order (mix_at)."""
     for index in range(count):
-        yield text_sample(seed, index, "lookup" if index < lookup_count else "full")
+        yield text_sample(seed, index, mix_at(index, lookup_count, drill_count, last))
 
 
 def cell_of(item: Shape) -> int:
@@ -106,6 +114,27 @@ def describe_as(scene: list[Shape], rng: random.Random) -> tuple[str, str]:
     return name, FORMS[name](scene)
 
 
+def lookup_drill(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
+    """3-6 questions about one scene answered in words: where a named object is, its colour, shape
+    or size, what is in a named cell, and how two objects lie or compare. These lookups are what
+    every multiple-choice question is made of, and a small model left to learn them inside
+    lettered answers binds a named object to its cell barely above chance; asked many per
+    conversation, most of the loss is on them."""
+    pool = []
+    for item in scene:
+        pool += [(f"Where is the {item.name}?", place_of(item)), (f"What size is the {item.name}?", item.size)]
+        if sum(s.shape == item.shape for s in scene) == 1:
+            pool.append((f"What color is the {item.shape}?", item.color))
+        if sum(s.color == item.color for s in scene) == 1:
+            pool.append((f"What shape is the {item.color} object?", item.shape))
+    at = {cell_of(item): item for item in scene}
+    for cell, where in enumerate(CELLS):
+        pool.append((f"What is at the {where}?", f"a {at[cell].size} {at[cell].name}" if cell in at else "nothing"))
+    pool += [(q.question, q.answer) for q in questions(scene, rng) if q.category in ("spatial relation", "size comparison")]
+    picked = rng.sample(pool, min(len(pool), rng.randint(3, 6)))
+    return [(question, answer[0].upper() + answer[1:] + ".") for question, answer in picked]
+
+
 def answer_then_letter(scene: list[Shape], rng: random.Random) -> list[tuple[str, str]]:
     """A question answered in words, then the same question with options, answered by letter."""
     question = rng.choice(questions(scene, rng))
@@ -114,21 +143,26 @@ def answer_then_letter(scene: list[Shape], rng: random.Random) -> list[tuple[str
 
 
 # What a conversation is, per mix: shares of (describe the image, a question answered in words
-# then again by letter, questions answered in words, questions mostly as multiple choice). The
-# "lookup" mix comes first: it teaches reading the scene and finding the letter of an answer
-# already in the conversation, each on its own; multiple choice asks both steps at once (a
-# small model left to learn both together from the start stays at chance for thousands of steps).
-MIXES = {"lookup": (0.1, 0.5, 0.4, 0.0), "full": (0.1, 0.25, 0.0, 0.65)}
+# then again by letter, questions answered in words, questions mostly as multiple choice, a
+# lookup drill). "drill" comes first: binding a named object to its cell and attributes, many
+# lookups per conversation. "lookup" then teaches finding the letter of an answer already in the
+# conversation; multiple choice asks both steps at once (a small model left to learn both
+# together from the start stays at chance for thousands of steps). "full_drill" keeps the drill
+# beside multiple choice, so the lookups are not trained away.
+MIXES = {"drill": (0.1, 0.1, 0.0, 0.0, 0.8), "lookup": (0.1, 0.5, 0.4, 0.0, 0.0), "full": (0.1, 0.25, 0.0, 0.65, 0.0),
+         "full_drill": (0.1, 0.2, 0.0, 0.5, 0.2)}
 MCQ_FRACTION = 0.8  # of the questions in the last kind
 
 
 def text_conversation(scene: list[Shape], rng: random.Random, mix: str = "full") -> list[tuple[str, str]]:
     """(user, assistant) turns whose first user message starts with the scene in words."""
-    kind = rng.choices(range(4), weights=MIXES[mix])[0]
+    kind = rng.choices(range(5), weights=MIXES[mix])[0]
     if kind == 0:
         turns = [(DESCRIBE, caption(scene))]
     elif kind == 1:
         turns = answer_then_letter(scene, rng)
+    elif kind == 4:
+        turns = lookup_drill(scene, rng)
     else:
         turns = question_turns(scene, rng, 0.0 if kind == 2 else MCQ_FRACTION)
     first_question, first_answer = turns[0]

@@ -36,7 +36,7 @@ from ..data.collator import LlavaCollator
 from ..data.templates import TEMPLATES, get_template
 from ..model.checkpoint import newest_complete_checkpoint
 from . import base_corpus as corpus
-from .synth import COLORS, SHAPES, as_mcq, questions
+from .synth import COLORS, DESCRIBE, SHAPES, as_mcq, questions
 from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
 
 TEMPLATE = "vicuna_v1"
@@ -64,8 +64,15 @@ class BasesConfig:
     intermediate_size: int = _setting(256, "language model MLP width")
     vocab_size: int = _setting(512, "tokenizer vocabulary (upper bound)")
     lm_steps: int = _setting(6000, "language model optimizer steps, each on lm_batch new conversations")
-    lm_lookup_steps: int = _setting(1500, "the first steps, on the 'lookup' mix (base_corpus.MIXES): reading the "
+    lm_drill_steps: int = _setting(0, "the first steps, on the 'drill' mix (base_corpus.MIXES): many one-object "
+                                      "lookups per conversation, answered in words")
+    lm_lookup_steps: int = _setting(1500, "the next steps, on the 'lookup' mix (base_corpus.MIXES): reading the "
                                           "scene and finding an answer's letter, each on its own")
+    lm_last_mix: str = _setting("full", "the mix of the remaining steps: full (multiple choice mostly) or full_drill "
+                                        "(the same with the lookup drill kept beside it)")
+    compose_object_words: bool = _setting(False, "start each object word's embedding from its words' ('top right small "
+                                                 "red circle'), so the object words share their cells' and attributes' "
+                                                 "directions with each other and with the questions' words")
     lm_batch: int = _setting(64, "language model batch size")
     lm_lr: float = _setting(1e-3, "language model peak learning rate (warmup, cosine)")
     eval_samples: int = _setting(1000, "fresh scenes / questions each base is measured on afterwards")
@@ -180,17 +187,19 @@ class Conversations(torch.utils.data.Dataset):
     on the replies: sample i is the same whenever it is asked for, so the order is the curriculum
     (read sequentially) and a resumed run sees what the interrupted one would have."""
 
-    def __init__(self, seed: int, count: int, lookup_count: int, tokenizer) -> None:
+    def __init__(self, seed: int, count: int, lookup_count: int, tokenizer, drill_count: int = 0,
+                 last: str = "full") -> None:
         from ..data.tokenize import encode_conversation
 
-        self.seed, self.count, self.lookup_count, self.tokenizer = seed, count, lookup_count, tokenizer
+        self.seed, self.count, self.tokenizer = seed, count, tokenizer
+        self.phases = dict(lookup_count=lookup_count, drill_count=drill_count, last=last)
         self.template, self.encode = get_template(TEMPLATE), encode_conversation
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        _, turns = corpus.text_sample(self.seed, i, "lookup" if i < self.lookup_count else "full")
+        _, turns = corpus.text_sample(self.seed, i, corpus.mix_at(i, **self.phases))
         encoded = self.encode(self.template, self.tokenizer, turns)
         return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
 
@@ -215,14 +224,55 @@ def pretrain_lm(config: BasesConfig, out: Path, work: Path, progress: bool = Tru
                  num_heads=max(1, config.hidden_size // 32), intermediate_size=config.intermediate_size,
                  seed=config.seed)
     tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    if config.compose_object_words:
+        compose_object_words(model, tokenizer)
     data = Conversations(config.seed, config.lm_steps * config.lm_batch, config.lm_lookup_steps * config.lm_batch,
-                         tokenizer)
+                         tokenizer, config.lm_drill_steps * config.lm_batch, config.lm_last_mix)
     history = _train(model, data, LlavaCollator(tokenizer.unk_token_id), work / "llm",
                      steps=config.lm_steps, batch=config.lm_batch, lr=config.lm_lr, seed=config.seed,
                      progress=progress, clip=1.0, in_order=True)
     model.save_pretrained(out)
     accuracy = text_mcq_accuracy(model, tokenizer, corpus.base_rng(config.seed, "text-eval"), config.eval_samples)
-    return {"loss": history, "text_mcq_accuracy": accuracy, "vocab_size": len(tokenizer)}
+    lookups = text_lookup_accuracy(model, tokenizer, corpus.base_rng(config.seed, "lookup-eval"),
+                                   min(config.eval_samples, 300))
+    return {"loss": history, "text_mcq_accuracy": accuracy, "text_lookup_accuracy": lookups, "vocab_size": len(tokenizer)}
+
+
+@torch.no_grad()
+def compose_object_words(model, tokenizer) -> None:
+    """Each object word's embedding as the sum of its words' ("top right small red circle"), scaled
+    by 1/sqrt(count) to keep one token's norm."""
+    table = model.get_input_embeddings().weight
+    for word in corpus.OBJECT_WORDS:
+        parts = tokenizer(word.strip("[]").replace(":", ""), add_special_tokens=False).input_ids
+        table[tokenizer.convert_tokens_to_ids(word)] = table[parts].sum(0) / len(parts) ** 0.5
+
+
+@torch.no_grad()
+def text_lookup_accuracy(model, tokenizer, rng, count: int) -> dict[str, float]:
+    """Greedy answers in words on fresh scenes: where a named object is, the colour of a shape
+    that occurs once, and the whole description (exact), the lookups free-form questions need."""
+    from .synth import caption, place_of
+
+    template, scenes = get_template(TEMPLATE), corpus.base_scenes(rng)
+    eos = tokenizer.convert_tokens_to_ids(template.end_of_turn)
+    right: dict[str, list[bool]] = {"place": [], "color": [], "describe": []}
+    model.eval()
+
+    def ask(scene, question: str, tokens: int) -> str:
+        text = template.prompt([(f"{corpus.object_words(scene)}\n{question}", None)])
+        ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+        out = model.generate(ids, max_new_tokens=tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+    for _ in range(count):
+        scene = next(scenes)
+        item = rng.choice(scene)
+        right["place"].append(ask(scene, f"Where is the {item.name}?", 4).lower() == f"{place_of(item)}.")
+        if sum(s.shape == item.shape for s in scene) == 1:
+            right["color"].append(ask(scene, f"What color is the {item.shape}?", 3).lower() == f"{item.color}.")
+        right["describe"].append(ask(scene, DESCRIBE, 64) == caption(scene))
+    return {k: round(sum(v) / len(v), 4) for k, v in right.items() if v}
 
 
 @torch.no_grad()
@@ -310,10 +360,17 @@ def pretrain_bases(out_dir, config: Optional[BasesConfig] = None, progress: bool
     return report
 
 
+def _true(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(value)
+    return value.lower() in ("true", "1", "yes")
+
+
 def add_arguments(parser, name: str = "pretrain-bases") -> None:
     parser.add_argument("--out", default="bases/shapes-tiny", help="writes OUT/vision, OUT/llm, OUT/pretraining.json")
     for setting in fields(BasesConfig):
-        parser.add_argument(f"--{setting.name}", type=type(setting.default), default=setting.default,
+        parser.add_argument(f"--{setting.name}", type=_true if isinstance(setting.default, bool) else type(setting.default),
+                            default=setting.default,
                             help=f"{setting.metadata['help']} (default: %(default)s)")
 
 

@@ -110,12 +110,12 @@ def draw_scene(scene: list[Shape], size: int, rng: random.Random) -> Image.Image
     return image
 
 
-def _where(item: Shape) -> str:
+def place_of(item: Shape) -> str:
     return f"{('top', 'bottom')[item.row]} {('left', 'right')[item.col]}"
 
 
 def caption(scene: list[Shape]) -> str:
-    parts = [f"a {item.size} {item.name} at the {_where(item)}" for item in sorted(scene, key=lambda s: (s.row, s.col))]
+    parts = [f"a {item.size} {item.name} at the {place_of(item)}" for item in sorted(scene, key=lambda s: (s.row, s.col))]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[0].upper() + text[1:] + "."
 
@@ -159,7 +159,7 @@ def lookup_questions(scene: list[Shape], rng: random.Random) -> list[Question]:
     """One-object lookups asked in training only (benchmarks never ask them): where an object
     is and how big it is, the steps that spatial relation and size comparison are made of."""
     item = rng.choice(scene)
-    return [Question("object position", f"Where is the {item.name}?", _where(item),
+    return [Question("object position", f"Where is the {item.name}?", place_of(item),
                      ["top left", "top right", "bottom left", "bottom right"]),
             Question("object size", f"What size is the {item.name}?", item.size, list(SIZES))]
 

@@ -11,6 +11,7 @@ from PIL import Image
 from llava_moslora.demo import base_corpus as corpus
 from llava_moslora.demo.synth import (Shape, random_scene, reserved_for_benchmarks, scene_key, write_shapesvqa)
 from llava_moslora.demo.bases import BasesConfig
+from llava_moslora.data.prompts import MCQ_SUFFIX
 
 SHIPPED = BasesConfig()  # the settings the shipped bases were made with
 
@@ -113,3 +114,32 @@ def test_the_stream_is_the_curriculum_and_any_sample_can_be_made_alone():
     full = [hit for _, turns in stream[300:] for hit in letter_turns(turns)]
     assert lookup and all(lookup), "the lookup mix asks for a letter only after the answer is in words"
     assert len(full) > 300 and sum(not hit for hit in full) > 0.6 * len(full), "the full mix asks both steps at once"
+
+
+def test_lookup_drills_answer_each_question_from_the_scene():
+    rng = random.Random(0)
+    scene = [Shape("circle", "red", "small", 0, 1), Shape("square", "blue", "large", 1, 0),
+             Shape("triangle", "red", "large", 1, 1)]
+    expected = {"Where is the red circle?": "Top right.", "Where is the blue square?": "Bottom left.",
+                "What size is the red triangle?": "Large.", "What color is the square?": "Blue.",
+                "What shape is the blue object?": "Square.", "What is at the top left?": "Nothing.",
+                "What is at the bottom right?": "A large red triangle.",
+                "Where is the blue square relative to the red triangle?": "Left.",
+                "Which is larger, the red circle or the blue square?": "The blue square."}
+    seen = {}
+    for _ in range(300):
+        turns = corpus.lookup_drill(scene, rng)
+        assert 3 <= len(turns) <= 6 and len({q for q, _ in turns}) == len(turns)
+        seen.update(turns)
+    for question, answer in expected.items():
+        assert seen[question] == answer, question
+    assert "What shape is the red object?" not in seen  # two red objects: only unambiguous questions
+
+
+def test_the_drill_phase_comes_first_then_lookup_then_the_last_mix():
+    assert [corpus.mix_at(i, lookup_count=2, drill_count=3, last="full_drill") for i in range(7)] == \
+        ["drill"] * 3 + ["lookup"] * 2 + ["full_drill"] * 2
+    stream = list(corpus.text_samples(0, 40, lookup_count=10, drill_count=10, last="full_drill"))
+    assert stream[5] == corpus.text_sample(0, 5, "drill") and stream[35] == corpus.text_sample(0, 35, "full_drill")
+    drilled = sum(len(turns) >= 3 and all(MCQ_SUFFIX not in q for q, _ in turns) for _, turns in stream[:10])
+    assert drilled >= 5  # mostly several lookups in words
