@@ -8,6 +8,8 @@
 # With several GPUs, NUM_GPUS=8 runs VLMEvalKit's data-parallel inference under torchrun.
 # Extra flags for `llava-moslora eval` go in EVAL_ARGS (e.g. "--data-root DIR --backend builtin").
 # BATCH_SIZE: rows per generation [16] (the answers equal one-at-a-time ones).
+# EVAL_TIMEOUT_MINUTES: how long ranks wait for each other at a collective [180] (rank 0 scores
+# with judges while the others wait; NCCL's own default of 10 minutes would abort the run).
 set -euo pipefail
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   sed -n '2,/^set -/p' "$0" | sed -e '/^set -/d' -e 's/^# \{0,1\}//'; exit $(( $# < 1 ? 2 : 0 ))

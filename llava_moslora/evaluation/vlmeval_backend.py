@@ -55,6 +55,23 @@ def locate(name: str, root: Path) -> Located | str:
     return f"VLMEvalKit does not know {name!r} and there is no {root / (name + '.tsv')}"
 
 
+DEFAULT_TIMEOUT_MINUTES = 180  # EVAL_TIMEOUT_MINUTES: how long a rank waits at a collective
+
+
+def collective_timeout():
+    """How long ranks wait for each other: rank 0 scores with judges (MM-Vet, MathVista) before
+    the others pass the barrier, and on a resumed run a rank with nothing left waits there from
+    the start, so NCCL's 10-minute default would abort a healthy run."""
+    from datetime import timedelta
+
+    value = os.environ.get("EVAL_TIMEOUT_MINUTES", str(DEFAULT_TIMEOUT_MINUTES))
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise ValueError(f"EVAL_TIMEOUT_MINUTES={value}: give a number of minutes") from None
+    return timedelta(minutes=minutes)
+
+
 def init_distributed() -> tuple[int, int]:
     """(rank, world size); joins the torchrun process group VLMEvalKit's inference expects."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -62,7 +79,7 @@ def init_distributed() -> tuple[int, int]:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=collective_timeout())
     return int(os.environ.get("RANK", "0")), world
 
 
