@@ -98,4 +98,4 @@ run_training \
   --model_max_length "$MAX_LENGTH" --activation_checkpointing True \
   --save_strategy steps --save_steps 50000 --save_total_limit 1 --save_minutes "${SAVE_MINUTES:-30}" \
   --logging_steps 1 --dataloader_num_workers 4 --report_to "$REPORT_TO" \
-  "${extra[@]}" "${PRECISION[@]}" "$@"
+  "${extra[@]}" "$@"

@@ -25,10 +25,20 @@ LAUNCHED = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun and the deepspeed lau
 GPU_ONLY_FLAGS = ("--bf16", "--fp16", "--tf32")
 
 
+def precision_for(capability: tuple[int, int]) -> list[str]:
+    """The precision flags for a GPU of this compute capability: bf16 and tf32 from Ampere (8.0)
+    on, fp16 before it (V100 7.0, T4 7.5 have neither bf16 nor tf32; TrainingArguments refuses them)."""
+    return ["--bf16", "True", "--tf32", "True"] if capability[0] >= 8 else ["--fp16", "True"]
+
+
 def adapt_to_machine(argv: list[str]) -> list[str]:
-    """Without CUDA: train on the CPU in fp32 whatever precision flags the script passed."""
+    """This rank's precision, from the GPU it sees, unless the command chose one (--bf16 / --fp16 /
+    --tf32); without CUDA: the CPU in fp32 whatever precision flags were given."""
     if torch.cuda.is_available():
-        return argv
+        if any(a.split("=", 1)[0] in GPU_ONLY_FLAGS for a in argv):
+            return argv
+        device = int(os.environ.get("LOCAL_RANK", "0"))
+        return precision_for(torch.cuda.get_device_capability(device)) + argv
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed is first imported
     backend = ["--ddp_backend", "gloo"] if any(name in os.environ for name in LAUNCHED) else []
     dropped = [flag for flag in GPU_ONLY_FLAGS if any(a == flag or a.startswith(flag + "=") for a in argv)]
@@ -314,7 +324,9 @@ def dry_run_report(argv: list[str]) -> int:
     from ..model import apply_tuning
     from .dry_run import dry_run
 
-    half = flag_is_on(argv, "--bf16", "--fp16")
+    # as the ranks would train here: half where this machine has a GPU (adapt_to_machine), else as given
+    chosen = any(flag_value(argv, flag) is not None for flag in ("--bf16", "--fp16"))
+    half = flag_is_on(argv, "--bf16", "--fp16") or (torch.cuda.is_available() and not chosen)
     deepspeed = flag_value(argv, "--deepspeed")
     model_args, data_args, training_args = parse(CPU_FLAGS + _without(argv, ("--deepspeed",) + GPU_ONLY_FLAGS))
     training_args.deepspeed = deepspeed

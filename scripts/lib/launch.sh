@@ -1,7 +1,7 @@
 # Shared by scripts/pretrain.sh and scripts/finetune.sh (sourced, not run).
-# Builds the launcher, the precision flags (bf16 + tf32 on GPUs, nothing on CPU) and the gradient
-# accumulation that keeps GLOBAL_BATCH constant whatever the number of GPUs and nodes. Sets:
-# LAUNCH (array), PRECISION (array), WORLD, GRAD_ACCUM, DS_CONFIG; defines run_training, which
+# Builds the launcher and the gradient accumulation that keeps GLOBAL_BATCH constant whatever the
+# number of GPUs and nodes (each rank picks its precision itself: train/main.py). Sets:
+# LAUNCH (array), WORLD, GRAD_ACCUM, DS_CONFIG; defines run_training, which
 # checks the arguments (llava_moslora.train.preflight: missing paths, unknown values, an output
 # folder holding another run; one line each and exit 2, before any process starts) and execs LAUNCH.
 #
@@ -27,16 +27,17 @@ first_host() {  # the first host of a SLURM node list: "gpu[03-04,07],cpu1" -> g
   fi
 }
 
+# GPUs this node's ranks can use; the precision is each rank's own choice (train/main.py: bf16 and
+# tf32 where its GPU has them, fp16 on older ones, fp32 without CUDA), not this shell's, which may
+# run on a login node without GPUs or of another kind.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then  # what SLURM / the container lets this job see
     gpus=$(echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .)
   else
-    gpus=$(nvidia-smi -L | wc -l)
+    gpus=$(nvidia-smi -L | grep -c '^GPU ')  # not the indented MIG lines under a GPU
   fi
-  PRECISION=(--bf16 True --tf32 True)
 else
   gpus=1
-  PRECISION=()
 fi
 NUM_GPUS="${NUM_GPUS:-$gpus}"
 NNODES="${NNODES:-${SLURM_NNODES:-1}}"

@@ -156,3 +156,41 @@ def test_the_launch_line_says_the_cpus_and_warns_when_ranks_and_workers_outnumbe
     assert f"launch: {cpus} CPUs for this node's 2 rank(s), each with 0 data worker(s)" in quiet.stdout
     assert "warning" not in quiet.stderr or cpus < 2
     assert f"2 rank(s) x (1 + {cpus} workers) = {2 * (1 + cpus)} processes share {cpus} CPUs" in crowded.stderr
+
+
+@pytest.mark.parametrize("capability, flags", [((7, 0), ["--fp16", "True"]), ((7, 5), ["--fp16", "True"]),
+                                               ((8, 0), ["--bf16", "True", "--tf32", "True"]),
+                                               ((9, 0), ["--bf16", "True", "--tf32", "True"])])
+def test_each_rank_picks_the_precision_its_gpu_has(capability, flags, monkeypatch):
+    """V100 / T4 (7.x) have neither bf16 nor tf32, which TrainingArguments refuses: fp16 there; a
+    flag the command gives wins; without CUDA, fp32 whatever was given."""
+    import torch
+
+    from llava_moslora.train import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert main.adapt_to_machine(["--output_dir", "x"]) == flags + ["--output_dir", "x"]
+    assert main.adapt_to_machine(["--fp16", "True"]) == ["--fp16", "True"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "--bf16" not in main.adapt_to_machine(["--bf16", "True", "--output_dir", "x"])
+
+
+def test_the_gpu_count_leaves_out_mig_lines_and_a_node_without_gpus_gets_no_precision_flags(tmp_path):
+    """nvidia-smi -L on a MIG node lists each GPU then its MIG devices, indented; the launching
+    shell passes no precision (a login node without GPUs would otherwise leave GPU ranks in fp32)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text('#!/usr/bin/env bash\ncat <<EOF\n'
+                                     'GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-aaaa)\n'
+                                     '  MIG 3g.40gb     Device  0: (UUID: MIG-bbbb)\n'
+                                     '  MIG 3g.40gb     Device  1: (UUID: MIG-cccc)\n'
+                                     'GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-dddd)\nEOF\n')
+    (fake / "nvidia-smi").chmod(0o755)
+    env = {k: v for k, v in script_env({"GLOBAL_BATCH": "8", "PER_DEVICE_BATCH": "4", "ZERO": "2"}).items()
+           if k not in ("NUM_GPUS", "CUDA_VISIBLE_DEVICES")}
+    env["PATH"] = f"{fake}:{env['PATH']}"
+    shown = subprocess.run(["bash", "-c", 'source scripts/lib/launch.sh && echo "gpus=$NUM_GPUS" && printf "%s\\n" "${LAUNCH[@]}"'],
+                           env=env, cwd=ROOT, capture_output=True, text=True)
+    assert "gpus=2" in shown.stdout, shown.stdout + shown.stderr
+    assert "--bf16" not in shown.stdout and "--tf32" not in shown.stdout
