@@ -89,6 +89,10 @@ def parse(argv: list[str]):
 
 
 def refuse_impossible(model_args, training_args) -> None:
+    if training_args.riemannian and training_args.fp16:
+        raise SystemExit("--riemannian with fp16: the preconditioner (B^T B + eps I)^-1 is large while B is near zero "
+                         "and applied to the loss-scaled fp16 gradient, which can overflow and skip steps down to the "
+                         "minimum scale; train in bf16 (GPUs from compute capability 8.0) or fp32 (--fp16 False)")
     if training_args.riemannian and training_args.zero_stage() == 3:
         raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
                          "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")

@@ -142,3 +142,15 @@ def test_the_launch_checks_read_argv_as_the_trainer_does(argv):
     assert flag_is_on(argv, "--trust_remote_code") == model.trust_remote_code
     assert (flag_value(required + argv, "--output_dir") or "x") == training.output_dir
     assert (flag_value(argv, "--mm_vision_select_feature") or "auto") == model.mm_vision_select_feature
+
+
+def test_riemannian_preconditioning_is_refused_in_fp16():
+    """fp16's loss scaling meets the preconditioner's large inverse while B is near zero: refused
+    in one line (a V100 rank picks fp16 itself, so the message says how to train instead)."""
+    from types import SimpleNamespace
+
+    from llava_moslora.train.main import refuse_impossible
+
+    training = SimpleNamespace(riemannian=True, fp16=True, zero_stage=lambda: 2)
+    with pytest.raises(SystemExit, match=r"--riemannian with fp16: .* bf16 .* or fp32 \(--fp16 False\)"):
+        refuse_impossible(SimpleNamespace(), training)
