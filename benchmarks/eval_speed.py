@@ -21,9 +21,9 @@ TARGET_RATIO = 4.0
 
 
 def compare_batch_sizes(model_path: str, root: Path, names: list[str], sizes: list[int], repeats: int = 3,
-                        device=None) -> dict:
+                        device=None, dtype: str = "auto") -> dict:
     """Rows per second of each batch size over all `names`, and whether every answer equals the
-    first batch size's."""
+    first batch size's (`dtype` as eval's --dtype: auto is bf16 on GPUs that have it)."""
     import pandas as pd
 
     from llava_moslora.evaluation.benchmarks import tsv_type
@@ -31,7 +31,7 @@ def compare_batch_sizes(model_path: str, root: Path, names: list[str], sizes: li
     from llava_moslora.evaluation.vlm import model_class
 
     kinds = {name: tsv_type(root / f"{name}.tsv") for name in names}
-    model = model_class(False)(model_path, device=device, benchmark_kinds=kinds)
+    model = model_class(False)(model_path, device=device, dtype=dtype, benchmark_kinds=kinds)
     rows_total, seconds, differing = 0, {size: 0.0 for size in sizes}, 0
     with tempfile.TemporaryDirectory() as scratch:
         for name in names:
