@@ -30,7 +30,13 @@ class InFlight:
 
     step: Optional[int] = None
     sample_ids: list = field(default_factory=list)
-    lengths: list = field(default_factory=list)
+    mask: Optional[object] = None  # the batch's attention mask: kept, read only when a crash is said
+    width: int = 0  # its row length, for a batch without a mask
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per row (counted only when a crash is said: no device sync per micro-batch)."""
+        return self.mask.sum(-1).tolist() if self.mask is not None else [self.width]
 
 
 IN_FLIGHT = InFlight()

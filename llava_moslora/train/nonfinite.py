@@ -9,6 +9,8 @@ of a bad micro-batch anywhere in the step's reduce, so all count, stop or go on 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from transformers import TrainerCallback
 
@@ -22,31 +24,31 @@ class NonFiniteLoss(RuntimeError):
 class NonFiniteGuard(TrainerCallback):
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.bad_in_step = False
+        self.pending: list = []  # this step's micro-batches: (non-finite flag on the device, sample ids)
         self.bad_ids: list = []  # this rank's samples in the current run of bad steps
         self.run: list[int] = []  # the current run of bad steps
         self.skipped: list[int] = []  # every step with a left-out micro-batch
-        self.dropping = False  # the micro-batch being backpropagated is left out
+        self.dropping: Optional[torch.Tensor] = None  # the micro-batch being backpropagated is left out
 
     def attach(self, trainable: list[torch.nn.Parameter]) -> None:
         for parameter in trainable:
             parameter.register_hook(self._gradient)
 
     def _gradient(self, gradient: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(gradient) if self.dropping else gradient
+        return gradient if self.dropping is None else gradient.masked_fill(self.dropping, 0.0)
 
     def checked(self, loss: torch.Tensor, sample_ids) -> torch.Tensor:
-        """`loss`; when it is not finite, 0 (for the logged loss), its gradients dropped by the hooks."""
-        self.dropping = not bool(torch.isfinite(loss.detach()).all())
-        if not self.dropping:
-            return loss
-        self.bad_in_step = True
-        self.bad_ids += list(sample_ids or [])
-        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+        """`loss`, or 0 (for the logged loss) where it is not finite, its gradients dropped by the
+        hooks. Decided on the device: no synchronisation per micro-batch, only at the step's end."""
+        self.dropping = ~torch.isfinite(loss.detach()).all()
+        self.pending.append((self.dropping, list(sample_ids or [])))
+        return torch.where(self.dropping, torch.zeros_like(loss), loss)
 
     def on_step_end(self, args, state, control, **kwargs):
-        bad = agreed_max(int(self.bad_in_step), args)
-        self.bad_in_step = False
+        local = [ids for flag, ids in self.pending if bool(flag)]
+        self.pending = []
+        self.bad_ids += [i for ids in local for i in ids]
+        bad = agreed_max(int(bool(local)), args)
         if not bad:
             self.run, self.bad_ids = [], []
             return control

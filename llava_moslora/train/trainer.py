@@ -210,9 +210,8 @@ class LlavaTrainer(Trainer):
         if sample_ids is not None and model.training:
             self.record.update(sample_ids, *tokens)
         if model.training:  # what a crash report names (train/crash.py)
-            rows = inputs.get("attention_mask")
             IN_FLIGHT.step, IN_FLIGHT.sample_ids = self.state.global_step + 1, list(sample_ids or [])
-            IN_FLIGHT.lengths = rows.sum(-1).tolist() if rows is not None else [inputs["input_ids"].shape[-1]]
+            IN_FLIGHT.mask, IN_FLIGHT.width = inputs.get("attention_mask"), inputs["input_ids"].shape[-1]
         if counts is not None and model.training:
             self.label_counts = [total + count for total, count in zip(self.label_counts, counts)]
         self._idle_pending = "pixel_values" not in inputs and model.training
