@@ -115,13 +115,11 @@ def estimate(trainable: int, frozen: int, world: int, width: int, activations: i
             3: {"weights": weights / world + min(total, max_live) * width, **common}}
 
 
-def checkpoint_bytes(trainable: int, frozen: int, width: int, stage: int) -> tuple[float, float]:
-    """(bytes, of which frozen weights) a checkpoint-N takes on disk: the trained tensors in the stage
-    checkpoint and in DeepSpeed's model states, their optimizer states (fp32 master copy and the
-    two moments, over all ranks' shards), and under ZeRO-2 (and without DeepSpeed) the frozen
-    weights too, which the engine's model states hold whole."""
-    frozen_bytes = frozen * width if stage < 3 else 0
-    return trainable * (2 * width + OPTIMIZER_BYTES) + frozen_bytes, frozen_bytes
+def checkpoint_bytes(trainable: int, width: int, stage: int) -> int:
+    """Bytes a checkpoint-N takes on disk: the trained tensors in the stage checkpoint and (below
+    ZeRO-3, which keeps placeholders) in DeepSpeed's model states, and their optimizer states (fp32
+    master copy and the two moments, over all ranks' shards). The frozen weights are never saved."""
+    return trainable * ((2 if stage < 3 else 1) * width + OPTIMIZER_BYTES)
 
 
 def render_estimate(estimates: dict, width: int) -> str:
@@ -183,10 +181,9 @@ def dry_run(bundle, training_args, data_path: str, world: int, half: bool, mixtu
     stage = training_args.zero_stage()
     if quantization:  # ZeRO-3 cannot take quantized weights (refused at start): ZeRO-2 or one GPU
         estimates = {2: estimates[2]}
-    disk, of_frozen = checkpoint_bytes(trainable, frozen, width, stage)
-    saved = (f"each checkpoint-N on disk, estimated: {disk / GIB:.2f} GiB"
-             + (f" ({of_frozen / GIB:.2f} GiB of it the frozen weights, which DeepSpeed's model states hold)"
-                if of_frozen else "") + f"; --save_total_limit keeps {training_args.save_total_limit or 'every'}")
+    disk = checkpoint_bytes(trainable, width, stage)
+    saved = (f"each checkpoint-N on disk, estimated: {disk / GIB:.2f} GiB (the frozen weights are not saved);"
+             f" --save_total_limit keeps {training_args.save_total_limit or 'every'}")
     return "\n".join([trainable_table(bundle.model), batches.render(), render_estimate(estimates, width), saved,
                       f"this run: ZeRO-{stage}" if stage else "this run: no DeepSpeed",
                       "dry run: nothing was trained; drop --dry_run to start."])

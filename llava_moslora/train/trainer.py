@@ -4,6 +4,8 @@
 - MoE-LoRA load-balancing loss (when enabled) and expert load in the logs;
 - every checkpoint-N and the final output hold a stage checkpoint (recipe, tokenizer/processor,
   trained tensors), gathered from ZeRO-3 shards when needed; resuming without DeepSpeed reads it.
+  DeepSpeed's own checkpoint leaves the frozen base out too (transformers asks for that only for
+  PEFT models), and resuming from it tolerates their absence, strict for everything trained;
 - checkpoints are written atomically: into .staging/checkpoint-N, renamed to checkpoint-N once
   every rank has finished, so a kill during saving leaves only complete checkpoint-N folders;
 - samples the dataset skipped (--skip_bad_samples) are counted; tokens and the data order are
@@ -13,9 +15,10 @@
 - the LM head only at positions that predict a label (--logits_at_labels, on by default).
 
 Public hooks are used where transformers has them (callbacks, create_optimizer, compute_loss,
-log, save_model, get_train_dataloader). Four private methods are still overridden, for want of
-a public way to do the same: _get_train_sampler (our sampler), _get_output_dir and
-_save_checkpoint (atomic checkpoints), _load_from_checkpoint (our checkpoint format).
+log, save_model, get_train_dataloader, train). Five private methods are still overridden, for
+want of a public way to do the same: _get_train_sampler (our sampler), _get_output_dir and
+_save_checkpoint (atomic checkpoints), _save_optimizer_and_scheduler (DeepSpeed's checkpoint
+without the frozen base), _load_from_checkpoint (our checkpoint format).
 PRIVATE_OVERRIDES records their signatures; pyproject.toml pins transformers to the minor
 version they were checked on, and tests/train/test_trainer_hooks.py fails if one changes.
 """
@@ -31,6 +34,7 @@ from typing import Optional
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..adapters import MoELoraLinear, moe_aux_loss
@@ -134,8 +138,28 @@ PRIVATE_OVERRIDES = {
     "_get_train_sampler": ("self", "train_dataset"),
     "_get_output_dir": ("self", "trial"),
     "_save_checkpoint": ("self", "model", "trial"),
+    "_save_optimizer_and_scheduler": ("self", "output_dir"),
     "_load_from_checkpoint": ("self", "resume_from_checkpoint", "model"),
 }
+
+
+@contextlib.contextmanager
+def frozen_parameters_may_be_missing(model: torch.nn.Module):
+    """While open, a strict load_state_dict on `model` accepts a state dict without the frozen
+    parameters (DeepSpeed's checkpoints here leave them out: they come from the base model) and
+    still fails on a missing trained one or an unexpected key."""
+    frozen = {name for name, parameter in model.named_parameters(remove_duplicate=False)
+              if not parameter.requires_grad}
+
+    def forgive_frozen(module, incompatible_keys) -> None:
+        # torch checks strictness after the post hooks, on the lists they leave
+        incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if k not in frozen]
+
+    handle = model.register_load_state_dict_post_hook(forgive_frozen)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class SamplerEpoch(TrainerCallback):
@@ -294,6 +318,23 @@ class LlavaTrainer(Trainer):
         tensors = gather_tensors(self.bundle.model, names)
         if self.args.should_save:
             save_checkpoint(self.bundle, output_dir, state_dict=tensors)
+
+    def train(self, *args, **kwargs):
+        # The Trainer resumes a DeepSpeed run with a strict load (non-strict only for PEFT models)
+        with frozen_parameters_may_be_missing(self.model):
+            return super().train(*args, **kwargs)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """DeepSpeed's checkpoint without the frozen weights: at 7B they are ~13.5 GB per
+        checkpoint-N that never change (and a signal's save has 300 s)."""
+        if not self.is_deepspeed_enabled:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        # as upstream: the engine saves a scheduler of the DeepSpeed config, the Trainer its own
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
 
     def _get_output_dir(self, trial) -> str:
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)

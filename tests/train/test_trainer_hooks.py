@@ -77,3 +77,22 @@ def test_a_run_resumed_in_its_second_epoch_draws_that_epochs_order(tmp_path):
     resumed = Sampled(model=Toy(), args=args, train_dataset=data)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))  # step 6: halfway through epoch 1
     assert resumed.grouped_sampler.drawn == [1, 2]
+
+
+def test_a_resumed_load_forgives_only_the_missing_frozen_parameters():
+    """DeepSpeed's checkpoints leave the frozen base out; the Trainer loads them strictly."""
+    import pytest
+
+    from llava_moslora.train.trainer import frozen_parameters_may_be_missing
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    trained = {k: v for k, v in model.state_dict().items() if k.startswith("1.")}
+    with frozen_parameters_may_be_missing(model):
+        model.load_state_dict(trained)  # strict, yet the frozen layer may be absent
+        with pytest.raises(RuntimeError, match=r"Missing key\(s\).*1\.bias"):
+            model.load_state_dict({"1.weight": trained["1.weight"]})  # a trained one may not
+        with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*extra"):
+            model.load_state_dict({**trained, "extra": torch.zeros(1)})
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*0\.weight"):
+        model.load_state_dict(trained)  # outside the resume, strict as ever
