@@ -3,7 +3,8 @@
 It drives the same model class as the vlmeval backend (build_prompt, then batched generation)
 and writes VLMEvalKit's files with its exact-matching rules, so both backends give the same scores:
   {model}_{dataset}.xlsx      the rows without images, plus `prediction` (answered rows are reused)
-  {model}_{dataset}.partial.jsonl  answers saved batch by batch while a run goes (removed at its end)
+  {model}_{dataset}.partial.jsonl  answers saved batch by batch while a run goes (removed at its end;
+                              under torchrun one per rank, .partial.rank{r}.jsonl)
   {model}_{dataset}_acc.csv   MCQ: one row per split; split, Overall, l2-categories, categories (0-1)
   {model}_{dataset}_score.csv yes/no: one row; Overall, categories, l2-categories (0-100)
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import base64
 import csv
+import glob
 import io
 import json
 import os
@@ -24,6 +26,7 @@ from PIL import Image
 
 from .batching import DEFAULT_BATCH_SIZE, answer_rows
 from .benchmarks import SCORABLE_LOCALLY, read_rows, tsv_type
+from .ranks import on_every_rank, rank_and_world
 from .vlm import options_of
 
 # VLMEvalKit's exact matching reads an option letter only among the last few words of an answer.
@@ -100,8 +103,14 @@ def prediction_file(work_dir: Path, model_name: str, dataset: str) -> Path:
     return Path(work_dir) / f"{model_name}_{dataset}.xlsx"
 
 
-def partial_file(predictions: Path) -> Path:
-    return predictions.with_suffix(".partial.jsonl")
+def partial_file(predictions: Path, rank: int = 0, world: int = 1) -> Path:
+    """Where a rank saves its answers batch by batch while a run goes."""
+    return predictions.with_suffix(".partial.jsonl" if world == 1 else f".partial.rank{rank}.jsonl")
+
+
+def partial_files(predictions: Path) -> list[Path]:
+    """Every rank's saved answers, from runs on any number of ranks."""
+    return [partial_file(predictions), *sorted(predictions.parent.glob(glob.escape(predictions.stem) + ".partial.rank*.jsonl"))]
 
 
 def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str, progress: bool = True,
@@ -109,9 +118,33 @@ def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str,
     """Answer every row of a local benchmark with `get_model()` (VLMEvalKit contract; asked for
     only when a row needs answering), `batch_size` rows per generation, and write the rows without
     images plus `prediction`. Answers are saved after every batch and rows an earlier run answered
-    are kept (as VLMEvalKit's inference does), so an interrupted or --mode infer run continues."""
+    are kept (as VLMEvalKit's inference does), so an interrupted or --mode infer run continues.
+    Under torchrun each rank answers every world-th row (VLMEvalKit's split) and rank 0 writes
+    the prediction file from all ranks' answers."""
+    rank, world = rank_and_world()
     dataset = tsv.stem
     table = pd.read_csv(tsv, sep="\t")
+    out = prediction_file(work_dir, model_name, dataset)
+    # every rank reads before any writes: another rank's fresh answers are not "reused"
+    done = on_every_rank(lambda: {**earlier_predictions(out), **saved_answers(*partial_files(out))},
+                         f"reading earlier answers to {dataset}")
+    share = table.iloc[rank::world]
+    todo = share[~share["index"].isin(list(done))]
+    reused = int(table["index"].isin(list(done)).sum())
+    if rank == 0 and reused:
+        print(f"[llava-moslora] {dataset}: reusing {reused} predictions from {out.parent}")
+    on_every_rank(lambda: answer_share(get_model, table, todo, work_dir, partial_file(out, rank, world), dataset,
+                                       batch_size, progress, desc=f"{dataset} (rank {rank}/{world})" if world > 1 else None),
+                  f"answering {dataset}")
+    on_every_rank(lambda: write_predictions(table, out) if rank == 0 else None, f"writing {out.name}")
+    return out
+
+
+def answer_share(get_model: Callable, table: pd.DataFrame, todo: pd.DataFrame, work_dir: Path, partial: Path,
+                 dataset: str, batch_size: int, progress: bool, desc: Optional[str] = None) -> None:
+    """Answer the rows in `todo`, each batch's answers appended to `partial` as they come."""
+    if todo.empty:
+        return
     image_dir = work_dir / "images" / dataset
     image_dir.mkdir(parents=True, exist_ok=True)
     images = dict(zip(table["index"], table["image"]))
@@ -129,27 +162,29 @@ def predict_tsv(get_model: Callable, tsv: Path, work_dir: Path, model_name: str,
                 path.write_bytes(base64.b64decode(one))  # the file as it came (PIL reads it by its content)
         return [str(path) for path in paths]
 
-    out = prediction_file(work_dir, model_name, dataset)
-    partial = partial_file(out)
-    done = {**earlier_predictions(out), **saved_answers(partial)}
-    todo = table[~table["index"].isin(list(done))]
-    if done and len(todo) < len(table):
-        print(f"[llava-moslora] {dataset}: reusing {len(table) - len(todo)} predictions from {out.parent}")
-    if len(todo):
-        model = get_model()
-        model.set_dump_image(dump_image)
-        rows = [(line["index"], model.build_prompt(line, dataset)) for _, line in todo.iterrows()]
-        with open(partial, "a") as saved:
-            def save(batch: dict) -> None:
-                saved.writelines(json.dumps({"index": _plain(i), "prediction": str(a)}) + "\n" for i, a in batch.items())
-                saved.flush()
-                os.fsync(saved.fileno())  # a SIGKILL right after loses nothing answered
-            answers = answer_rows(model, rows, dataset, batch_size, on_batch=save, progress=progress)
-        done.update({index: str(answer) for index, answer in answers.items()})
+    model = get_model()
+    model.set_dump_image(dump_image)
+    rows = [(line["index"], model.build_prompt(line, dataset)) for _, line in todo.iterrows()]
+    with open(partial, "a") as saved:
+        def save(batch: dict) -> None:
+            saved.writelines(json.dumps({"index": _plain(i), "prediction": str(a)}) + "\n" for i, a in batch.items())
+            saved.flush()
+            os.fsync(saved.fileno())  # a SIGKILL right after loses nothing answered
+        answer_rows(model, rows, dataset, batch_size, on_batch=save, progress=progress, desc=desc)
+
+
+def write_predictions(table: pd.DataFrame, out: Path) -> None:
+    """The prediction file from earlier predictions and every rank's saved answers, which it replaces."""
+    partials = partial_files(out)
+    done = {**earlier_predictions(out), **saved_answers(*partials)}
+    missing = [i for i in table["index"] if i not in done]
+    if missing:  # a rank's answers went missing: keep what is saved, for the next run to finish
+        raise RuntimeError(f"{len(missing)} of {len(table)} rows have no answer in {', '.join(map(str, partials))} "
+                           f"(e.g. index {missing[0]}); run again to answer them")
     scored = table.drop(columns=["image"]).assign(prediction=[done[i] for i in table["index"]])
     scored.to_excel(out, index=False)
-    partial.unlink(missing_ok=True)
-    return out
+    for partial in partials:
+        partial.unlink(missing_ok=True)
 
 
 def _plain(index):
@@ -157,17 +192,18 @@ def _plain(index):
     return index.item() if hasattr(index, "item") else index
 
 
-def saved_answers(path: Path) -> dict:
-    """The answers an interrupted run saved batch by batch (a line cut by a kill is ignored)."""
-    if not path.is_file():
-        return {}
+def saved_answers(*paths: Path) -> dict:
+    """The answers interrupted runs saved batch by batch (a line cut by a kill is ignored)."""
     answers = {}
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-            answers[entry["index"]] = entry["prediction"]
-        except (ValueError, KeyError, TypeError):
+    for path in paths:
+        if not path.is_file():
             continue
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                answers[entry["index"]] = entry["prediction"]
+            except (ValueError, KeyError, TypeError):
+                continue
     return answers
 
 

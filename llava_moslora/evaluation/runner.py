@@ -22,6 +22,7 @@ from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, set_max_image_pixels
 from .benchmarks import data_root, resolve_benchmarks, suites
 from .batching import DEFAULT_BATCH_SIZE, check_batch_size
 from .plan import BenchmarkPlan, locate_local, make_plan, render_plan
+from .ranks import init_distributed, rank_and_world
 from .result_index import record_benchmark
 from .toolkit import load_vlmeval_env, vlmeval_available
 
@@ -43,8 +44,9 @@ class Outcome:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def claim_work_dir(work_dir: Path, model_path: Path) -> None:
-    """One work directory per checkpoint: VLMEvalKit silently reuses predictions found there."""
+def claim_work_dir(work_dir: Path, model_path: Path, rank: int = 0) -> None:
+    """One work directory per checkpoint: VLMEvalKit silently reuses predictions found there.
+    Every rank checks; rank 0 writes the marker (whole, by a rename: the others may be reading)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     marker = work_dir / MARKER
     if marker.is_file():
@@ -52,7 +54,10 @@ def claim_work_dir(work_dir: Path, model_path: Path) -> None:
         if owner != str(model_path):
             raise ValueError(f"{work_dir} holds results of {owner}; VLMEvalKit would reuse its predictions "
                              f"for {model_path}. Use a distinct --work-dir per checkpoint.")
-    marker.write_text(json.dumps({"model": str(model_path)}, indent=2) + "\n")
+    if rank == 0:
+        written = marker.with_name(f".{MARKER}.{os.getpid()}")
+        written.write_text(json.dumps({"model": str(model_path)}, indent=2) + "\n")
+        os.replace(written, marker)
 
 
 def choose_backend(backend: str) -> str:
@@ -144,14 +149,17 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
     backend, root = choose_backend(backend), data_root(root)
     model_name = model_name or model_path.name
     plans = plan_checkpoint(benchmarks, backend, root, judge)
-    if os.environ.get("RANK", "0") == "0":
+    rank, world = rank_and_world()
+    if rank == 0:
         log(f"[llava-moslora] evaluation plan ({backend} backend, mode {mode}, batch size {batch_size}, "
             f"judge: {judge or 'per benchmark'}):\n"
             + render_plan(plans))
     skipped = [plan.name for plan in plans if not plan.runs]
     if skipped and strict:
         raise PlanRefused(f"--strict: {', '.join(skipped)} would be skipped (reasons above); nothing was run")
-    claim_work_dir(work_dir, model_path)
+    rank, world = init_distributed()  # under torchrun: this rank's GPU, before the model is loaded
+    claim_work_dir(work_dir, model_path, rank)
+    of_rank = f".rank{rank}" if world > 1 else ""  # each rank's own error logs
     kinds = {plan.name: plan.kind for plan in plans if plan.kind}  # the model phrases rows for the scorer's type
 
     use_vlmeval = backend == "vlmeval"
@@ -159,7 +167,7 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
 
     model = LazyModel(lambda: model_class(use_vlmeval)(model_path, device=device, dtype=dtype, bits=bits,
                                                        template=template, benchmark_kinds=kinds, data_root=root),
-                      model_path, work_dir / "model.error.log")
+                      model_path, work_dir / f"model{of_rank}.error.log")
     outcomes = {}
     for plan in plans:
         if not plan.runs:
@@ -175,13 +183,13 @@ def evaluate_checkpoint(model_path, benchmarks: list[str], work_dir, *, backend:
         except ModelLoadError:
             raise
         except Exception as error:  # noqa: BLE001 - one benchmark's failure must not stop the others
-            traceback_file = keep_traceback(error, work_dir / f"{plan.name}.error.log")
+            traceback_file = keep_traceback(error, work_dir / f"{plan.name}{of_rank}.error.log")
             outcomes[plan.name] = Outcome(plan.name, "failed", f"{describe_error(error)} (traceback: {traceback_file})")
             log(f"[llava-moslora] {plan.name} failed: {describe_error(error)}; traceback: {traceback_file}")
             continue
-        (work_dir / f"{plan.name}.error.log").unlink(missing_ok=True)  # an earlier failure, fixed since
+        (work_dir / f"{plan.name}{of_rank}.error.log").unlink(missing_ok=True)  # an earlier failure, fixed since
         status = "predicted" if mode == "infer" else "scored"
-        if status == "scored":
+        if status == "scored" and rank == 0:
             record_benchmark(work_dir, model_path, model_name, plan.name, plan.kind, files)
         outcomes[plan.name] = Outcome(plan.name, status, str(files.get("acc") or files.get("score")
                                                           or files.get("predictions", "")), files)
@@ -196,7 +204,7 @@ def run_builtin(model: LazyModel, plan: BenchmarkPlan, work_dir: Path, model_nam
     predictions = prediction_file(work_dir, model_name, plan.name)
     if mode != "eval":
         predictions = predict_tsv(model, tsv, work_dir, model_name, progress, batch_size)
-    if mode == "infer":
+    if mode == "infer" or rank_and_world()[0] != 0:  # rank 0 scores (and reports)
         return {"predictions": predictions}
     if not predictions.is_file():
         raise FileNotFoundError(f"no predictions at {predictions}; run with --mode infer or all first")
@@ -279,6 +287,6 @@ def run(args, name: str = "eval") -> int:
     except (FileNotFoundError, ValueError, ModelLoadError) as error:
         print(f"llava-moslora eval: {error}")
         return 2
-    if os.environ.get("RANK", "0") == "0":
+    if rank_and_world()[0] == 0:
         print(summary(outcomes, args.batch_size))
     return exit_code(outcomes, args.strict)

@@ -22,6 +22,7 @@ import torch
 from .batching import DEFAULT_BATCH_SIZE, answer_rows
 from .benchmarks import local_tsv, tsv_type
 from .plan import BenchmarkPlan, Located
+from .ranks import init_distributed
 from .toolkit import import_vlmeval_quietly, vlmeval_knows, vlmeval_type
 
 
@@ -53,34 +54,6 @@ def locate(name: str, root: Path) -> Located | str:
     if tsv is not None:
         return Located(tsv_type(tsv), str(tsv), official=False)
     return f"VLMEvalKit does not know {name!r} and there is no {root / (name + '.tsv')}"
-
-
-DEFAULT_TIMEOUT_MINUTES = 180  # EVAL_TIMEOUT_MINUTES: how long a rank waits at a collective
-
-
-def collective_timeout():
-    """How long ranks wait for each other: rank 0 scores with judges (MM-Vet, MathVista) before
-    the others pass the barrier, and on a resumed run a rank with nothing left waits there from
-    the start, so NCCL's 10-minute default would abort a healthy run."""
-    from datetime import timedelta
-
-    value = os.environ.get("EVAL_TIMEOUT_MINUTES", str(DEFAULT_TIMEOUT_MINUTES))
-    try:
-        minutes = float(value)
-    except ValueError:
-        raise ValueError(f"EVAL_TIMEOUT_MINUTES={value}: give a number of minutes") from None
-    return timedelta(minutes=minutes)
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the torchrun process group VLMEvalKit's inference expects."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=collective_timeout())
-    return int(os.environ.get("RANK", "0")), world
 
 
 def build_benchmark(plan: BenchmarkPlan):

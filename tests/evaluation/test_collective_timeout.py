@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 import torch
 
-from llava_moslora.evaluation import vlmeval_backend
+from llava_moslora.evaluation import ranks
 
 
 @pytest.mark.parametrize("setting, expected", [(None, timedelta(minutes=180)), ("30", timedelta(minutes=30)),
@@ -20,11 +20,11 @@ def test_the_process_group_gets_the_timeout(setting, expected, monkeypatch):
         monkeypatch.setenv("EVAL_TIMEOUT_MINUTES", setting)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kwargs: given.update(kwargs))
-    assert vlmeval_backend.init_distributed() == (1, 2)
+    assert ranks.init_distributed() == (1, 2)
     assert given["timeout"] == expected
 
 
 def test_a_timeout_that_is_no_number_is_said(monkeypatch):
     monkeypatch.setenv("EVAL_TIMEOUT_MINUTES", "an hour")
     with pytest.raises(ValueError, match="EVAL_TIMEOUT_MINUTES=an hour: give a number of minutes"):
-        vlmeval_backend.collective_timeout()
+        ranks.collective_timeout()
