@@ -18,6 +18,10 @@ bf16 (MoSLoRA r=128, per-device batch 16, length 2048): what a user sees on a lo
 
 --qlora-peaks trains the same LM in one process at 16, 8 and 4 bits and prints each run's
 training-phase peak RSS (what docs/TRAINING.md's QLoRA section reports for the CPU).
+
+--startup-peaks trains one step under ZeRO-2, ZeRO-3 and ZeRO-3 with offload (2 CPU processes)
+and prints each rank's peak RSS of start-up: building the model and DeepSpeed's engine, before
+step 1 (train_metrics.json's startup_peak_memory_bytes_by_rank).
 """
 from __future__ import annotations
 
@@ -112,6 +116,7 @@ def main() -> None:
     parser.add_argument("--per-device", type=int, default=16, help="with --llava-7b: per-device batch [16]")
     parser.add_argument("--bits", type=int, default=16, choices=(4, 8, 16), help="with --llava-7b: QLoRA bits [16]")
     parser.add_argument("--qlora-peaks", action="store_true", help="peak RSS of one process at 16 / 8 / 4 bits")
+    parser.add_argument("--startup-peaks", action="store_true", help="each rank's start-up peak RSS per ZeRO config")
     args = parser.parse_args()
     if args.llava_7b:
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,6 +144,16 @@ def main() -> None:
                 pretrain({**env, "NUM_GPUS": "1", "GLOBAL_BATCH": "4", "BITS": str(bits), "OUTPUT_DIR": str(out)}, *flags)
                 peak = json.loads((out / "train_metrics.json").read_text())["peak_memory_bytes"]
                 print(f"  {bits:>2} bits: {peak / MIB:.0f} MiB")
+            return
+        if args.startup_peaks:
+            print(f"LM hidden {args.hidden} x {args.layers} layers, MoSLoRA r={args.rank}, 2 CPU processes, fp32: "
+                  f"peak RSS of start-up per rank (process baseline {baseline / MIB:.0f} MiB)")
+            for zero in ("2", "3", "3_offload"):
+                out = work / f"startup-zero{zero}"
+                pretrain({**env, "ZERO": zero, "OUTPUT_DIR": str(out)}, *flags[:-4], "--max_steps", "1",
+                         "--save_steps", "100000")
+                peaks = json.loads((out / "train_metrics.json").read_text())["startup_peak_memory_bytes_by_rank"]
+                print(f"  ZeRO-{zero:<10}" + "".join(f"  rank {rank}: {peak / MIB:>6.0f} MiB" for rank, peak in enumerate(peaks)))
             return
         for zero in (2, 3):
             out = work / f"zero{zero}"

@@ -275,7 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if training_args.riemannian:
         attach_riemannian(bundle.model, reg=training_args.riemannian_reg)
     stop = StopOnSignal()
-    callbacks = [stop, PeakMemoryOfTraining()] + ([SaveEveryMinutes(training_args.save_minutes)]
+    peak = PeakMemoryOfTraining()
+    callbacks = [stop, peak] + ([SaveEveryMinutes(training_args.save_minutes)]
                                                    if training_args.save_minutes > 0 else [])
     trainer = LlavaTrainer(model=bundle.model, args=training_args, train_dataset=dataset,
                            data_collator=collator, bundle=bundle, callbacks=callbacks)
@@ -306,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trainer.save_state()
     trainable = {name: counts[0] for name, counts in parameter_counts(bundle.model).items()}
     metrics = run_metrics(trainer.record, training_args, trainer.state, result.metrics.get("train_runtime", 0.0),
-                          trainable, resume)
+                          trainable, resume, peak.startup)
     metrics["nonfinite_steps"] = trainer.nonfinite.skipped  # steps with a micro-batch left out (train/nonfinite.py)
     if mixture is not None:
         metrics["mixture"] = dataset.mixture_counts()  # samples per source in the epoch's draw

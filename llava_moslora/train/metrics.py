@@ -86,22 +86,26 @@ def peak_memory() -> tuple[int, str]:
 
 
 class PeakMemoryOfTraining(TrainerCallback):
-    """Resets the peak-memory measure when training begins (after the model, DeepSpeed's engine
-    and the optimizer are set up)."""
+    """When training begins (the model, DeepSpeed's engine and the optimizer set up), keeps the
+    peak of start-up and resets the measure for training's own."""
+
+    def __init__(self) -> None:
+        self.startup: Optional[int] = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.startup = peak_memory()[0]
         reset_peak_memory()
 
 
 def run_metrics(record: RunRecord, args, state, train_runtime: float, trainable: dict[str, int],
-                resumed_from: Optional[str]) -> dict:
+                resumed_from: Optional[str], startup_memory: Optional[int] = None) -> dict:
     """The metrics of this run, gathered over ranks (collective)."""
     from .screen import gather_lists
 
     memory, measure = peak_memory()
     ranks = gather_lists([{"order": record.order, "tokens": record.tokens_this_process,
                             "tokens_before": record.tokens_before, "processed": record.processed_this_process,
-                            "processed_before": record.processed_before, "memory": memory}])
+                            "processed_before": record.processed_before, "memory": memory, "startup": startup_memory}])
     tokens = sum(r["tokens"] for r in ranks)
     all_tokens = tokens + sum(r["tokens_before"] for r in ranks)
     processed = sum(r["processed"] + r["processed_before"] for r in ranks)
@@ -118,6 +122,8 @@ def run_metrics(record: RunRecord, args, state, train_runtime: float, trainable:
         "tokens_per_second": round(tokens / train_runtime, 1) if train_runtime > 0 else None,
         "peak_memory_bytes": max(r["memory"] for r in ranks),
         "peak_memory_measure": f"{measure}, highest rank",
+        # building the model and DeepSpeed's engine, before step 1 (ZeRO-3 builds it partitioned)
+        "startup_peak_memory_bytes_by_rank": [r["startup"] for r in ranks],
         "trainable_parameters": sum(trainable.values()),
         "trainable_by_component": trainable,
         "data_order": hashlib.sha256("/".join(r["order"] for r in ranks).encode()).hexdigest(),
