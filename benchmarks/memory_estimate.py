@@ -21,7 +21,8 @@ training-phase peak RSS (what docs/TRAINING.md's QLoRA section reports for the C
 
 --startup-peaks trains one step under ZeRO-2, ZeRO-3 and ZeRO-3 with offload (2 CPU processes)
 and prints each rank's peak RSS of start-up: building the model and DeepSpeed's engine, before
-step 1 (train_metrics.json's startup_peak_memory_bytes_by_rank).
+step 1 (train_metrics.json's startup_peak_memory_bytes_by_rank), and under ZeRO-3 how much of the
+bases' parameters rank 0 holds once they are loaded.
 """
 from __future__ import annotations
 
@@ -150,10 +151,12 @@ def main() -> None:
                   f"peak RSS of start-up per rank (process baseline {baseline / MIB:.0f} MiB)")
             for zero in ("2", "3", "3_offload"):
                 out = work / f"startup-zero{zero}"
-                pretrain({**env, "ZERO": zero, "OUTPUT_DIR": str(out)}, *flags[:-4], "--max_steps", "1",
-                         "--save_steps", "100000")
+                printed = pretrain({**env, "ZERO": zero, "OUTPUT_DIR": str(out)}, *flags[:-4], "--max_steps", "1",
+                                   "--save_steps", "100000")
                 peaks = json.loads((out / "train_metrics.json").read_text())["startup_peak_memory_bytes_by_rank"]
-                print(f"  ZeRO-{zero:<10}" + "".join(f"  rank {rank}: {peak / MIB:>6.0f} MiB" for rank, peak in enumerate(peaks)))
+                held = re.search(r"this rank holds [\d.]+ MiB of their [\d.]+ MiB", printed)
+                print(f"  ZeRO-{zero:<10}" + "".join(f"  rank {rank}: {peak / MIB:>6.0f} MiB" for rank, peak in enumerate(peaks))
+                      + (f"  (the bases loaded partitioned, rank 0 {held.group(0)[10:]})" if held else ""))
             return
         for zero in (2, 3):
             out = work / f"zero{zero}"

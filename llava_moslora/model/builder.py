@@ -22,6 +22,7 @@ from ..data.chat_templates import chat_template
 from ..data.templates import IMAGE_TOKEN
 from ..tokenizer_files import load_failure
 from ..towers import select_strategy
+from .partitioned import outside_zero3, whole
 from .recipe import Recipe
 
 VISION_TOWERS = {"clip": CLIPVisionModel, "clip_vision_model": CLIPVisionModel,
@@ -132,8 +133,9 @@ def resize_embeddings(lm, size: int) -> None:
     if size <= old:
         return
     lm.resize_token_embeddings(size, mean_resizing=False)
-    with torch.no_grad():
-        for embedding in {id(m): m for m in (lm.get_input_embeddings(), lm.get_output_embeddings()) if m is not None}.values():
+    embeddings = {id(m): m for m in (lm.get_input_embeddings(), lm.get_output_embeddings()) if m is not None}.values()
+    with torch.no_grad(), whole([embedding.weight for embedding in embeddings], modify=True):
+        for embedding in embeddings:
             embedding.weight[old:] = embedding.weight[:old].mean(dim=0, keepdim=True)
 
 
@@ -186,8 +188,12 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
         accept_own_checkpoints(lm)
         tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
     elif weights:
-        lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
-        tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
+        # Loading draws nothing from the CPU RNG, except under ZeRO-3, where transformers first
+        # initialises the weights in zero.Init: forked, so the adapters' init is the same either way.
+        with torch.random.fork_rng(devices=[]):
+            lm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                      **extra)
+            tower = tower_class.from_pretrained(vision_tower, dtype=dtype, **extra)
     else:
         lm_config = AutoConfig.from_pretrained(language_model, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
@@ -204,7 +210,7 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
         projector_hidden_act="gelu" if projector_type == "mlp2x_gelu" else "linear",
         vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,
         multimodal_projector_bias=True, tie_word_embeddings=lm.config.tie_word_embeddings)
-    with torch.device("meta"):
+    with torch.device("meta"), outside_zero3():  # an empty shell: no ZeRO-3 partitions for it
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = tower
     model.model.language_model = getattr(lm, lm.base_model_prefix)

@@ -23,6 +23,7 @@ from ..data.own_chat_template import OWN, own_template, recognise
 from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
 from ..data.templates import IMAGE_TOKEN, TEMPLATES, get_template
 from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
+from .partitioned import full_shape, whole
 from .quantize import Quantization
 from .recipe import RECIPE_FILE, TRAINABLE_FILE, CheckpointError, Recipe
 from .tuning import apply_tuning
@@ -234,7 +235,7 @@ def checkpoint_mismatch(path: Union[str, Path], model: torch.nn.Module, recipe: 
             differences.append(f"{name}: in the checkpoint, not in this model")
             continue
         parameter = parameters[name]
-        expected = tuple(getattr(parameter, "ds_shape", parameter.shape))  # ZeRO-3 keeps the full shape there
+        expected = tuple(full_shape(parameter))
         if shape != expected:
             differences.append(f"{name}: checkpoint {shape}, this model {expected}")
     missing = [name for name, p in parameters.items() if p.requires_grad and name not in shapes]
@@ -321,19 +322,20 @@ def load_trained_tensors(model: torch.nn.Module, file: Path, expected: Sequence[
     if missing or unknown:
         raise CheckpointError(f"{file} does not match its recipe and model: missing {missing[:5]}, "
                        f"not in the model {unknown[:5]} (a different adapter kind, rank or base model?)")
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            target = parameters[name]
-            if target.shape != tensor.shape:
-                raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, the model expects "
-                                 f"{tuple(target.shape)} (a different rank, expert count or base model?)")
+    for name, tensor in tensors.items():
+        target = parameters[name]
+        if full_shape(target) != tensor.shape:
+            raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                                  f"{tuple(full_shape(target))} (a different rank, expert count or base model?)")
+        with torch.no_grad(), whole([target], modify=True):  # every rank, in the file's order
             target.copy_(tensor.to(target.dtype))
 
 
 def _load_merged(path: Path, dtype, weights: bool = True) -> LlavaBundle:
     check_readable(path)  # a half-written or damaged folder: named here, not deep in transformers
     if weights:
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        with torch.random.fork_rng(devices=[]):  # as build_llava's loading: nothing drawn, whatever the ZeRO stage
+            model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
     else:
         with torch.device("meta"):
             model = LlavaForConditionalGeneration._from_config(AutoConfig.from_pretrained(path), dtype=dtype)

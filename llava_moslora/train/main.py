@@ -6,7 +6,6 @@ selects DeepSpeed's CPU accelerator, so cluster scripts run unchanged on a lapto
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -106,22 +105,15 @@ def refuse_impossible(model_args, training_args) -> None:
                          "trains under ZeRO-2 (ZERO=2, deepspeed_configs/zero2.json) or on one GPU.")
 
 
-@contextlib.contextmanager
-def full_weights(training_args):
-    """Build the model outside ZeRO-3's partitioned loading: weights are loaded, composed and
-    copied (stage-1 projector included) on whole tensors, and DeepSpeed partitions the finished
-    model when the Trainer starts. This is what avoids LLaVA's "shape [0]" projector errors."""
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+def join_process_group(training_args) -> None:
+    """Join the run's process group before the model is built: under ZeRO-3 transformers builds it
+    in deepspeed.zero.Init, which sizes its partitions by DeepSpeed's view of the group. On GPUs
+    accelerate sets that up; with --use_cpu it starts torch's group only, which DeepSpeed adopts here."""
+    training_args.world_size  # accelerate's PartialState: torch.distributed under torchrun
+    if training_args.deepspeed:
+        import deepspeed
 
-    hf_config = getattr(training_args, "hf_deepspeed_config", None)
-    if hf_config is None:
-        yield
-        return
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        set_hf_deepspeed_config(hf_config)
+        deepspeed.init_distributed()
 
 
 def build(model_args, training_args, weights: bool = True):
@@ -232,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..data.records import DataError
     from ..model import apply_tuning, parameter_counts, trainable_table
     from ..model.checkpoint import check_resumable
+    from ..model.partitioned import partitioned_bytes
     from ..optim import attach_riemannian
     from .interrupt import SaveEveryMinutes, StopOnSignal
     from .metrics import PeakMemoryOfTraining, run_metrics, write_metrics
@@ -239,15 +232,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .trainer import LlavaTrainer
 
     set_seed(training_args.seed)
-    with full_weights(training_args):
-        bundle = build(model_args, training_args)
-        apply_tuning(bundle.model, bundle.recipe)
+    # Under ZeRO-3 the bases load partitioned (transformers builds them in deepspeed.zero.Init,
+    # as TrainingArguments carries the DeepSpeed config): no rank holds the whole model. The
+    # projector and adapters are made whole and partitioned when the Trainer starts DeepSpeed.
+    join_process_group(training_args)
+    bundle = build(model_args, training_args)
+    apply_tuning(bundle.model, bundle.recipe)
     # The language model reads its own config: off there too, or every forward builds a KV cache
     # (memory for nothing in training, and transformers then ignores --packing's position_ids).
     bundle.model.config.use_cache = bundle.model.config.text_config.use_cache = False
     main_process = training_args.process_index == 0
     if main_process:
         print(trainable_table(bundle.model), flush=True)
+        if training_args.zero_stage() == 3:
+            held, whole_size = partitioned_bytes(bundle.model)
+            print(f"[llava-moslora] ZeRO-3: the bases loaded partitioned, this rank holds {held / 2**20:.1f} MiB of "
+                  f"their {whole_size / 2**20:.1f} MiB", flush=True)
     try:
         mixture = parse_mixture(data_args.data_mixture) if data_args.data_mixture else None
     except DataError as error:

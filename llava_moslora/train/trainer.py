@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -41,6 +42,7 @@ from ..adapters import MoELoraLinear, moe_aux_loss
 from ..data import IGNORE_INDEX, ModalityLengthGroupedSampler
 from ..model import TRAINABLE_FILE, LlavaBundle, save_checkpoint, trained_tensor_names
 from ..model.checkpoint import load_trained_tensors, parameters_by_name
+from ..model.partitioned import whole
 from .crash import IN_FLIGHT
 from .interrupt import ShieldedWorkerInit
 from .nonfinite import NonFiniteGuard
@@ -123,13 +125,8 @@ def gather_tensors(model: torch.nn.Module, names: list[str]) -> dict[str, torch.
     parameters = parameters_by_name(model)
     gathered = {}
     for name in names:
-        parameter = parameters[name]
-        if hasattr(parameter, "ds_id"):
-            import deepspeed
-            with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
-                gathered[name] = parameter.detach().to("cpu", copy=True)
-        else:
-            gathered[name] = parameter.detach().to("cpu", copy=True)
+        with whole([parameters[name]]):
+            gathered[name] = parameters[name].detach().to("cpu", copy=True)
     return gathered
 
 
@@ -177,11 +174,37 @@ class SamplerEpoch(TrainerCallback):
             self.trainer.grouped_sampler.set_epoch(math.floor(state.epoch + 1e-9))
 
 
+class RatesKept(TrainerCallback):
+    """When training begins, after DeepSpeed may have replaced the optimizer (with CPU offload,
+    accelerate hands DeepSpeed a DeepSpeedCPUAdam for torch's AdamW): each parameter group still
+    steps at the rate create_optimizer gave it (projector, routers), or the run stops; rank 0 says
+    which optimizer steps at which rates."""
+
+    def __init__(self, trainer: "LlavaTrainer") -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        inner = optimizer
+        while hasattr(inner, "optimizer"):  # accelerate's wrapper, DeepSpeed's ZeRO optimizer
+            inner = inner.optimizer
+        # a scheduler keeps each group's rate in initial_lr (lr itself starts at 0 under warmup)
+        kept = [group.get("initial_lr", group["lr"]) for group in inner.param_groups]
+        meant = [lr for _, lr in self.trainer.group_rates]
+        if kept != meant:
+            raise RuntimeError(f"{type(inner).__name__} has the learning rates {kept}, not the {meant} given to "
+                               f"{', '.join(role for role, _ in self.trainer.group_rates)}")
+        if args.process_index == 0:
+            rates = ", ".join(dict.fromkeys(f"{role} {lr:g}" for role, lr in self.trainer.group_rates))
+            tqdm.write(f"[llava-moslora] optimizer {type(inner).__name__}; learning rates: {rates}")  # below the bar
+
+
 class LlavaTrainer(Trainer):
     def __init__(self, *args, bundle: LlavaBundle, **kwargs) -> None:
         self.grouped_sampler: Optional[ModalityLengthGroupedSampler] = None
         super().__init__(*args, **kwargs)
         self.add_callback(SamplerEpoch(self))
+        self.group_rates: list[tuple[str, float]] = []  # (role, rate) per optimizer group, create_optimizer's
+        self.add_callback(RatesKept(self))
         self.head_at_labels = HeadAtLabels(bundle.model.lm_head) if self.args.logits_at_labels else None
         self.bundle = bundle
         self._moe_layers = [m for m in bundle.model.modules() if isinstance(m, MoELoraLinear)]
@@ -210,14 +233,14 @@ class LlavaTrainer(Trainer):
         for name, parameter in model.named_parameters():
             if not parameter.requires_grad:
                 continue
-            lr = None
+            role, lr = "the rest", self.args.learning_rate
             if "multi_modal_projector" in name and self.args.mm_projector_lr is not None:
-                lr = self.args.mm_projector_lr
+                role, lr = "mm_projector", self.args.mm_projector_lr
             elif ".lora_router." in name and self.args.router_lr is not None:
-                lr = self.args.router_lr
-            groups[(lr, self.args.weight_decay if name in decay else 0.0)].append(parameter)
-        param_groups = [{"params": params, "weight_decay": wd, **({"lr": lr} if lr is not None else {})}
-                        for (lr, wd), params in groups.items()]
+                role, lr = "routers", self.args.router_lr
+            groups[(role, lr, self.args.weight_decay if name in decay else 0.0)].append(parameter)
+        param_groups = [{"params": params, "weight_decay": wd, "lr": lr} for (_, lr, wd), params in groups.items()]
+        self.group_rates = [(role, lr) for role, lr, _ in groups]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer

@@ -80,35 +80,40 @@ def result_files(work):
     return sorted(p.name for p in work.iterdir() if p.is_file() and p.name != "checkpoint.json")
 
 
-def test_two_ranks_answer_each_row_once_and_write_what_one_rank_writes(tiny_checkpoint, lmu_root, tmp_path):
-    one, answered_one = run_eval(tiny_checkpoint, lmu_root, tmp_path / "one" / "w", 1, tmp_path)
-    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
-    two, answered_two = run_eval(tiny_checkpoint, lmu_root, tmp_path / "two" / "w", 2, tmp_path)
+@pytest.fixture(scope="module")
+def one_rank(tiny_checkpoint, lmu_root, tmp_path_factory):
+    """The reference: both benchmarks evaluated by one process."""
+    tmp = tmp_path_factory.mktemp("one")
+    result, answered = run_eval(tiny_checkpoint, lmu_root, tmp / "w", 1, tmp)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert answered == {(0, "ShapesVQA_MCQ"): 200, (0, "ShapesVQA_YN"): 200}
+    return tmp / "w"
+
+
+def test_two_ranks_answer_each_row_once_and_write_what_one_rank_writes(one_rank, tiny_checkpoint, lmu_root, tmp_path):
+    two, answered = run_eval(tiny_checkpoint, lmu_root, tmp_path / "w", 2, tmp_path)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    print(f"\nrows answered: one rank {answered_one}, two ranks {answered_two}")
+    print(f"\nrows answered by two ranks: {answered}")
     for dataset in ("ShapesVQA_MCQ", "ShapesVQA_YN"):
-        assert answered_one == {(0, "ShapesVQA_MCQ"): 200, (0, "ShapesVQA_YN"): 200}
-        assert answered_two[(0, dataset)] == answered_two[(1, dataset)] == 100  # each row once, in total
-    work_one, work_two = tmp_path / "one" / "w", tmp_path / "two" / "w"
-    assert result_files(work_two) == result_files(work_one)  # no rank's partial file left behind
+        assert answered[(0, dataset)] == answered[(1, dataset)] == 100  # each row once, in total
+    work = tmp_path / "w"
+    assert result_files(work) == result_files(one_rank)  # no rank's partial file left behind
     for dataset in ("ShapesVQA_MCQ", "ShapesVQA_YN"):
-        predictions = [pd.read_excel(work / f"{tiny_checkpoint.name}_{dataset}.xlsx") for work in (work_one, work_two)]
+        predictions = [pd.read_excel(w / f"{tiny_checkpoint.name}_{dataset}.xlsx") for w in (one_rank, work)]
         pd.testing.assert_frame_equal(predictions[0], predictions[1])
         assert predictions[0]["prediction"].nunique() > 1  # answers that differ by row
     for name in ("ShapesVQA_MCQ_acc.csv", "ShapesVQA_YN_score.csv"):
         stem = f"{tiny_checkpoint.name}_{name}"
-        assert (work_two / stem).read_text() == (work_one / stem).read_text()
-    assert (work_two / "results.json").is_file() and "2 scored" in two.stdout
+        assert (work / stem).read_text() == (one_rank / stem).read_text()
+    assert (work / "results.json").is_file() and "2 scored" in two.stdout
     assert two.stdout.count("ShapesVQA_MCQ  scored") == 1  # one summary, rank 0's
 
 
-def test_two_ranks_go_on_from_one_ranks_saved_answers(tiny_checkpoint, lmu_root, tmp_path):
+def test_two_ranks_go_on_from_one_ranks_saved_answers(one_rank, tiny_checkpoint, lmu_root, tmp_path):
     """An interrupted one-rank run's answers are kept; two ranks answer only the rest."""
     from llava_moslora.evaluation.builtin import partial_file, prediction_file
 
-    whole, _ = run_eval(tiny_checkpoint, lmu_root, tmp_path / "whole", 1, tmp_path, "ShapesVQA_YN")
-    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
-    answers = pd.read_excel(prediction_file(tmp_path / "whole", tiny_checkpoint.name, "ShapesVQA_YN"))
+    answers = pd.read_excel(prediction_file(one_rank, tiny_checkpoint.name, "ShapesVQA_YN"))
     work = tmp_path / "resumed"
     work.mkdir()
     kept = answers.iloc[:70]  # rows 0-69 answered before the interruption

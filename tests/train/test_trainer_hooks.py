@@ -96,3 +96,22 @@ def test_a_resumed_load_forgives_only_the_missing_frozen_parameters():
             model.load_state_dict({**trained, "extra": torch.zeros(1)})
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*0\.weight"):
         model.load_state_dict(trained)  # outside the resume, strict as ever
+
+
+def test_a_rate_lost_on_the_way_to_deepspeed_stops_the_run():
+    """RatesKept reads the innermost optimizer (accelerate's and DeepSpeed's wrappers have .optimizer)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from llava_moslora.train.trainer import RatesKept
+
+    trainer = SimpleNamespace(group_rates=[("the rest", 2e-4), ("mm_projector", 1e-3)])
+    inner = SimpleNamespace(param_groups=[{"lr": 0.0, "initial_lr": 2e-4}, {"lr": 0.0, "initial_lr": 1e-3}])
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=inner))
+    args = SimpleNamespace(process_index=1)
+    RatesKept(trainer).on_train_begin(args, None, None, optimizer=wrapped)  # kept: nothing said, nothing raised
+    inner.param_groups[1]["initial_lr"] = 2e-4  # the projector's rate replaced by the default
+    with pytest.raises(RuntimeError, match=r"learning rates \[0.0002, 0.0002\], not the \[0.0002, 0.001\] given to "
+                                           r"the rest, mm_projector"):
+        RatesKept(trainer).on_train_begin(args, None, None, optimizer=wrapped)

@@ -4,6 +4,7 @@ Each run goes through scripts/pretrain.sh or scripts/finetune.sh exactly as on a
 the scripts and the trainer detect the missing CUDA device themselves.
 """
 import json
+import re
 import subprocess
 import sys
 
@@ -62,9 +63,19 @@ def test_stage2_moslora_zero2_learns(stage2_moslora, stage1):
     assert_learned(losses(out), "stage 2 moslora, ZeRO-2")
 
 
+def assert_built_partitioned(printed, world=2):
+    """The bases were loaded under zero.Init: rank 0 holds its share of them (a whole build has
+    nothing partitioned until DeepSpeed starts)."""
+    held, whole = map(float, re.search(r"ZeRO-3: the bases loaded partitioned, this rank holds ([\d.]+) MiB of "
+                                       r"their ([\d.]+) MiB", printed).groups())
+    assert 0 < whole and held <= whole / world * 1.05 + 0.1, (held, whole)  # DeepSpeed pads each slice a little
+
+
 def test_stage2_zero3_from_stage1(stage1, stage2_moslora, shapes_data, tmp_path):
     out = tmp_path / "stage2-zero3"
-    run_script("finetune.sh", stage2_env(shapes_data, stage1, out, ADAPTER="moslora", ZERO="3"), "--max_steps", "30", *FAST)
+    result = run_script("finetune.sh", stage2_env(shapes_data, stage1, out, ADAPTER="moslora", ZERO="3"),
+                        "--max_steps", "30", *FAST)
+    assert_built_partitioned(result.stdout)
     assert_checkpoint_contract(out)
     stage1_projector = load_file(str(stage1 / "trainable.safetensors"))["model.multi_modal_projector.linear_1.weight"]
     stored = load_file(str(out / "trainable.safetensors"))
@@ -90,6 +101,19 @@ def test_stage2_moelora_riemannian_sqrt_zero2(stage1, shapes_data, tmp_path):
     assert_learned(losses(out), "stage 2 moelora + Riemannian + sqrt, ZeRO-2")
 
 
+def test_zero3_offload_keeps_the_projector_and_router_rates(stage1, shapes_data, tmp_path):
+    """With CPU offload accelerate maps the Trainer's AdamW to DeepSpeedCPUAdam; the optimizer
+    groups create_optimizer made keep their rates through that mapping."""
+    out = tmp_path / "stage2-offload"
+    result = run_script("finetune.sh", stage2_env(shapes_data, stage1, out, ADAPTER="moelora", NUM_EXPERTS="2",
+                                                  TOP_K="1", ZERO="3_offload", LR="1e-2", MM_PROJECTOR_LR="1e-3",
+                                                  ROUTER_LR="1e-4"), "--max_steps", "2", *FAST)
+    assert ("[llava-moslora] optimizer DeepSpeedCPUAdam; learning rates: mm_projector 0.001, the rest 0.01, "
+            "routers 0.0001") in result.stdout, result.stdout[-3000:]
+    assert_built_partitioned(result.stdout)
+    assert_checkpoint_contract(out)
+
+
 def test_riemannian_under_zero3_is_refused_at_start(stage1, shapes_data, tmp_path):
     env = stage2_env(shapes_data, stage1, tmp_path / "refused", RIEMANNIAN="1", ZERO="3")
     with pytest.raises(AssertionError, match="--riemannian needs each adapter factor whole"):
@@ -113,17 +137,26 @@ def assert_deepspeed_states_hold_only_trained(checkpoint):
     assert 12 * trained <= on_disk < 16 * trained + 256 * 1024
 
 
+RESUME_FLAGS = ["--lr_scheduler_type", "constant", "--save_steps", "5", "--dataloader_num_workers", "0",
+                "--warmup_steps", "0", "--model_max_length", "256", "--save_total_limit", "3"]
+
+
+@pytest.fixture(scope="module")
+def ten_steps(stage1, shapes_data, tmp_path_factory):
+    """10 uninterrupted steps under ZeRO-2 (ZeRO-3 trains the same: test_stage2_zero3_from_stage1)."""
+    whole = tmp_path_factory.mktemp("run") / "whole"
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, whole), "--max_steps", "10", *RESUME_FLAGS)
+    return losses(whole)
+
+
 @pytest.mark.parametrize("zero", ["2", "3"])
-def test_resume_gives_the_same_losses(zero, stage1, shapes_data, tmp_path):
-    common = ["--lr_scheduler_type", "constant", "--save_steps", "5", "--dataloader_num_workers", "0",
-              "--warmup_steps", "0", "--model_max_length", "256", "--save_total_limit", "3"]
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    run_script("finetune.sh", stage2_env(shapes_data, stage1, whole, ZERO=zero), "--max_steps", "10", *common)
-    run_script("finetune.sh", stage2_env(shapes_data, stage1, part, ZERO=zero), "--max_steps", "5", *common)
+def test_resume_gives_the_same_losses(zero, stage1, shapes_data, ten_steps, tmp_path):
+    part = tmp_path / "part"
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, part, ZERO=zero), "--max_steps", "5", *RESUME_FLAGS)
     run_script("finetune.sh", stage2_env(shapes_data, stage1, part, ZERO=zero), "--max_steps", "10",
-               "--resume_from_checkpoint", str(part / "checkpoint-5"), *common)
+               "--resume_from_checkpoint", str(part / "checkpoint-5"), *RESUME_FLAGS)
     assert_deepspeed_states_hold_only_trained(part / "checkpoint-5")
-    uninterrupted, resumed = losses(whole), losses(part)
+    uninterrupted, resumed = ten_steps, losses(part)
     print(f"\nlosses after step 5: uninterrupted {uninterrupted[5:]}, resumed {resumed[-5:]}")
     # Tolerance: float32 on CPU, same seeds and data order; allow summation-order noise only.
     assert resumed[-5:] == pytest.approx(uninterrupted[5:], rel=1e-3)
