@@ -70,6 +70,10 @@ _BODIES = {
 }
 
 
+# XTuner's formats are ours with no default system prompt (templates.py)
+_BODIES.update(llama3_chat=_BODIES["llama3"], internlm2_chat=_BODIES["chatml"])
+
+
 def chat_template(name: str) -> str:
     """The Jinja chat template of the conversation template `name`."""
     template = get_template(name)

@@ -97,13 +97,17 @@ TEMPLATES: dict[str, Template] = {
         Template("vicuna_v1", VICUNA_SYSTEM, "</s>", _vicuna_v1),
         Template("llama3", "", "<|eot_id|>", _llama3),
         Template("chatml", "You are a helpful assistant.", "<|im_end|>", _chatml),
+        # XTuner's LLaVA formats (the MoSLoRA paper's runs): its llama3_chat and internlm2_chat,
+        # which LLaVA training uses without a system prompt; BOS from the tokenizer, as XTuner adds it.
+        Template("llama3_chat", "", "<|eot_id|>", _llama3),
+        Template("internlm2_chat", "", "<|im_end|>", _chatml),
     )
 }
 
 
 # --template of chat, eval and web: what the flag means wherever it is offered.
-TEMPLATE_HELP = ("conversation template to prompt with: vicuna_v1, llama3, chatml (default: the one the checkpoint "
-                 "was trained with; a llava-hf directory of its own: its chat template)")
+TEMPLATE_HELP = ("conversation template to prompt with: vicuna_v1, llama3, chatml, or XTuner's llama3_chat, internlm2_chat "
+                 "(default: the one the checkpoint was trained with; a llava-hf directory of its own: its chat template)")
 
 
 def get_template(name: str) -> Template:
