@@ -3,8 +3,8 @@
 #
 #   bash eval/run.sh CHECKPOINT [SUITE_OR_NAMES] [WORK_DIR]
 #
-# SUITE_OR_NAMES: a suite (paper, quick, shapes, shapes_val: llava_moslora/evaluation/suites/) or comma-separated VLMEvalKit
-# names [paper]. WORK_DIR defaults to eval_results/<checkpoint name> (one per checkpoint).
+# SUITE_OR_NAMES: a suite (moslora-paper, quick, shapes, shapes_val: llava_moslora/evaluation/suites/) or comma-separated VLMEvalKit
+# names [moslora-paper]. WORK_DIR defaults to eval_results/<checkpoint name> (one per checkpoint).
 # With several GPUs, NUM_GPUS=8 runs VLMEvalKit's data-parallel inference under torchrun.
 # Extra flags for `llava-moslora eval` go in EVAL_ARGS (e.g. "--data-root DIR --backend builtin").
 # BATCH_SIZE: rows per generation [16] (the answers equal one-at-a-time ones).
@@ -17,7 +17,7 @@ fi
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$root/.venv/bin/python}"
 [ -x "$PY" ] || PY=python
-model="$1"; suite="${2:-paper}"; work="${3:-eval_results/$(basename "$model")}"
+model="$1"; suite="${2:-moslora-paper}"; work="${3:-eval_results/$(basename "$model")}"
 if [ "${NUM_GPUS:-1}" -gt 1 ]; then
   launch=("$PY" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" -m llava_moslora)
 else

@@ -27,7 +27,7 @@ PLANS = [
     (r"\bREPORT_TO=", "skip", "needs the tracker installed (not in the pinned stack); the refusal without "
                               "it: tests/train/test_launch_mistakes.py"),
     (r"llava-hf/", "skip", "needs a hub LLaVA in the cache; a llava-hf start: tests/model/test_foreign_llava_hf.py"),
-    (r"^bash eval/run\.sh \S+ paper\b", "skip", "needs VLMEvalKit and its network downloads"),
+    (r"^bash eval/run\.sh \S+ moslora-paper\b", "skip", "needs VLMEvalKit and its network downloads"),
     (r"^llava-moslora study --quick$", "skip", "5.8 min of training; its --dry-run is run"),
     (r"^bash scripts/study\.sh$", "skip", "39 min of training; tests/study runs a small study end to end"),
     (r"^(\w+=\S+ )*bash scripts/(pretrain|finetune)\.sh --help$", "run", ""),

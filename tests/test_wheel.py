@@ -29,14 +29,14 @@ def test_a_wheel_installed_elsewhere_resolves_the_suites_and_runs_eval_help(tmp_
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     found = subprocess.run([str(python), "-c", "import llava_moslora, llava_moslora.evaluation.benchmarks as b; "
-                            "print(llava_moslora.__file__); print(','.join(b.resolve_benchmarks('paper')))"],
+                            "print(llava_moslora.__file__); print(','.join(b.resolve_benchmarks('moslora-paper')))"],
                            cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert found.returncode == 0, found.stderr[-2000:]
     where, names = found.stdout.split()
     assert where.startswith(str(site)), where  # the wheel's copy, not the checkout
-    suite = [line.split("#")[0].strip() for line in (ROOT / "llava_moslora" / "evaluation" / "suites" / "paper.txt")
+    suite = [line.split("#")[0].strip() for line in (ROOT / "llava_moslora" / "evaluation" / "suites" / "moslora-paper.txt")
              .read_text().splitlines()]
     assert names.split(",") == [name for name in suite if name]
     helped = subprocess.run([str(fresh / "bin" / "llava-moslora"), "eval", "--help"], cwd=elsewhere,
                             capture_output=True, text=True, timeout=300)
-    assert helped.returncode == 0 and "usage: llava-moslora eval" in helped.stdout and "paper" in helped.stdout
+    assert helped.returncode == 0 and "usage: llava-moslora eval" in helped.stdout and "moslora-paper" in helped.stdout

@@ -28,7 +28,7 @@ def suites() -> dict[str, list[str]]:
 
 
 def resolve_benchmarks(spec: str) -> list[str]:
-    """"paper", "MME,POPE" or "shapes,MMStar" -> benchmark names, suites expanded, order kept."""
+    """"moslora-paper", "MME,POPE" or "shapes,MMStar" -> benchmark names, suites expanded, order kept."""
     known, names = suites(), []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         for name in known.get(part, [part]):

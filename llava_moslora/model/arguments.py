@@ -49,6 +49,7 @@ class ModelArguments:
     vision_lora_r: int = field(default=64, metadata={"help": "Adapter rank for the vision tower."})
     vision_lora_alpha: float = field(default=16.0, metadata={"help": "Adapter alpha for the vision tower."})
     vision_lora_target_modules: Optional[str] = field(default=None, metadata={"help": "Vision tower adapter targets (as --lora_target_modules)."})
+    vision_adapter: Optional[str] = field(default=None, metadata={"help": "Adapter kind for the vision tower: lora | moslora | moelora (default: --adapter; the MoSLoRA paper's InternLM2 run kept the ViT's LoRA without a mixer)."})
     bits: int = field(default=16, metadata={"help": "Language model weights: 16 (as stored), or 8 / 4 (bitsandbytes, QLoRA: adapters train on the quantized base)."})
     quant_type: str = field(default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA) | fp4."})
     double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit quantization constants too (QLoRA's double quantization)."})
@@ -58,7 +59,8 @@ class ModelArguments:
     def adapter_config(self, component: str) -> AdapterConfig:
         vision = component == "vision_tower"
         return AdapterConfig(
-            kind=self.adapter, r=self.vision_lora_r if vision else self.lora_r,
+            kind=(self.vision_adapter or self.adapter) if vision else self.adapter,
+            r=self.vision_lora_r if vision else self.lora_r,
             alpha=self.vision_lora_alpha if vision else self.lora_alpha, dropout=self.lora_dropout,
             use_rslora=self.use_rslora,
             target_modules=_targets(self.vision_lora_target_modules if vision else self.lora_target_modules),

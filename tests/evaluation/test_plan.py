@@ -16,11 +16,11 @@ def official(name):
 
 
 def test_the_table_is_the_paper_suite():
-    assert list(PAPER_TYPES) == suites()["paper"]
+    assert list(PAPER_TYPES) == suites()["moslora-paper"]
 
 
 def test_no_judge_configured_skips_mathvista_and_mmvet_with_the_reason():
-    plans = {p.name: p for p in make_plan(suites()["paper"], official, judge=None, env={})}
+    plans = {p.name: p for p in make_plan(suites()["moslora-paper"], official, judge=None, env={})}
     assert [name for name, p in plans.items() if not p.runs] == ["MathVista_MINI", "MMVet"]
     assert "needs an LLM judge (run.py uses gpt-4o-mini)" in plans["MathVista_MINI"].skip
     assert "needs an LLM judge (run.py uses gpt-4-turbo)" in plans["MMVet"].skip
@@ -34,7 +34,7 @@ def test_no_judge_configured_skips_mathvista_and_mmvet_with_the_reason():
 
 @pytest.mark.parametrize("env", [{"OPENAI_API_KEY": "sk-test"}, {"AZURE_OPENAI_API_KEY": "k"}, {"LOCAL_LLM": "qwen"}])
 def test_a_configured_judge_runs_the_judged_sets(env):
-    plans = {p.name: p for p in make_plan(suites()["paper"], official, judge=None, env=env)}
+    plans = {p.name: p for p in make_plan(suites()["moslora-paper"], official, judge=None, env=env)}
     assert all(p.runs for p in plans.values())
     assert plans["MathVista_MINI"].judge == "gpt-4o-mini" and plans["MMVet"].judge == "gpt-4-turbo"
     assert plans["MME"].judge == "exact_matching"  # MCQ / yes-no stay on exact matching unless --judge says

@@ -21,7 +21,7 @@ from llava_moslora.model import inference_dtype
 
 def test_suites_expand_and_names_pass_through():
     assert suites()["shapes"] == ["ShapesVQA_MCQ", "ShapesVQA_YN"]
-    assert "MMBench_DEV_EN" in suites()["paper"] and "MME" in suites()["paper"]
+    assert "MMBench_DEV_EN" in suites()["moslora-paper"] and "MME" in suites()["moslora-paper"]
     assert resolve_benchmarks("shapes, MME,ShapesVQA_YN") == ["ShapesVQA_MCQ", "ShapesVQA_YN", "MME"]
     with pytest.raises(ValueError, match="no benchmarks"):
         resolve_benchmarks(" , ")
@@ -102,10 +102,10 @@ def loads(monkeypatch):
 
 def test_paper_suite_plan_comes_before_any_model(tiny_checkpoint, shapes_root, tmp_path, loads):
     """No judge configured: the plan says at start that MathVista_MINI and MMVet are skipped, and
-    why; the rest of the paper suite has no local TSV here; the shapes sets are scored."""
+    why; the rest of the moslora-paper suite has no local TSV here; the shapes sets are scored."""
     def log(text):
         loads.append(("log", text))
-    outcomes = evaluate_checkpoint(tiny_checkpoint, resolve_benchmarks("paper,shapes"), tmp_path / "w",
+    outcomes = evaluate_checkpoint(tiny_checkpoint, resolve_benchmarks("moslora-paper,shapes"), tmp_path / "w",
                                    backend="builtin", root=str(shapes_root), log=log, progress=False)
     kinds = [kind for kind, _ in loads]
     assert kinds[0] == "log" and "load" in kinds and kinds.count("load") == 1
@@ -114,11 +114,11 @@ def test_paper_suite_plan_comes_before_any_model(tiny_checkpoint, shapes_root, t
         if line.startswith(("MathVista_MINI", "MMVet")):
             assert "SKIPPED: needs an LLM judge" in line
     assert {name: o.status for name, o in outcomes.items()} == {
-        **{name: "skipped" for name in suites()["paper"]}, "ShapesVQA_MCQ": "scored", "ShapesVQA_YN": "scored"}
+        **{name: "skipped" for name in suites()["moslora-paper"]}, "ShapesVQA_MCQ": "scored", "ShapesVQA_YN": "scored"}
     assert "needs an LLM judge (run.py uses gpt-4-turbo)" in outcomes["MMVet"].detail
     assert exit_code(outcomes, strict=False) == 0 and exit_code(outcomes, strict=True) == 1
     with pytest.raises(PlanRefused, match="MathVista_MINI"):
-        evaluate_checkpoint(tiny_checkpoint, resolve_benchmarks("paper,shapes"), tmp_path / "w2",
+        evaluate_checkpoint(tiny_checkpoint, resolve_benchmarks("moslora-paper,shapes"), tmp_path / "w2",
                             backend="builtin", root=str(shapes_root), strict=True, log=lambda text: None)
     assert kinds.count("load") == 1 and not (tmp_path / "w2").exists()
 

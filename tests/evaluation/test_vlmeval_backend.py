@@ -109,7 +109,7 @@ def test_an_unscorable_set_fails_alone(tiny_checkpoint, root, tmp_path):
 
 def test_paper_suite_plan_without_a_judge(tiny_checkpoint, tmp_path):
     env = {k: "" for k in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "LOCAL_LLM")}
-    result = cli("eval", "--model", str(tiny_checkpoint), "--benchmarks", "paper", "--work-dir", str(tmp_path / "w"),
+    result = cli("eval", "--model", str(tiny_checkpoint), "--benchmarks", "moslora-paper", "--work-dir", str(tmp_path / "w"),
                  "--data-root", str(tmp_path / "lmu"), "--backend", "vlmeval", "--strict", env=env)
     print(result.stdout)
     assert result.returncode == 2 and "MathVista_MINI, MMVet would be skipped" in result.stdout

@@ -103,3 +103,28 @@ def test_moelora_defaults_to_its_papers_rank_per_expert(stage1, shapes_data, tmp
     default = language_model_trainable()
     assert default == language_model_trainable(LORA_R="4", LORA_ALPHA="16")
     assert language_model_trainable(LORA_R="128", LORA_ALPHA="256") > 10 * default
+
+
+def test_the_vision_tower_can_take_lora_beside_a_moslora_llm(weightless_bases, shapes_data, tmp_path):
+    """--vision_adapter lora (the MoSLoRA paper's InternLM2 run: no mixer on the ViT): the tower's
+    adapters lose exactly their r x r mixers, one per adapted linear layer; the LLM's keep theirs."""
+    from transformers import CLIPVisionConfig
+
+    def trainable(*flags):
+        printed = run_script("pretrain.sh", {"MODEL": weightless_bases["language_model"],
+                                             "VISION_TOWER": weightless_bases["vision_tower"],
+                                             "DATA_PATH": str(shapes_data / "captions.json"),
+                                             "IMAGE_FOLDER": str(shapes_data / "images"),
+                                             "OUTPUT_DIR": str(tmp_path / "never-written")},
+                             "--dry_run", "--tune_vision_tower", "adapter", "--tune_language_model", "adapter",
+                             "--adapter", "moslora", "--vision_lora_r", "4", *flags).stdout
+        rows = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in printed.splitlines()
+                if line.split() and line.split()[0] in ("vision_tower", "language_model")}
+        return rows["vision_tower"], rows["language_model"]
+
+    moslora_tower, moslora_llm = trainable()
+    lora_tower, lora_llm = trainable("--vision_adapter", "lora")
+    config = CLIPVisionConfig.from_pretrained(weightless_bases["vision_tower"])
+    linears = config.num_hidden_layers * 6  # q, k, v, out_proj, fc1, fc2 in each encoder layer
+    assert moslora_tower - lora_tower == linears * 4 * 4
+    assert lora_llm == moslora_llm
