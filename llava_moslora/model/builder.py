@@ -210,11 +210,13 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
         projector_hidden_act="gelu" if projector_type == "mlp2x_gelu" else "linear",
         vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,
         multimodal_projector_bias=True, tie_word_embeddings=lm.config.tie_word_embeddings)
+    body = getattr(lm, lm.base_model_prefix)
+    register_remote_code(lm.config, body)
     with torch.device("meta"), outside_zero3():  # an empty shell: no ZeRO-3 partitions for it
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = tower
-    model.model.language_model = getattr(lm, lm.base_model_prefix)
-    model.lm_head = lm.lm_head
+    model.model.language_model = body
+    model.lm_head = lm.get_output_embeddings()  # `lm_head`, or InternLM2's `output`
     with contextlib.nullcontext() if weights else torch.device("meta"):
         model.model.multi_modal_projector = make_projector(config, projector_type, dtype)
     model.generation_config = lm.generation_config
@@ -224,8 +226,22 @@ def build_llava(vision_tower: str, language_model: str, *, projector_type: str =
     recipe = Recipe(vision_tower=vision_tower, language_model=language_model, projector_type=projector_type,
                     vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=strategy,
                     template=template, num_image_tokens=image_tokens,
-                    quantization=quantization.to_dict() if quantization is not None else None)
+                    quantization=quantization.to_dict() if quantization is not None else None,
+                    trust_remote_code=trust_remote_code)
     return LlavaBundle(model, tokenizer, llava_image_processor(vision_tower), recipe)
+
+
+def register_remote_code(config, body: torch.nn.Module) -> None:
+    """Make a language model whose code came from its folder (trust_remote_code: InternLM2) known to
+    transformers' Auto classes in this process: LLaVA's shell builds its language model through
+    AutoModel.from_config (on the meta device, replaced at once by `body`)."""
+    from transformers import AutoModel
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if config.model_type in CONFIG_MAPPING:
+        return
+    AutoConfig.register(config.model_type, type(config), exist_ok=True)
+    AutoModel.register(type(config), type(body), exist_ok=True)
 
 
 def make_projector(config: LlavaConfig, projector_type: str, dtype: torch.dtype) -> LlavaMultiModalProjector:

@@ -192,8 +192,9 @@ def _load_stage_checkpoint(path: Path, dtype, vision_tower, language_model, weig
         bundle = build_llava(recipe.vision_tower, recipe.language_model, projector_type=recipe.projector_type,
                              vision_feature_layer=recipe.vision_feature_layer,
                              vision_feature_select=recipe.vision_feature_select_strategy,
-                             template=recipe.template, dtype=dtype, weights=weights, quantization=quantization)
-    saved_tokenizer = AutoTokenizer.from_pretrained(path)
+                             template=recipe.template, dtype=dtype, weights=weights, quantization=quantization,
+                             trust_remote_code=recipe.trust_remote_code)
+    saved_tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=recipe.trust_remote_code)
     if len(saved_tokenizer) != len(bundle.tokenizer):
         raise CheckpointError(f"{path}: the saved tokenizer has {len(saved_tokenizer)} tokens but the base language "
                          f"model {recipe.language_model} gives {len(bundle.tokenizer)}; is it the same base model?")

@@ -20,7 +20,7 @@ from ..adapters import MoELoraLinear, adapter_state_dict, export_peft, merge_ada
 from ..adapters.inject import iter_adapter_layers
 from .builder import make_processor, set_chat_template
 from .checkpoint import load_checkpoint
-from .recipe import TRAINABLE_FILE
+from .recipe import TRAINABLE_FILE, Recipe
 from .quantize import Quantization, dequantize
 from .tuning import DTYPES
 
@@ -36,6 +36,10 @@ def _refuse_moe(bundle, what: str) -> None:
 def merge_checkpoint(checkpoint, out_dir, dtype: str = "auto") -> Path:
     """A QLoRA checkpoint is loaded quantized (as it was trained), its base dequantized, then the
     adapters folded in: the merged model computes what the quantized one did, in float."""
+    if Recipe.load(checkpoint).trust_remote_code:  # said before minutes of loading
+        raise SystemExit(f"{checkpoint}'s language model runs code from its own folder (--trust_remote_code, as "
+                         "InternLM2), and transformers cannot load such a model as a merged LLaVA's language model. "
+                         "Use the stage checkpoint itself (`llava-moslora chat/eval --model DIR`).")
     bundle = load_checkpoint(checkpoint)
     _refuse_moe(bundle, "merged")
     quantization = Quantization.from_dict(bundle.recipe.quantization)

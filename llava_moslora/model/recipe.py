@@ -46,6 +46,7 @@ class Recipe:
     llm_adapter: Optional[dict] = None      # AdapterConfig.to_dict() when the LLM has adapters
     vision_adapter: Optional[dict] = None   # likewise for the vision tower
     quantization: Optional[dict] = None     # quantize.Quantization.to_dict() of a QLoRA language model
+    trust_remote_code: bool = False         # the bases run code from their folders (InternLM2): reloads too
     # Names of the tensors stored in trainable.safetensors: every tensor that differs from the
     # base checkpoints, including ones trained by earlier stages.
     trained_tensors: list[str] = field(default_factory=list)

@@ -162,3 +162,117 @@ def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, famil
     assert list((tmp_path / "eval").rglob("*Colors_MCQ*"))
     assert cli(["merge", "--checkpoint", str(stage2), "--out", str(tmp_path / "merged")]) == 0
     assert_renders_our_prompt(AutoTokenizer.from_pretrained(tmp_path / "merged"), family)
+
+
+REMOTE_CONFIG = '''from transformers import LlamaConfig
+
+
+class TinyRemoteConfig(LlamaConfig):
+    model_type = "tiny_remote_lm"
+'''
+REMOTE_MODEL = '''from torch import nn
+from transformers import GenerationMixin
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaModel, LlamaPreTrainedModel
+
+from .configuration_tiny_remote import TinyRemoteConfig
+
+
+class TinyRemoteModel(LlamaModel):
+    config_class = TinyRemoteConfig
+
+
+class TinyRemoteForCausalLM(LlamaPreTrainedModel, GenerationMixin):
+    """InternLM2's layout: a model type transformers does not know, the head named `output`."""
+    config_class = TinyRemoteConfig
+    base_model_prefix = "model"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = TinyRemoteModel(config)
+        self.output = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.output
+
+    def set_output_embeddings(self, value):
+        self.output = value
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, **kwargs):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        logits = self.output(out.last_hidden_state)
+        loss = None if labels is None else self.loss_function(logits=logits, labels=labels,
+                                                              vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+'''
+
+
+def save_remote_code_lm(families, out):
+    """A language model whose code ships in its folder (config.json's auto_map), with Llama 3's
+    real tokenizer: what --trust_remote_code loads for InternLM2."""
+    import importlib
+    import shutil
+
+    out.mkdir(parents=True)
+    (out / "configuration_tiny_remote.py").write_text(REMOTE_CONFIG)
+    (out / "modeling_tiny_remote.py").write_text(REMOTE_MODEL)
+    base = families("llama3")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (base / name).is_file():
+            shutil.copy(base / name, out / name)
+    sys.path.insert(0, str(out.parent))
+    try:  # the classes as transformers would import them, to write the weights once
+        package = out.name
+        config_module = importlib.import_module(f"{package}.configuration_tiny_remote")
+        model_module = importlib.import_module(f"{package}.modeling_tiny_remote")
+    finally:
+        sys.path.pop(0)
+    settings = json.loads((base / "config.json").read_text())
+    for key in ("architectures", "model_type", "transformers_version", "dtype", "torch_dtype"):
+        settings.pop(key, None)
+    config = config_module.TinyRemoteConfig(**settings)
+    config.auto_map = {"AutoConfig": "configuration_tiny_remote.TinyRemoteConfig",
+                       "AutoModelForCausalLM": "modeling_tiny_remote.TinyRemoteForCausalLM"}
+    model_module.TinyRemoteForCausalLM(config).save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_a_remote_code_language_model_trains_both_stages_chats_and_evaluates(families, tiny_bases, tmp_path):
+    """--trust_remote_code (InternLM2's path): stage 1 with it, stage 2 from the recipe alone, with
+    XTuner's llama3_chat and a LoRA ViT beside MoSLoRA on the LLM; merging is refused in a line."""
+    model = save_remote_code_lm(families, tmp_path / "remote_lm")
+    data = write_colour_data(tmp_path / "data")
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    run_script("pretrain.sh", {**ONE_PROCESS, "MODEL": str(model), "VISION_TOWER": tiny_bases["vision_tower"],
+                               "LR": "1e-2", "TEMPLATE": "llama3_chat", "DATA_PATH": str(data / "questions.json"),
+                               "IMAGE_FOLDER": str(data / "images"), "OUTPUT_DIR": str(stage1)},
+               "--max_steps", "30", "--tune_language_model", "full", "--trust_remote_code", "True", *QUICK)
+    run_script("finetune.sh", {**ONE_PROCESS, "STAGE1_DIR": str(stage1), "TEMPLATE": "llama3_chat",
+                               "DATA_PATH": str(data / "questions.json"), "IMAGE_FOLDER": str(data / "images"),
+                               "OUTPUT_DIR": str(stage2), "ADAPTER": "moslora", "LORA_R": "8", "LORA_ALPHA": "16",
+                               "LORA_DROPOUT": "0", "LR": "1e-3", "MM_PROJECTOR_LR": "1e-3"},
+               "--max_steps", "4", "--tune_vision_tower", "adapter", "--vision_adapter", "lora",
+               "--vision_lora_r", "4", *QUICK)
+    recipe = json.loads((stage2 / "llava_moslora.json").read_text())
+    assert recipe["trust_remote_code"] is True and recipe["template"] == "llama3_chat"
+    assert recipe["llm_adapter"]["kind"] == "moslora" and recipe["vision_adapter"]["kind"] == "lora"
+    answer = subprocess.run([sys.executable, "-m", "llava_moslora", "chat", "--model", str(stage2),
+                             "--image", str(data / "images" / "2.png"), "--prompt", "What is this?",
+                             "--max-new-tokens", "40"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert answer.stdout.strip() == REPLY, answer.stdout
+    assert cli(["eval", "--model", str(stage2), "--benchmarks", "Colors_MCQ", "--data-root", str(data),
+                "--work-dir", str(tmp_path / "eval"), "--backend", "builtin"]) == 0
+    with pytest.raises(SystemExit, match="runs code from its own folder"):
+        cli(["merge", "--checkpoint", str(stage2), "--out", str(tmp_path / "merged")])
