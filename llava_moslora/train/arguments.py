@@ -29,7 +29,7 @@ class LlavaTrainingArguments(TrainingArguments):
     logits_at_labels: bool = field(default=True, metadata={"help": "Compute the language-model head only at positions that predict a label (not at image tokens or prompts): the same loss and gradients, a fraction of the logits' memory. False: every position, as LLaVA does."})
     riemannian: bool = field(default=False, metadata={"help": "Riemannian-precondition adapter gradients (with SGD: RSGD; AdamW: scaled AdamW). ZeRO-1/2 only."})
     riemannian_reg: float = field(default=1e-6, metadata={"help": "Damping added to the r x r preconditioner Gram matrices."})
-    pretrain_mm_mlp_adapter: Optional[str] = field(default=None, metadata={"help": "Stage-1 checkpoint directory, or a projector file (LLaVA's mm_projector.bin / .safetensors)."})
+    pretrain_mm_mlp_adapter: Optional[str] = field(default=None, metadata={"help": "Stage-1 checkpoint directory, or a projector: LLaVA's mm_projector.bin, XTuner's iter_N.pth / epoch_1.pth or projector/ folder, a .safetensors file."})
     save_minutes: float = field(default=0.0, metadata={"help": "Also save a resumable checkpoint whenever this many minutes passed since the last one (0: off; the stage scripts pass SAVE_MINUTES, default 30), so a crash loses at most that much. Every rank saves at the same step."})
     max_nonfinite_steps: int = field(default=3, metadata={"help": "Steps in a row whose loss is not finite (NaN, inf) before the run stops naming them and their samples; such a micro-batch is left out of its step and counted (train_metrics.json: nonfinite_steps). 0: never stop."})
     stage: int = field(default=2, metadata={"help": "1: projector alignment, 2: visual instruction tuning (recorded in the checkpoint)."})

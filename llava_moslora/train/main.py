@@ -121,11 +121,11 @@ def build(model_args, training_args, weights: bool = True):
     weights=False: on the meta device, from the configs alone (--dry_run)."""
     from ..model import CheckpointError, Recipe, build_llava, load_checkpoint, select_dtype
     from ..model.checkpoint import is_merged_llava, local_checkpoint
-    from .projector import load_projector
+    from .projector import load_projector, projector_file
 
     dtype = select_dtype(training_args.bf16, training_args.fp16)
     start = training_args.pretrain_mm_mlp_adapter
-    if start and not Path(start).is_file():  # a stage checkpoint, a merged llava-hf folder or hub id
+    if start and not Path(start).is_file() and projector_file(start) is None:  # a stage checkpoint, a merged llava-hf folder or hub id
         try:
             local = local_checkpoint(start, weights)  # a hub id resolved once, here
             bundle = load_checkpoint(local, dtype=dtype, vision_tower=model_args.vision_tower,
@@ -148,7 +148,10 @@ def build(model_args, training_args, weights: bool = True):
                              trust_remote_code=model_args.trust_remote_code, weights=weights,
                              quantization=model_args.quantization())
         if start and weights:  # a projector file: its tensors are what the dry run leaves out
-            names = load_projector(bundle.model, start)
+            try:
+                names = load_projector(bundle.model, start)
+            except (ValueError, KeyError, FileNotFoundError) as error:  # what is wrong with the file, in one line
+                raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: {error}") from None
             bundle.recipe = replace(bundle.recipe, trained_tensors=sorted(set(bundle.recipe.trained_tensors) | set(names)))
     bundle.recipe = Recipe(**{**bundle.recipe.to_dict(), **model_args.tune_settings(),
                               "template": model_args.template, "stage": training_args.stage})
