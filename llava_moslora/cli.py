@@ -31,6 +31,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
                      "write any data form training reads as one parquet file, messages + images, images inside",
                      "data", "llava-moslora convert-data --data_path instruct.json --image_folder images "
                              "--out instruct.parquet"),
+    "prepare-mc": ("llava_moslora.data.mc_tasks",
+                   "the MoE-LoRA paper's tasks (Visual7W, VMCBench) as training data and a benchmark TSV, split as its code",
+                   "data", "llava-moslora prepare-mc --task vmcbench --source dev-00000-of-00001.parquet --out data/vmcbench"),
     "train": ("llava_moslora.train.main",
               "train one stage (run under torchrun or deepspeed; see scripts/pretrain.sh, finetune.sh)",
               "train", "bash scripts/finetune.sh --dry_run   # the scripts run `llava-moslora train` for you"),
