@@ -72,6 +72,14 @@ _BODIES = {
 
 # XTuner's formats are ours with no default system prompt (templates.py)
 _BODIES.update(llama3_chat=_BODIES["llama3"], internlm2_chat=_BODIES["chatml"])
+# The MoE-LoRA code's: a newline between turns, none after the last reply, no system prompt
+_BODIES["moelora_llava"] = """\
+{%- for message in loop_messages -%}
+{%- if message['role'] == 'user' -%}{{ ('' if loop.first else '\\n') + 'USER: ' + render(message['content']) + '\\n\\nASSISTANT:' }}
+{%- elif message['role'] == 'assistant' -%}{{ render(message['content']) }}
+{%- endif -%}
+{%- endfor -%}
+"""
 
 
 def chat_template(name: str) -> str:

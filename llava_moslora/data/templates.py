@@ -88,6 +88,17 @@ def _chatml(turns: Turns, system: str, eot: str) -> Segments:
     return segments
 
 
+def _moelora_llava(turns: Turns, system: str, eot: str) -> Segments:
+    # THUDM/MoELoRA_Riemannian's train_llava.py on llava-1.5-7b-hf: "USER: <image>\n{q}\n{options}\n
+    # \nASSISTANT:" then the reply with no space before it and no end-of-turn token; no system prompt.
+    segments: Segments = []
+    for i, (question, reply) in enumerate(turns):
+        segments.append((f"{chr(10) if i else ''}USER: {question}\n\nASSISTANT:", False))
+        if reply is not None:
+            segments += [(reply, True), (eot, True)]
+    return segments
+
+
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -101,13 +112,16 @@ TEMPLATES: dict[str, Template] = {
         # which LLaVA training uses without a system prompt; BOS from the tokenizer, as XTuner adds it.
         Template("llama3_chat", "", "<|eot_id|>", _llama3),
         Template("internlm2_chat", "", "<|im_end|>", _chatml),
+        # The MoE-LoRA paper's code: no end-of-reply token is trained, so generation runs to its limit.
+        Template("moelora_llava", "", "", _moelora_llava),
     )
 }
 
 
 # --template of chat, eval and web: what the flag means wherever it is offered.
-TEMPLATE_HELP = ("conversation template to prompt with: vicuna_v1, llama3, chatml, or XTuner's llama3_chat, internlm2_chat "
-                 "(default: the one the checkpoint was trained with; a llava-hf directory of its own: its chat template)")
+TEMPLATE_HELP = ("conversation template to prompt with: vicuna_v1, llama3, chatml, XTuner's llama3_chat, internlm2_chat, or "
+                 "moelora_llava (the MoE-LoRA paper's code) (default: the one the checkpoint was trained with; a llava-hf "
+                 "directory of its own: its chat template)")
 
 
 def get_template(name: str) -> Template:

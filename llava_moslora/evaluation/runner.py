@@ -272,9 +272,9 @@ def add_arguments(parser, name: str = "eval") -> None:
                              "(default: %(default)s)")
     # data.templates.TEMPLATE_HELP, written out: importing the data room here would slow `eval --help` by 1.4 s
     parser.add_argument("--template", default=None,
-                        help="conversation template to prompt with: vicuna_v1, llama3, chatml, or XTuner's llama3_chat, "
-                             "internlm2_chat (default: the one the checkpoint was trained with; a llava-hf directory of "
-                             "its own: its chat template)")
+                        help="conversation template to prompt with: vicuna_v1, llama3, chatml, XTuner's llama3_chat, "
+                             "internlm2_chat, or moelora_llava (the MoE-LoRA paper's code) (default: the one the "
+                             "checkpoint was trained with; a llava-hf directory of its own: its chat template)")
 
 
 def run(args, name: str = "eval") -> int:

@@ -29,7 +29,7 @@ class ModelArguments:
     mm_projector_type: str = field(default="mlp2x_gelu", metadata={"help": "Projector: mlp2x_gelu (LLaVA-1.5) or linear."})
     mm_vision_select_layer: int = field(default=-2, metadata={"help": "Vision tower hidden layer fed to the projector."})
     mm_vision_select_feature: str = field(default="auto", metadata={"help": FEATURE_HELP})
-    template: str = field(default="vicuna_v1", metadata={"help": "Conversation template: plain (stage 1), vicuna_v1, llama3, chatml, or XTuner's llama3_chat, internlm2_chat."})
+    template: str = field(default="vicuna_v1", metadata={"help": "Conversation template: plain (stage 1), vicuna_v1, llama3, chatml, XTuner's llama3_chat, internlm2_chat, or moelora_llava (the MoE-LoRA paper's code)."})
     tune_vision_tower: str = field(default="frozen", metadata={"help": "frozen | full | adapter"})
     tune_mm_projector: str = field(default="full", metadata={"help": "frozen | full"})
     tune_language_model: str = field(default="frozen", metadata={"help": "frozen | full | adapter"})

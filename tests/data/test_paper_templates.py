@@ -1,5 +1,6 @@
-"""XTuner's LLaVA conversation formats (the MoSLoRA paper trained with XTuner) as ours render them:
-token for token and label for label on real tokenizer files.
+"""The papers' conversation formats as ours render them, token for token and label for label on
+real tokenizer files: XTuner's LLaVA formats (the MoSLoRA paper trained with XTuner) and the
+MoE-LoRA paper's prompt for llava-1.5-7b-hf.
 
 XTuner's pipeline is written out below from its source (InternLM/xtuner: utils/templates.py
 PROMPT_TEMPLATE, dataset/map_fns/dataset_map_fns/llava_map_fn.py, map_fns/template_map_fn.py,
@@ -78,7 +79,7 @@ def tokenizers(tmp_path_factory):
     """Llama 3's real tokenizer (as the hub ships it), and Qwen2's standing in for InternLM2's
     (no registry package ships InternLM2's; both hold <|im_start|> / <|im_end|> as one token)."""
     root = tmp_path_factory.mktemp("tokenizers")
-    return {family: prepare_tokenizer(str(save_real_tokenizer_lm(root, family))) for family in ("llama3", "qwen2")}
+    return {family: prepare_tokenizer(str(save_real_tokenizer_lm(root, family))) for family in ("llama3", "qwen2", "vicuna")}
 
 
 @pytest.mark.parametrize("template, family", [("llama3_chat", "llama3"), ("internlm2_chat", "qwen2")])
@@ -109,3 +110,33 @@ def test_the_saved_chat_template_prompts_as_training_renders(template, family, t
     rendered = tokenizer.apply_chat_template(messages, chat_template=chat_template(template), tokenize=False,
                                              add_generation_prompt=True)
     assert rendered == expected
+
+
+def moelora_encode(question, options, answer, tokenizer):
+    """THUDM/MoELoRA_Riemannian train_llava.py: prompt and response tokenized together by the
+    llava-hf processor (the tokenizer adds BOS), labels -100 over the prompt's own length."""
+    prompt = "USER: <image>\n" + question + "\n" + "\n".join(f"{k}. {o}" for k, o in zip("ABCD", options)) + "\n" + "\nASSISTANT:"
+    response = f"The answer is {answer}."
+    input_ids = tokenizer(prompt + response).input_ids
+    prompt_length = len(tokenizer(prompt).input_ids)
+    return input_ids, [IGNORE_INDEX] * prompt_length + input_ids[prompt_length:]
+
+
+@pytest.mark.parametrize("question, options, answer", [
+    ("What is on the table?", ["A cup.", "A book.", "Two apples.", "Nothing."], "C"),
+    ("Which chart type shows the trend best?", ["bar", "line", "pie", "scatter plot"], "B")])
+def test_the_moelora_codes_prompt_token_for_token(question, options, answer, tokenizers):
+    """On Llama 2's tokenizer format (llava-1.5-7b-hf's), a sample prepare-mc writes."""
+    from llava_moslora.data.mc_tasks import sample
+
+    tokenizer = tokenizers["vicuna"]
+    parsed = parse_sample(sample("s", "x.png", question, options, answer), "test", 0)
+    ours = encode_conversation(get_template("moelora_llava"), tokenizer, parsed.turns, num_image_tokens=1)
+    theirs_ids, theirs_labels = moelora_encode(question, options, answer, tokenizer)
+    assert ours.input_ids == theirs_ids, (tokenizer.convert_ids_to_tokens(ours.input_ids),
+                                          tokenizer.convert_ids_to_tokens(theirs_ids))
+    assert ours.labels == theirs_labels
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": parsed.turns[0][0].split("\n", 1)[1]}]}],
+        chat_template=chat_template("moelora_llava"), tokenize=False, add_generation_prompt=True)
+    assert rendered == get_template("moelora_llava").prompt([(parsed.turns[0][0], None)])
