@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .templates import IMAGE_TOKEN, TEMPLATES, Segments, Template, Turns, get_template
+from .templates import IMAGE_TOKEN, PAPER_FORMATS, TEMPLATES, Segments, Template, Turns, get_template
 
 OWN = "chat_template"  # Recipe.template of a directory prompted with its own Jinja template
 _PROBE: Turns = [(f"{IMAGE_TOKEN}\nWhat is shown?", "A red circle."), ("And its size?", None)]
@@ -81,13 +81,13 @@ def own_template(tokenizer) -> Template:
 
 def recognise(tokenizer) -> Optional[str]:
     """The name of the template in templates.py that renders as the tokenizer's chat template
-    does (on a two-turn conversation with an image), else None."""
+    does (on a two-turn conversation with an image), else None; a paper's format only by name."""
     try:
         theirs = "".join(text for text, _ in own_template(tokenizer).render(_PROBE))
     except Exception:  # noqa: BLE001 - a template that cannot render the probe is nobody's
         return None
     for name, template in TEMPLATES.items():
-        if name != "plain" and "".join(text for text, _ in template.render(_PROBE)) == theirs:
+        if name != "plain" and name not in PAPER_FORMATS and "".join(text for text, _ in template.render(_PROBE)) == theirs:
             return name
     return None
 

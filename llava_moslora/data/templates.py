@@ -118,6 +118,11 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+# Formats named after a paper's code: chosen by name, never what a foreign chat template is taken
+# for (a ChatML template without a default system prompt is not InternLM2's because it renders alike).
+PAPER_FORMATS = frozenset({"llama3_chat", "internlm2_chat", "moelora_llava"})
+
+
 # --template of chat, eval and web: what the flag means wherever it is offered.
 TEMPLATE_HELP = ("conversation template to prompt with: vicuna_v1, llama3, chatml, XTuner's llama3_chat, internlm2_chat, or "
                  "moelora_llava (the MoE-LoRA paper's code) (default: the one the checkpoint was trained with; a llava-hf "
