@@ -17,52 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .machine import CPU_FLAGS, GPU_ONLY_FLAGS, adapt_to_machine, join_process_group, precision_chosen, without_flags
 from .preflight import check_launch, flag_is_on, flag_value
-
-CPU_FLAGS = ["--use_cpu", "True"]
-LAUNCHED = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun and the deepspeed launcher
-GPU_ONLY_FLAGS = ("--bf16", "--fp16", "--tf32")
-
-
-def precision_for(capability: tuple[int, int]) -> list[str]:
-    """The precision flags for a GPU of this compute capability: bf16 and tf32 from Ampere (8.0)
-    on, fp16 before it (V100 7.0, T4 7.5 have neither bf16 nor tf32; TrainingArguments refuses them)."""
-    return ["--bf16", "True", "--tf32", "True"] if capability[0] >= 8 else ["--fp16", "True"]
-
-
-def adapt_to_machine(argv: list[str]) -> list[str]:
-    """This rank's precision, from the GPU it sees, unless the command chose one (--bf16 / --fp16 /
-    --tf32); without CUDA: the CPU in fp32 whatever precision flags were given."""
-    if torch.cuda.is_available():
-        if any(a.split("=", 1)[0] in GPU_ONLY_FLAGS for a in argv):
-            return argv
-        device = int(os.environ.get("LOCAL_RANK", "0"))
-        return precision_for(torch.cuda.get_device_capability(device)) + argv
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when DeepSpeed is first imported
-    backend = ["--ddp_backend", "gloo"] if any(name in os.environ for name in LAUNCHED) else []
-    dropped = [flag for flag in GPU_ONLY_FLAGS if any(a == flag or a.startswith(flag + "=") for a in argv)]
-    if int(os.environ.get("RANK", "0")) == 0:
-        ignoring = f"; ignoring {' '.join(dropped)}" if dropped else ""
-        gloo = "gloo, " if backend else ""
-        print(f"[llava-moslora] no CUDA device: training on the CPU ({gloo}DeepSpeed's CPU accelerator, fp32{ignoring})",
-              flush=True)
-    return CPU_FLAGS + backend + _without(argv, GPU_ONLY_FLAGS)
-
-
-def _without(argv: list[str], flags: Sequence[str]) -> list[str]:
-    """argv minus the given flags and their values ("--bf16 True", "--bf16=True", "--bf16", "--deepspeed F")."""
-    kept, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in flags:
-            skip = "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            continue
-        kept.append(arg)
-    return kept
-
 
 def parse(argv: list[str]):
     from transformers import HfArgumentParser
@@ -103,17 +59,6 @@ def refuse_impossible(model_args, training_args) -> None:
         raise SystemExit(f"--bits {model_args.bits} under ZeRO-3: ZeRO-3 partitions every parameter, and "
                          "bitsandbytes' packed 4/8-bit weights cannot be partitioned and gathered. QLoRA "
                          "trains under ZeRO-2 (ZERO=2, deepspeed_configs/zero2.json) or on one GPU.")
-
-
-def join_process_group(training_args) -> None:
-    """Join the run's process group before the model is built: under ZeRO-3 transformers builds it
-    in deepspeed.zero.Init, which sizes its partitions by DeepSpeed's view of the group. On GPUs
-    accelerate sets that up; with --use_cpu it starts torch's group only, which DeepSpeed adopts here."""
-    training_args.world_size  # accelerate's PartialState: torch.distributed under torchrun
-    if training_args.deepspeed:
-        import deepspeed
-
-        deepspeed.init_distributed()
 
 
 def build(model_args, training_args, weights: bool = True):
@@ -333,10 +278,9 @@ def dry_run_report(argv: list[str]) -> int:
     from .dry_run import dry_run
 
     # as the ranks would train here: half where this machine has a GPU (adapt_to_machine), else as given
-    chosen = any(flag_value(argv, flag) is not None for flag in ("--bf16", "--fp16"))
-    half = flag_is_on(argv, "--bf16", "--fp16") or (torch.cuda.is_available() and not chosen)
+    half = flag_is_on(argv, "--bf16", "--fp16") or (torch.cuda.is_available() and not precision_chosen(argv, ("--bf16", "--fp16")))
     deepspeed = flag_value(argv, "--deepspeed")
-    model_args, data_args, training_args = parse(CPU_FLAGS + _without(argv, ("--deepspeed",) + GPU_ONLY_FLAGS))
+    model_args, data_args, training_args = parse(CPU_FLAGS + without_flags(argv, ("--deepspeed",) + GPU_ONLY_FLAGS))
     training_args.deepspeed = deepspeed
     refuse_impossible(model_args, training_args)
     bundle = build(model_args, training_args, weights=False)
