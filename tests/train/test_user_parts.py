@@ -129,34 +129,44 @@ QUICK = ["--dataloader_num_workers", "0", "--model_max_length", "256", "--activa
          "--warmup_steps", "0", "--save_strategy", "no", "--lr_scheduler_type", "constant"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", list(RUNS))
-def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, families, siglip, tiny_bases, tmp_path):
-    data = write_colour_data(tmp_path / "data")
-    tower = str(siglip) if RUNS[family] == "siglip" else tiny_bases["vision_tower"]
+def train_both_stages(model, tower, template, data, tmp_path, stage1_flags=(), stage2_flags=()):
+    """Stage 1 trains the (random) LM too, on the one reply in `template`, so that chat can show
+    where generation stops; stage 2 then trains MoSLoRA adapters a few steps. Returns stage 2's folder."""
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
-    # stage 1 trains the (random) LM too, on the one reply in the family's template, so that chat can
-    # show where generation stops; stage 2 then trains MoSLoRA adapters a few steps
-    run_script("pretrain.sh", {**ONE_PROCESS, "MODEL": str(families(family)), "VISION_TOWER": tower, "LR": "1e-2",
-                               "TEMPLATE": TEMPLATE[family], "DATA_PATH": str(data / "questions.json"),
+    run_script("pretrain.sh", {**ONE_PROCESS, "MODEL": str(model), "VISION_TOWER": str(tower), "LR": "1e-2",
+                               "TEMPLATE": template, "DATA_PATH": str(data / "questions.json"),
                                "IMAGE_FOLDER": str(data / "images"), "OUTPUT_DIR": str(stage1)},
-               "--max_steps", "30", "--tune_language_model", "full", *QUICK)
-    run_script("finetune.sh", {**ONE_PROCESS, "STAGE1_DIR": str(stage1), "TEMPLATE": TEMPLATE[family],
+               "--max_steps", "30", "--tune_language_model", "full", *stage1_flags, *QUICK)
+    run_script("finetune.sh", {**ONE_PROCESS, "STAGE1_DIR": str(stage1), "TEMPLATE": template,
                                "DATA_PATH": str(data / "questions.json"), "IMAGE_FOLDER": str(data / "images"),
                                "OUTPUT_DIR": str(stage2), "ADAPTER": "moslora", "LORA_R": "8", "LORA_ALPHA": "16",
                                "LORA_DROPOUT": "0", "LR": "1e-3", "MM_PROJECTOR_LR": "1e-3"},
-               "--max_steps", "4", *QUICK)
-    recipe = json.loads((stage2 / "llava_moslora.json").read_text())
-    assert recipe["template"] == TEMPLATE[family]
-    assert recipe["num_image_tokens"] == 16  # both towers: 16 patches, SigLIP's whole, CLIP's without CLS
+               "--max_steps", "4", *stage2_flags, *QUICK)
+    return stage2
 
-    # chat: the reply learned, ended at the end-of-turn token (not run on to max_new_tokens)
+
+def chat_answer(stage2, data):
+    """`llava-moslora chat --prompt` on one of the images, as a user runs it."""
     answer = subprocess.run([sys.executable, "-m", "llava_moslora", "chat", "--model", str(stage2),
                              "--image", str(data / "images" / "2.png"), "--prompt", "What is this?",
                              "--max-new-tokens", "40"], capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert answer.returncode == 0, answer.stderr[-3000:]
-    assert answer.stdout.strip() == REPLY, answer.stdout
+    return answer.stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(RUNS))
+def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, families, siglip, tiny_bases, tmp_path):
+    data = write_colour_data(tmp_path / "data")
+    tower = siglip if RUNS[family] == "siglip" else tiny_bases["vision_tower"]
+    stage2 = train_both_stages(families(family), tower, TEMPLATE[family], data, tmp_path)
+    recipe = json.loads((stage2 / "llava_moslora.json").read_text())
+    assert recipe["template"] == TEMPLATE[family]
+    assert recipe["num_image_tokens"] == 16  # both towers: 16 patches, SigLIP's whole, CLIP's without CLS
+
+    # chat: the reply learned, ended at the end-of-turn token (not run on to max_new_tokens)
+    assert chat_answer(stage2, data) == REPLY
     assert cli(["eval", "--model", str(stage2), "--benchmarks", "Colors_MCQ", "--data-root", str(data),
                 "--work-dir", str(tmp_path / "eval"), "--backend", "builtin"]) == 0
     assert list((tmp_path / "eval").rglob("*Colors_MCQ*"))
@@ -252,26 +262,14 @@ def test_a_remote_code_language_model_trains_both_stages_chats_and_evaluates(fam
     XTuner's llama3_chat and a LoRA ViT beside MoSLoRA on the LLM; merging is refused in a line."""
     model = save_remote_code_lm(families, tmp_path / "remote_lm")
     data = write_colour_data(tmp_path / "data")
-    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
-    run_script("pretrain.sh", {**ONE_PROCESS, "MODEL": str(model), "VISION_TOWER": tiny_bases["vision_tower"],
-                               "LR": "1e-2", "TEMPLATE": "llama3_chat", "DATA_PATH": str(data / "questions.json"),
-                               "IMAGE_FOLDER": str(data / "images"), "OUTPUT_DIR": str(stage1)},
-               "--max_steps", "30", "--tune_language_model", "full", "--trust_remote_code", "True", *QUICK)
-    run_script("finetune.sh", {**ONE_PROCESS, "STAGE1_DIR": str(stage1), "TEMPLATE": "llama3_chat",
-                               "DATA_PATH": str(data / "questions.json"), "IMAGE_FOLDER": str(data / "images"),
-                               "OUTPUT_DIR": str(stage2), "ADAPTER": "moslora", "LORA_R": "8", "LORA_ALPHA": "16",
-                               "LORA_DROPOUT": "0", "LR": "1e-3", "MM_PROJECTOR_LR": "1e-3"},
-               "--max_steps", "4", "--tune_vision_tower", "adapter", "--vision_adapter", "lora",
-               "--vision_lora_r", "4", *QUICK)
+    stage2 = train_both_stages(model, tiny_bases["vision_tower"], "llama3_chat", data, tmp_path,
+                               stage1_flags=("--trust_remote_code", "True"),
+                               stage2_flags=("--tune_vision_tower", "adapter", "--vision_adapter", "lora",
+                                             "--vision_lora_r", "4"))
     recipe = json.loads((stage2 / "llava_moslora.json").read_text())
     assert recipe["trust_remote_code"] is True and recipe["template"] == "llama3_chat"
     assert recipe["llm_adapter"]["kind"] == "moslora" and recipe["vision_adapter"]["kind"] == "lora"
-    answer = subprocess.run([sys.executable, "-m", "llava_moslora", "chat", "--model", str(stage2),
-                             "--image", str(data / "images" / "2.png"), "--prompt", "What is this?",
-                             "--max-new-tokens", "40"], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert answer.returncode == 0, answer.stderr[-3000:]
-    assert answer.stdout.strip() == REPLY, answer.stdout
+    assert chat_answer(stage2, data) == REPLY
     assert cli(["eval", "--model", str(stage2), "--benchmarks", "Colors_MCQ", "--data-root", str(data),
                 "--work-dir", str(tmp_path / "eval"), "--backend", "builtin"]) == 0
     with pytest.raises(SystemExit, match="runs code from its own folder"):
