@@ -6,7 +6,8 @@
 #   bash scripts/study.sh [extra llava-moslora study flags...]
 #
 # Environment (defaults in brackets):
-#   GRID        the grid file [studies/shapes.yaml]; the paper's LLaVA-1.5 setting: studies/llava15.yaml
+#   GRID        the grid file [studies/shapes.yaml]; LLaVA-1.5's recipe: studies/llava15.yaml; the papers'
+#               own: studies/moslora-llama3.yaml, moslora-internlm2-qlora.yaml, moelora-llava15[-vmcbench].yaml
 #   OUT         study folder [runs/study; with QUICK=1 runs/study-quick]
 #   QUICK       1: the grid's quick overrides (a first look) [0]
 #   SEEDS       comma-separated seeds instead of the grid's

@@ -29,6 +29,8 @@ PLANS = [
     (r"llava-hf/", "skip", "needs a hub LLaVA in the cache; a llava-hf start: tests/model/test_foreign_llava_hf.py"),
     (r"^bash eval/run\.sh \S+ moslora-paper\b", "skip", "needs VLMEvalKit and its network downloads"),
     (r"^llava-moslora study --quick$", "skip", "5.8 min of training; its --dry-run is run"),
+    (r"^llava-moslora study --grid studies/(moslora|moelora)-", "skip",
+     "needs the papers' bases from the hub; tests/study/test_paper_recipes.py dry-runs each on config-only bases"),
     (r"^bash scripts/study\.sh$", "skip", "39 min of training; tests/study runs a small study end to end"),
     (r"^(\w+=\S+ )*bash scripts/(pretrain|finetune)\.sh --help$", "run", ""),
     (r"^(\w+=\S+ )*bash scripts/(pretrain|finetune)\.sh\b", "dry_run", ""),

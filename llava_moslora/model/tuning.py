@@ -70,6 +70,38 @@ def parameter_counts(model: LlavaForConditionalGeneration) -> dict[str, tuple[in
     return counts
 
 
+# What an adapter's trainable tensors are, by their names (adapters/layers.py, adapters/moe.py).
+ADAPTER_KINDS = {"lora_A": "factors", "lora_B": "factors", "lora_M": "mixers", "lora_router": "routers"}
+KINDS = ("factors", "mixers", "routers", "whole")
+
+
+def trainable_by_kind(model: LlavaForConditionalGeneration) -> dict[str, dict[str, int]]:
+    """Trainable parameters per component, split by kind: adapter factors (A, B; every expert's
+    under MoE-LoRA), MoSLoRA mixers, MoE-LoRA routers, and whole tensors trained as they are."""
+    seen: set[int] = set()
+    counts = {}
+    for component, modules in component_modules(model).items():
+        kinds = dict.fromkeys(KINDS, 0)
+        for module in modules:
+            for name, parameter in module.named_parameters():
+                if id(parameter) in seen or not parameter.requires_grad:
+                    continue
+                seen.add(id(parameter))
+                kind = next((k for part, k in ADAPTER_KINDS.items() if f"{part}." in f"{name}."), "whole")
+                kinds[kind] += getattr(parameter, "ds_numel", parameter.numel())
+        counts[component] = kinds
+    return counts
+
+
+def trainable_kinds_table(model: LlavaForConditionalGeneration) -> str:
+    """trainable_by_kind as a table (the dry run's)."""
+    counts = trainable_by_kind(model)
+    lines = [f"{'trainable by kind':<20}" + "".join(f"{kind:>16}" for kind in KINDS)]
+    for component, kinds in counts.items():
+        lines.append(f"{component:<20}" + "".join(f"{kinds[kind]:>16,}" for kind in KINDS))
+    return "\n".join(lines)
+
+
 def trainable_table(model: LlavaForConditionalGeneration) -> str:
     """A table of trainable parameters per component, for the start of a run."""
     counts = parameter_counts(model)

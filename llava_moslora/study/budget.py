@@ -50,28 +50,32 @@ class OverBudget(ValueError):
 
 
 @lru_cache(maxsize=4)
-def _meta_language_model(llm_path: str):
-    from transformers import AutoConfig, AutoModel
+def _meta_language_model(llm_path: str, trust_remote_code: bool = False):
+    """The language model's body (what adapters are put on; no head) on the meta device, from its
+    config; a whole LLaVA's (llava-hf) from its text config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(llm_path)
+    config = AutoConfig.from_pretrained(llm_path, trust_remote_code=trust_remote_code)
+    config = getattr(config, "text_config", None) or config
     with torch.device("meta"):
-        return AutoModel.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return getattr(model, model.base_model_prefix)  # as model/builder.py takes it
 
 
-def adapter_parameters(llm_path: str, config: AdapterConfig) -> int:
+def adapter_parameters(llm_path: str, config: AdapterConfig, trust_remote_code: bool = False) -> int:
     """Parameters the adapters of `config` add to the language model at `llm_path`."""
     import copy
 
-    model = copy.deepcopy(_meta_language_model(str(llm_path)))
+    model = copy.deepcopy(_meta_language_model(str(llm_path), trust_remote_code))
     # The count does not depend on the mixer's initial values; kaiming works on the meta device.
     apply_adapters(model, AdapterConfig.from_dict({**config.to_dict(), "mixer_init": "kaiming"}))
     return sum(p.numel() for name, p in model.named_parameters() if ".lora_" in name)
 
 
-def match_rank(llm_path: str, config: AdapterConfig, budget: int) -> int:
+def match_rank(llm_path: str, config: AdapterConfig, budget: int, trust_remote_code: bool = False) -> int:
     """The largest rank for which `config`'s adapters cost at most `budget` parameters."""
     def cost(r: int) -> int:
-        return adapter_parameters(llm_path, AdapterConfig.from_dict({**config.to_dict(), "r": r}))
+        return adapter_parameters(llm_path, AdapterConfig.from_dict({**config.to_dict(), "r": r}), trust_remote_code)
 
     if cost(1) > budget:
         raise OverBudget(f"a {config.kind} adapter of rank 1 already costs {cost(1):,} parameters, over the "

@@ -25,7 +25,7 @@ def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: b
 
         grid.evaluation["backend"] = choose_backend(grid.evaluation.get("backend", "auto"))  # said once
     inputs = prepare_inputs(grid, out, launcher, stage1) if not dry_run else None
-    llm = inputs.llm_path if inputs else _llm_for_dry_run(grid, stage1)
+    llm = inputs.llm_path if inputs else _llm_for_dry_run(grid, stage1, launcher)
     allocations = {budget.name: allocate(grid, llm, budget) for budget in grid.budgets}
     for budget in grid.budgets:
         log(f"budget {budget.name}: " + ", ".join(
@@ -42,6 +42,7 @@ def run_study(grid: Grid, out: Path, *, stage1: Optional[str] = None, dry_run: b
         reused = len({(r.group, r.variant) for r in search})
         log(f"{len(search)} search run(s), then {len(provisional)} final run(s), {reused} of them a search run: "
             f"{len(search) + len(provisional) - reused} stage-2 launches")
+        _trainer_dry_runs(grid, out, stage1, provisional, launcher, log)
         return out
     for budget in grid.budgets:  # what is on disk fits this study, or it stops now
         for run in candidate_runs(grid, budget, allocations[budget.name]):
@@ -84,19 +85,45 @@ def _finals(grid: Grid, allocations: dict, chosen: dict) -> list:
     return [run for seed in grid.seeds for b in grid.budgets for run in per_budget[b.name] if run.seed == seed]
 
 
-def _llm_for_dry_run(grid: Grid, stage1: Optional[str]) -> str:
-    import os
-
-    from ..model import Recipe
+def _llm_for_dry_run(grid: Grid, stage1: Optional[str], launcher: Launcher) -> str:
+    from ..model import RECIPE_FILE, Recipe
 
     checkpoint = Path(stage1) if stage1 else grid.resolve(grid.stage1.get("checkpoint"))
-    if checkpoint is not None and checkpoint.is_dir():
+    model = launcher.settings().get("MODEL")  # the grid's launch: or the environment's, as prepare_inputs
+    if model:
+        return model
+    if checkpoint is not None and (checkpoint / RECIPE_FILE).is_file():
         return Recipe.load(checkpoint).language_model
+    if checkpoint is not None and (checkpoint / "config.json").is_file():  # a whole LLaVA (llava-hf)
+        return str(checkpoint)
     bases = grid.resolve(grid.stage1.get("bases"))
-    llm = os.environ.get("MODEL") or (str(bases / "llm") if bases else None)
-    if not llm:
+    if not bases:
         raise GridError("--dry-run needs the language model: a stage-1 checkpoint directory, stage1.bases, or MODEL")
-    return llm
+    return str(bases / "llm")
+
+
+def _trainer_dry_runs(grid: Grid, out: Path, stage1: Optional[str], runs: list, launcher: Launcher, log) -> None:
+    """Each variant's `finetune.sh --dry_run` (per budget), with the grid's launch settings: its
+    trainable parameters by component and kind, batch arithmetic, schedule and per-GPU memory for
+    the world the grid launches on. Only when the data and the stage-1 start exist already."""
+    checkpoint = Path(stage1).resolve() if stage1 else grid.resolve(grid.stage1.get("checkpoint"))
+    data_path = grid.resolve(grid.data.get("data_path"))
+    missing = ("the grid makes its data when it runs" if "synth" in grid.data
+               else "stage 1 is trained when the study runs" if checkpoint is None
+               else f"no stage-1 checkpoint at {checkpoint}" if not checkpoint.exists()
+               else f"no data at {data_path}" if data_path is None or not data_path.exists() else None)
+    if missing:
+        log(f"each run's parameters, batches and memory (finetune.sh --dry_run): not worked out, {missing}")
+        return
+    done = set()
+    for run in runs:
+        if (run.group, run.variant) in done:
+            continue
+        done.add((run.group, run.variant))
+        log(f"\n{run.group + '/' if run.group else ''}{run.variant}: bash scripts/finetune.sh --dry_run ...")
+        log(launcher.output("finetune.sh", ["--dry_run", *run.flags], STAGE1_DIR=checkpoint, DATA_PATH=data_path,
+                            IMAGE_FOLDER=grid.resolve(grid.data.get("image_folder")),
+                            OUTPUT_DIR=run.folder(out) / "model").rstrip())
 
 
 def add_arguments(parser, name: str = "study") -> None:
@@ -108,7 +135,8 @@ def add_arguments(parser, name: str = "study") -> None:
         "skips finished runs and resumes an interrupted one.")
     parser.add_argument("--grid", default=None,
                         help="the grid, YAML or JSON (default: studies/shapes.yaml, the embedded ShapesVQA comparison; "
-                             "studies/llava15.yaml is the paper's LLaVA-1.5 setting)")
+                             "studies/llava15.yaml the adapters on LLaVA-1.5's recipe; studies/moslora-*.yaml and "
+                             "studies/moelora-*.yaml the papers' own recipes)")
     parser.add_argument("--out", default=None, help="study folder (default: runs/study, with --quick runs/study-quick)")
     parser.add_argument("--quick", action="store_true", help="apply the grid's `quick:` overrides (a first look)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds instead of the grid's")

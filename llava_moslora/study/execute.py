@@ -116,6 +116,16 @@ class Launcher:
         return wall
 
 
+    def output(self, script: str, flags: list[str], **paths) -> str:
+        """What scripts/<script> prints, for a short command (a dry run); StudyStopped when it fails."""
+        result = subprocess.run(["bash", str(SCRIPTS / script), *flags], cwd=ROOT, capture_output=True, text=True,
+                                env=self.environment(**paths))
+        if result.returncode != 0:
+            raise StudyStopped(f"bash scripts/{script} {' '.join(flags)} failed with exit code "
+                               f"{result.returncode}:\n{(result.stdout + result.stderr)[-3000:]}", 2)
+        return result.stdout
+
+
 def _wait(process: subprocess.Popen, stop_requested: list) -> int:
     """Wait for the launch, also through SIGINT/SIGTERM. A cluster signals every process of the
     job (Ctrl-C the whole foreground group): torchrun passes it to the ranks, which save and stop,
@@ -137,7 +147,7 @@ def _wait(process: subprocess.Popen, stop_requested: list) -> int:
 def prepare_inputs(grid: Grid, out: Path, launcher: Launcher, stage1_override: Optional[str] = None) -> Inputs:
     """The data (ShapesVQA when the grid says synth) and the stage-1 checkpoint (trained once with
     scripts/pretrain.sh when the grid names bases instead of a checkpoint)."""
-    from ..model import Recipe
+    from ..model import RECIPE_FILE, Recipe
 
     data = grid.data
     if "synth" in data:
@@ -155,9 +165,13 @@ def prepare_inputs(grid: Grid, out: Path, launcher: Launcher, stage1_override: O
         checkpoint = _train_stage1(grid, out / "stage1", stage1_data, launcher)
     if not (checkpoint.is_dir() or checkpoint.is_file()):
         raise GridError(f"stage-1 checkpoint not found: {checkpoint}")
-    llm = os.environ.get("MODEL") or (Recipe.load(checkpoint).language_model if checkpoint.is_dir() else None)
+    # MODEL (the grid's launch: or the environment) wins: it may point at moved base weights
+    llm = (launcher.settings().get("MODEL")
+           or (Recipe.load(checkpoint).language_model if (checkpoint / RECIPE_FILE).is_file()
+               else str(checkpoint) if checkpoint.is_dir() else None))  # a whole LLaVA (llava-hf)
     if not llm:
-        raise GridError(f"{checkpoint} is a projector file: set MODEL to the language model it was trained with")
+        raise GridError(f"{checkpoint} is a projector file: set MODEL (in the grid's launch: or the environment) "
+                        "to the language model it was trained with")
     return Inputs(checkpoint, data_path, image_folder, data_root, llm)
 
 

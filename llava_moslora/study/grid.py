@@ -30,7 +30,7 @@ RESERVED_FLAGS = {"seed", "data_seed", "output_dir", "learning_rate", "resume_fr
 # What every run of the comparison must share: a variant may not set these (put them under `flags:`).
 SHARED_FLAGS = {"max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                 "model_max_length", "group_by_modality_length", "dataloader_drop_last", "lr_scheduler_type",
-                "warmup_steps"}
+                "warmup_steps", "lr_scheduler_kwargs"}
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -164,7 +164,8 @@ def _build(path: Path, raw: dict) -> Grid:
             and len(set(seeds)) == len(seeds)):
         raise GridError(f"{where}: `seeds:` must be a list of distinct integers, got {seeds!r}")
     flags = dict(raw.get("flags") or {})
-    lr_grid = _lr_grid(raw.get("lr_grid"), f"{where}: lr_grid")
+    # the grid's rates, unless every variant (or budget) brings its own
+    lr_grid = _lr_grid(raw["lr_grid"], f"{where}: lr_grid") if raw.get("lr_grid") is not None else []
     _check_flags(flags, f"{where}: flags")
     variants = []
     for name, spec in raw["variants"].items():
@@ -193,6 +194,10 @@ def _build(path: Path, raw: dict) -> Grid:
                             f"rate, one of {sorted(v.name for v in variants if v.lr_from is None)}; "
                             f"got {variant.lr_from!r}")
     budgets = _budgets(raw, where, names)
+    for variant in variants:
+        if variant.lr_from is None and not lr_grid and not variant.lr_grid and not all(b.lr_grid for b in budgets):
+            raise GridError(f"{where}: variants.{variant.name} has no learning rate: give `lr_grid:` at the top "
+                            "level, in the variant or in every budget")
     launch = {str(k): str(v) for k, v in (raw.get("launch") or {}).items()}
     evaluation = dict(raw["evaluation"])
     if not evaluation.get("test"):

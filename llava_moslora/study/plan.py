@@ -59,7 +59,8 @@ def allocate(grid: Grid, llm_path: str, budget_spec: Budget) -> dict[str, Alloca
     scale = budget_spec.alpha_over_r
     reference = parse_model_arguments({**variant_settings(grid, grid.variant(budget_spec.reference)),
                                        "lora_r": budget_spec.r})
-    budget = adapter_parameters(llm_path, reference.adapter_config("language_model"))
+    remote = reference.trust_remote_code  # the grid's flags, shared by every variant
+    budget = adapter_parameters(llm_path, reference.adapter_config("language_model"), remote)
     allocations = {}
     for variant in grid.variants:
         settings = variant_settings(grid, variant)
@@ -68,7 +69,7 @@ def allocate(grid: Grid, llm_path: str, budget_spec: Budget) -> dict[str, Alloca
                                        ).adapter_config("language_model")
         try:
             r = (config.r if pinned or variant.name == budget_spec.reference
-                 else match_rank(llm_path, config, int(budget * (1 + budget_spec.tolerance))))
+                 else match_rank(llm_path, config, int(budget * (1 + budget_spec.tolerance)), remote))
         except OverBudget as error:
             allocations[variant.name] = Allocation(variant.name, config.kind, 0, 0.0, config.num_experts, 0, budget,
                                                    matched=False, unfit=str(error))
@@ -77,7 +78,7 @@ def allocate(grid: Grid, llm_path: str, budget_spec: Budget) -> dict[str, Alloca
         alpha = float(settings["lora_alpha"]) if "lora_alpha" in settings else scale * r
         allocations[variant.name] = Allocation(
             variant.name, config.kind, r, alpha, config.num_experts if config.kind == "moelora" else 1,
-            adapter_parameters(llm_path, sized), budget, matched=not pinned)
+            adapter_parameters(llm_path, sized, remote), budget, matched=not pinned)
     for variant in grid.variants:  # a variant taking an unfit variant's rate has no rate to take
         source = allocations[variant.lr_from or variant.name]
         if not source.fits and allocations[variant.name].fits:

@@ -1,7 +1,8 @@
 """--dry_run: what a training run would be, worked out before anything heavy happens.
 
 The model is built on the meta device from the configs (no weight file is read) and tuned as
-the run would tune it; printed are its trainable-parameter table, the batch arithmetic, and an
+the run would tune it; printed are its trainable-parameter tables (per component, and by kind:
+adapter factors, mixers, routers, whole tensors), the batch arithmetic, the learning-rate schedule, and an
 estimate of per-GPU memory under ZeRO-2 and ZeRO-3. The estimate counts, per process:
 - weights: every parameter at the run's width (2 bytes in bf16/fp16, 4 in fp32), the language
   model's quantized linear weights (QLoRA, --bits 4/8) at bits/8 bytes plus their block scales
@@ -59,6 +60,19 @@ class Batches:
                 f"{self.accumulation} = global batch {self.global_batch}\n"
                 f"steps: {self.records} records -> {self.steps_per_epoch} optimizer steps per epoch; "
                 f"{length} -> {self.total_steps} steps")
+
+
+def schedule_text(training_args, total_steps: int) -> str:
+    """The learning-rate schedule as the Trainer will build it: kind, warmup steps (a
+    --warmup_steps below 1 is a ratio of the steps, rounded up), extra arguments, peak rate."""
+    warmup = training_args.get_warmup_steps(total_steps)
+    kwargs = training_args.lr_scheduler_kwargs or {}
+    extra = "; " + ", ".join(f"{key} {value}" for key, value in sorted(kwargs.items())) if kwargs else ""
+    kind = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    optimizer = getattr(training_args.optim, "value", training_args.optim)
+    return (f"schedule: {kind}, {warmup} warmup step(s) of {total_steps}{extra}; peak learning rate "
+            f"{training_args.learning_rate:g}, {optimizer} "
+            f"(weight decay {training_args.weight_decay:g}, gradient clip {training_args.max_grad_norm:g})")
 
 
 def activation_bytes(text_config, per_device: int, max_length: int, width: int, checkpointing: bool,
@@ -161,7 +175,7 @@ def count_samples(data: str, mixture: bool) -> int:
 
 def dry_run(bundle, training_args, data_path: str, world: int, half: bool, mixture: bool = False) -> str:
     """The dry run's report for a tuned meta-device bundle."""
-    from ..model import parameter_counts, trainable_table
+    from ..model import parameter_counts, trainable_kinds_table, trainable_table
 
     counts = parameter_counts(bundle.model)
     trainable = sum(t for t, _ in counts.values())
@@ -184,6 +198,7 @@ def dry_run(bundle, training_args, data_path: str, world: int, half: bool, mixtu
     disk = checkpoint_bytes(trainable, width, stage)
     saved = (f"each checkpoint-N on disk, estimated: {disk / GIB:.2f} GiB (the frozen weights are not saved);"
              f" --save_total_limit keeps {training_args.save_total_limit or 'every'}")
-    return "\n".join([trainable_table(bundle.model), batches.render(), render_estimate(estimates, width), saved,
+    return "\n".join([trainable_table(bundle.model), trainable_kinds_table(bundle.model), batches.render(),
+                      schedule_text(training_args, batches.total_steps), render_estimate(estimates, width), saved,
                       f"this run: ZeRO-{stage}" if stage else "this run: no DeepSpeed",
                       "dry run: nothing was trained; drop --dry_run to start."])

@@ -75,7 +75,7 @@ def build(model_args, training_args, weights: bool = True):
             local = local_checkpoint(start, weights)  # a hub id resolved once, here
             bundle = load_checkpoint(local, dtype=dtype, vision_tower=model_args.vision_tower,
                                      language_model=model_args.model_name_or_path, weights=weights,
-                                     quantization=model_args.quantization())
+                                     quantization=model_args.quantization(), template=model_args.template)
         except (CheckpointError, FileNotFoundError) as error:  # ours: what is wrong with it, in one line
             raise SystemExit(f"--pretrain_mm_mlp_adapter {start}: {error}") from None
         if is_merged_llava(local):  # a whole LLaVA: its weights are this stage's base, and its reloads'

@@ -169,6 +169,7 @@ def test_a_typo_in_a_flag_fails_before_anything_runs(tmp_path):
     ({"seeds": [0, 0]}, "distinct integers"),
     ({"lr_grid": [1e-3, -1]}, "positive learning rates"),
     ({"epochs": 3}, "unknown top-level keys"),
+    ({"lr_grid": None, "budgets": {"r4": {"lr_grid": None}}}, "variants.lora has no learning rate"),
 ])
 def test_grid_mistakes_are_named(tmp_path, changes, message):
     with pytest.raises(GridError, match=message):
@@ -269,3 +270,19 @@ def test_budgets_may_search_different_ranges_but_a_budgets_variants_search_alike
     uneven = load_grid(write_grid(tmp_path, variants={"moslora": {"adapter": "moslora", "lr_grid": [1e-3, 2e-3]}}))
     with pytest.raises(GridError, match=r"under budget r32 .*lora: 3, moslora: 2"):
         search_runs(uneven, uneven.budgets[0], allocate(uneven, LLM, uneven.budgets[0]))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_reads_and_its_flags_are_train_flags(path):
+    from transformers import HfArgumentParser
+
+    from llava_moslora.model import ModelArguments
+    from llava_moslora.study.grid import flag_list
+    from llava_moslora.study.plan import variant_settings
+    from llava_moslora.train.arguments import DataArguments, LlavaTrainingArguments
+
+    grid = load_grid(path)
+    parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments))
+    for variant in grid.variants:
+        parser.parse_args_into_dataclasses(args=[*flag_list(variant_settings(grid, variant)), "--output_dir", "unused",
+                                                 "--use_cpu", "True"])

@@ -118,7 +118,8 @@ def test_the_vision_tower_can_take_lora_beside_a_moslora_llm(weightless_bases, s
                                              "OUTPUT_DIR": str(tmp_path / "never-written")},
                              "--dry_run", "--tune_vision_tower", "adapter", "--tune_language_model", "adapter",
                              "--adapter", "moslora", "--vision_lora_r", "4", *flags).stdout
-        rows = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in printed.splitlines()
+        table = printed.split("trainable by kind")[0]  # the per-component table
+        rows = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in table.splitlines()
                 if line.split() and line.split()[0] in ("vision_tower", "language_model")}
         return rows["vision_tower"], rows["language_model"]
 
