@@ -1,18 +1,83 @@
 #!/usr/bin/env bash
 # Create .venv and install llava-moslora (editable) with its dev, eval, web and qlora extras, pinned by
-# constraints.txt. Idempotent: when pyproject.toml and constraints.txt are unchanged since the
-# last successful run, it only checks that the package imports and exits.
+# constraints.txt. Idempotent: when pyproject.toml, constraints.txt, TORCH and EXTRAS are unchanged
+# since the last successful run, it only checks that the package imports and exits.
 #
 #   bash scripts/setup.sh                      # uses python3 from PATH (>= 3.10)
 #   PYTHON=python3.12 VENV=/tmp/venv bash scripts/setup.sh
+#   TORCH=cu128 EXTRAS=gpu bash scripts/setup.sh   # a GPU node: CUDA 12.8 torch, flash-attn
+#   bash scripts/setup.sh --plan               # print the pip commands, install nothing
+#   bash scripts/setup.sh --vlmeval [--plan]   # VLMEvalKit's venv (.venv-vlmeval), see below
+#
+# Environment:
+#   TORCH   which build of the pinned torch (constraints.txt): unset takes what pip's index gives
+#           (on Linux x86_64 PyPI's is the CUDA 13.0 build, which needs an NVIDIA driver >= 580);
+#           cpu, or a CUDA build of PyTorch's index (cu126, cu128, cu130, ...) for older drivers
+#           or CPU-only machines (download.pytorch.org/whl/$TORCH)
+#   EXTRAS  more extras, comma-separated: gpu = flash-attn (ATTN=flash_attention_2; built against
+#           the installed torch, needs nvcc) and ninja (DeepSpeed compiles its fused ops with it)
+#
+# --vlmeval: the evaluation's vlmeval backend in its own venv (VLMEVAL_VENV [.venv-vlmeval]).
+# VLMEvalKit is not on PyPI and imports torchvision, which has no build for the pinned torch; the
+# venv takes torch 2.14.1 with its torchvision 0.29.1, VLMEvalKit at the commit this project's
+# parity tests ran against (VLMEVALKIT_COMMIT, cloned into VLMEVALKIT_DIR [VLMEvalKit]), and this
+# project without its torch pin. Then: .venv-vlmeval/bin/llava-moslora eval --backend vlmeval ...,
+# or PYTHON=.venv-vlmeval/bin/python bash eval/run.sh ...
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 venv="${VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.llava-moslora-setup"
-want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
+plan=0
+[ "${1:-}" = "--plan" ] || [ "${2:-}" = "--plan" ] && plan=1
 
+VLMEVAL_TORCH="torch==2.14.1 torchvision==0.29.1"
+VLMEVALKIT_COMMIT="${VLMEVALKIT_COMMIT:-e8e78f05f3080fe28154f2130321f17951c3be94}"
+if [ "${1:-}" = "--vlmeval" ]; then
+  vvenv="${VLMEVAL_VENV:-$root/.venv-vlmeval}"
+  kit="${VLMEVALKIT_DIR:-$root/VLMEvalKit}"
+  constraints="$vvenv/constraints-without-torch.txt"  # the project's pins, but torch's and its CUDA stack's
+  steps=("$python -m venv $vvenv"
+         "git clone https://github.com/open-compass/VLMEvalKit $kit && git -C $kit checkout $VLMEVALKIT_COMMIT"
+         "pip install $VLMEVAL_TORCH"
+         "pip install -c $constraints -e $kit rouge-score"
+         "pip install -c $constraints -e .[eval,dev]")
+  if [ "$plan" = 1 ]; then printf '%s\n' "${steps[@]}"; exit 0; fi
+  [ -x "$vvenv/bin/python" ] || "$python" -m venv "$vvenv"
+  grep -vE '^(torch|torchvision|triton|nvidia-|cuda-)' constraints.txt >"$constraints"
+  [ -d "$kit/.git" ] || git clone https://github.com/open-compass/VLMEvalKit "$kit"
+  git -C "$kit" checkout --quiet "$VLMEVALKIT_COMMIT"
+  # shellcheck disable=SC2086
+  "$vvenv/bin/python" -m pip install --disable-pip-version-check $VLMEVAL_TORCH
+  "$vvenv/bin/python" -m pip install --disable-pip-version-check -c "$constraints" -e "$kit" rouge-score
+  "$vvenv/bin/python" -m pip install --disable-pip-version-check -c "$constraints" -e ".[eval,dev]"
+  "$vvenv/bin/python" -c "import vlmeval, llava_moslora" && echo "setup: VLMEvalKit $VLMEVALKIT_COMMIT in $vvenv"
+  exit 0
+fi
+torch_index=()
+case "${TORCH:-}" in
+  "") ;;
+  cpu|cu[0-9][0-9]*) torch_index=(--index-url "https://download.pytorch.org/whl/$TORCH" --extra-index-url https://pypi.org/simple) ;;
+  *) echo "setup: TORCH=$TORCH: give cpu or a CUDA build of PyTorch's index (cu126, cu128, cu130, ...), or leave it unset" >&2; exit 2 ;;
+esac
+extras="dev,eval,web,qlora"
+extra_list="${EXTRAS:-}"
+for extra in ${extra_list//,/ }; do
+  case "$extra" in
+    gpu) ;;
+    *) echo "setup: EXTRAS=$EXTRAS: the extra extras are: gpu" >&2; exit 2 ;;
+  esac
+done
+torch_pin="$(grep -m1 '^torch==' constraints.txt)"  # the version every build must be
+want="$( (cat pyproject.toml constraints.txt; echo "${TORCH:-} ${EXTRAS:-}") | sha256sum | cut -d' ' -f1)"
+
+if [ "$plan" = 1 ]; then  # the installs below, as they would run
+  echo "pip install -c constraints.txt ${torch_index[*]:+${torch_index[*]} }$torch_pin"
+  echo "pip install -c constraints.txt -e .[$extras]"
+  [[ ",${EXTRAS:-}," == *",gpu,"* ]] && echo "pip install --no-build-isolation -c constraints.txt -e .[gpu]"
+  exit 0
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
    && "$venv/bin/python" -c "import llava_moslora" 2>/dev/null; then
   echo "setup: $venv is up to date"
@@ -35,8 +100,15 @@ pip_install() {
 echo "setup: installing (log: $log)"
 pip_install --upgrade pip setuptools wheel
 # torch first and alone, pinned: with it in place no other requirement can pull a different build.
-pip_install -c constraints.txt torch
-pip_install -c constraints.txt -e ".[dev,eval,web,qlora]"
+pip_install -c constraints.txt "${torch_index[@]}" "$torch_pin"
+if [[ "${TORCH:-}" == cu* ]] && ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.version.cuda is None)"; then
+  echo "setup: TORCH=$TORCH installed a torch without CUDA ($("$venv/bin/python" -c 'import torch; print(torch.__version__)')): a local wheel may have won; see $log" >&2
+  exit 1
+fi
+pip_install -c constraints.txt -e ".[$extras]"
+if [[ ",${EXTRAS:-}," == *",gpu,"* ]]; then  # flash-attn builds against the torch now installed
+  pip_install --no-build-isolation -c constraints.txt -e ".[gpu]"
+fi
 # Real tokenizer files for the tests (tests/real_tokenizers.py), taken out of registry packages that
 # ship them: only their data files, never installed (an installed mistral-common would change how
 # transformers loads every Mistral tokenizer).

@@ -24,8 +24,8 @@ PLANS = [
     (r"^bash scripts/quickstart\.sh$", "quickstart", "run by the readme_workdir fixture, shortened"),
     (r"^source \.venv/bin/activate$", "activate", "readme_env: .venv/bin first on PATH"),
     (r"^sbatch ", "skip", "needs SLURM; the node variables it sets: tests/train/test_launchers.py"),
-    (r"\bREPORT_TO=", "skip", "needs the tracker installed (not in the pinned stack); the refusal without "
-                              "it: tests/train/test_launch_mistakes.py"),
+    (r"^TORCH=\S+ EXTRAS=gpu bash scripts/setup\.sh$", "skip",
+     "installs CUDA torch and builds flash-attn, a GPU node's work; tests/test_setup.py checks what it runs"),
     (r"llava-hf/", "skip", "needs a hub LLaVA in the cache; a llava-hf start: tests/model/test_foreign_llava_hf.py"),
     (r"^bash eval/run\.sh \S+ moslora-paper\b", "skip", "needs VLMEvalKit and its network downloads"),
     (r"^llava-moslora study --quick$", "skip", "5.8 min of training; its --dry-run is run"),
@@ -56,6 +56,11 @@ def readme_commands(text: str) -> list[str]:
                 commands.append(shlex.join(words))
             pending = ""
     return commands
+
+
+def readme_python(text: str) -> list[str]:
+    """The ```python blocks, in order."""
+    return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
 
 
 def plan(command: str) -> tuple[int, str, str]:
@@ -146,6 +151,18 @@ def test_every_offline_readme_command_runs_as_written(readme_workdir):
         if problem:
             problems.append(f"$ {command}\n{problem}")
     assert not problems, "\n\n".join(problems)
+    # the Python examples (loading the merged directory, the PEFT adapter), after the commands that write them
+    printed = []
+    for block in readme_python(README.read_text()):
+        result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", block], cwd=work, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0 and result.stdout.strip(), f"{block}\n{result.stdout}\n{result.stderr[-3000:]}"
+        printed.append(result.stdout.strip())
+    # transformers, prompted by the merged directory's own chat template, answers as our chat does
+    ours = subprocess.run(["bash", "scripts/chat.sh", "--model", "runs/quickstart/stage2", "--image",
+                           "runs/quickstart/data/images/test_000000.png", "--prompt", QUESTION], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert printed[0] == ours.stdout.strip(), (printed[0], ours.stdout)
     # what the commands promise to write, they wrote
     for path in ("eval_results/compare/abilities.md", "eval_results/compare/radar_ShapesVQA_MCQ.png",
                  "runs/quickstart/merged/config.json", "runs/quickstart/peft/adapter_config.json"):
@@ -188,3 +205,4 @@ def test_links_in_the_readme_and_docs_lead_somewhere():
 def test_the_readme_is_a_map_read_in_two_minutes():
     lines = README.read_text().splitlines()
     assert len(lines) <= 250, len(lines)
+    assert len(README.read_text().split()) <= 1200  # as `wc -w README.md` counts

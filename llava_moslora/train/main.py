@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from .machine import CPU_FLAGS, GPU_ONLY_FLAGS, adapt_to_machine, join_process_group, precision_chosen, without_flags
+from .llava_flags import translate
 from .preflight import check_launch, flag_is_on, flag_value
 
 def parse(argv: list[str]):
@@ -156,6 +157,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     silence_what_users_cannot_act_on()
     argv = list(sys.argv[1:] if argv is None else argv)
     check_launch(argv)
+    argv, notes, _refused = translate(argv)  # LLaVA's flags, read as ours (check_launch refused the rest)
+    if notes and os.environ.get("RANK", "0") == "0":
+        print("\n".join(f"[llava-moslora] {note}" for note in notes), flush=True)
     if flag_is_on(argv, "--dry_run"):
         return dry_run_report(argv)
     model_args, data_args, training_args = parse(adapt_to_machine(argv))

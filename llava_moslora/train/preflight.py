@@ -1,8 +1,9 @@
 """Launch checks: what the user named, checked before any process group starts or weight loads.
 
 `python -m llava_moslora.train.preflight ARGS` takes the arguments `train` would get and exits 2
-with one line per mistake: a missing data path, image folder, stage-1 checkpoint, model or
-vision tower; an unknown adapter or template; an output directory that holds another run. The
+with one line per mistake: a flag of LLaVA's that means something else here (llava_flags.py); a
+missing data path, image folder, stage-1 checkpoint, model or vision tower; an unknown adapter or
+template; an output directory that holds another run. The
 stage scripts run it before the launcher, and say which of their variables gave each flag
 (LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,..."); `train` runs the same checks itself. It
 imports no torch and no transformers, so a mistake costs a second, not a model load.
@@ -19,6 +20,7 @@ from ..data.tables import is_table_source
 from ..data.templates import TEMPLATES
 from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
 from ..towers import CLS_FIRST, NO_CLS, select_strategy
+from .llava_flags import translate
 from ..tokenizer_files import load_failure, missing_libraries, needs_conversion, tokenizer_format
 
 ADAPTERS = ("lora", "moslora", "moelora")
@@ -68,9 +70,9 @@ def named(flag: str, value: str, names: dict[str, str]) -> str:
 def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> list[str]:
     """Every launch mistake in `argv`, one line each."""
     names = variables() if names is None else names
+    argv, _notes, found = translate(argv)  # LLaVA's flags: read as ours, or refused in one line each
     flags, repeated = flags_of(argv)
     names = {flag: name for flag, name in names.items() if flag not in repeated}
-    found = []
 
     def say(flag: str, problem: str) -> None:
         found.append(f"{named(flag, flags[flag], names)}: {problem}")

@@ -1,8 +1,8 @@
 """Against the real VLMEvalKit: its infer_data_job and evaluate drive our model class, the builtin
 backend writes identical scores, the judge plan follows its run.py, a set it cannot score fails
 alone, and its own run.py evaluates our checkpoints through `llava-moslora vlmeval`. Needs vlmeval,
-which CI does not install (it imports torchvision); run it in a venv that has it (docs/EVALUATION.md):
-    /path/to/vlmeval-venv/bin/python -m pytest tests/evaluation/test_vlmeval_backend.py
+which CI does not install (it imports torchvision); run it in VLMEvalKit's venv (docs/EVALUATION.md):
+    bash scripts/setup.sh --vlmeval && .venv-vlmeval/bin/python -m pytest tests/evaluation/test_vlmeval_backend.py
 """
 import argparse
 import importlib.util
