@@ -4,7 +4,8 @@ Each image holds 1-4 coloured shapes, one per cell of a 2 x 2 grid, each (colour
 most once, so every object can be named unambiguously ("the red circle"). The generator writes:
 stage-1 captions (LLaVA pretrain format), stage-2 multi-turn instructions (LLaVA mix format,
 with multiple-choice items and text-only samples), and held-out benchmarks in VLMEvalKit's TSV
-formats (multiple choice with MMBench-style ability labels, and yes/no). Deterministic per seed.
+formats (multiple choice with MMBench-style ability labels, yes/no, and free-form questions scored
+by normalized exact match per question type). Deterministic per seed.
 """
 from __future__ import annotations
 
@@ -164,6 +165,28 @@ def lookup_questions(scene: list[Shape], rng: random.Random) -> list[Question]:
             Question("object size", f"What size is the {item.name}?", item.size, list(SIZES))]
 
 
+def open_questions(scene: list[Shape], rng: random.Random, describe: bool = True) -> list[Question]:
+    """The free-form benchmark's questions about a scene (ShapesVQA_Open), one per type that has an
+    unambiguous answer: count, the colour of a shape that occurs once, the shape of a colour that
+    occurs once, an object's size and place, and (`describe`) the description. Training asks each
+    of these forms."""
+    item = rng.choice(scene)
+    found = [Question("count", "How many shapes are in the image?", str(len(scene)), [])]
+    unique_shape = [s for s in scene if sum(o.shape == s.shape for o in scene) == 1]
+    if unique_shape:
+        chosen = rng.choice(unique_shape)
+        found.append(Question("color", f"What color is the {chosen.shape}?", chosen.color, []))
+    unique_color = [s for s in scene if sum(o.color == s.color for o in scene) == 1]
+    if unique_color:
+        chosen = rng.choice(unique_color)
+        found.append(Question("shape", f"What shape is the {chosen.color} object?", chosen.shape, []))
+    found.append(Question("size", f"What size is the {item.name}?", item.size, []))
+    found.append(Question("place", f"Where is the {item.name}?", place_of(item), []))
+    if describe:
+        found.append(Question("description", DESCRIBE, caption(scene)[:-1], []))
+    return found
+
+
 def short_answer(question: Question) -> str:
     text = question.answer
     return text[0].upper() + text[1:] + "."
@@ -244,8 +267,8 @@ def _weighted_sample(pool: list[Question], count: int, rng: random.Random) -> li
 def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_instruct: int = 4000,
                     num_test: int = 400, num_val: int = 0, image_size: int = 64, text_only_fraction: float = 0.05,
                     mcq_fraction: float = 0.8, progress: bool = True) -> dict:
-    """Write images, pretrain.json, instruct.json, ShapesVQA_MCQ.tsv, ShapesVQA_YN.tsv and
-    scenes.json (each image's scene_key). Held-out scenes come from the benchmark half of the
+    """Write images, pretrain.json, instruct.json, ShapesVQA_MCQ.tsv, ShapesVQA_YN.tsv,
+    ShapesVQA_Open.tsv (free-form questions on the test scenes) and scenes.json (each image's scene_key). Held-out scenes come from the benchmark half of the
     layouts (reserved_for_benchmarks); training scenes from all of them. num_val > 0 also writes
     ShapesVQA_MCQ_val.tsv and ShapesVQA_YN_val.tsv, a validation split for choosing
     hyperparameters: held-out scenes of layouts the test split does not use, drawn after every
@@ -280,11 +303,16 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
     mcq_rows, yn_rows = _benchmark_rows(num_test, "test", rng, out, image_size, layouts, bar)
     test_layouts = set(layouts[row["image_path"]] for row in mcq_rows)
     val_rows = _benchmark_rows(num_val, "val", rng, out, image_size, layouts, bar, avoid=test_layouts)
+    # drawn from their own generator: the other files of a seed are the same with or without them
+    open_rows = _open_rows(mcq_rows, random.Random(f"ShapesVQA_Open-{seed}"))
     bar.close()
     (out / "pretrain.json").write_text(json.dumps(pretrain))
     (out / "instruct.json").write_text(json.dumps(instruct))
     (out / "scenes.json").write_text(json.dumps(layouts, indent=0))  # image -> what it shows
-    counts = {"pretrain": len(pretrain), "instruct": len(instruct), "mcq": len(mcq_rows), "yes_no": len(yn_rows)}
+    counts = {"pretrain": len(pretrain), "instruct": len(instruct), "mcq": len(mcq_rows), "yes_no": len(yn_rows),
+              "open": len(open_rows)}
+    if open_rows:
+        pd.DataFrame(open_rows)[OPEN_COLUMNS].to_csv(out / "ShapesVQA_Open.tsv", sep="\t", index=False)
     for (mcq, yn), suffix in (((mcq_rows, yn_rows), ""), (val_rows, "_val")):
         if not mcq:
             continue
@@ -297,6 +325,28 @@ def write_shapesvqa(out_dir, *, seed: int = 0, num_pretrain: int = 2000, num_ins
 
 MCQ_COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
 YN_COLUMNS = ["index", "image", "question", "answer", "category"]
+OPEN_COLUMNS = ["index", "image", "question", "answer", "category"]
+OPEN_TYPES = ("count", "color", "shape", "size", "place", "description")
+DESCRIBE_EVERY = 4  # of the test scenes, the ones ShapesVQA_Open asks to describe
+
+
+def _open_rows(mcq_rows: list[dict], rng: random.Random) -> list[dict]:
+    """ShapesVQA_Open: the free-form questions (open_questions) about each held-out test scene, a
+    description for every DESCRIBE_EVERY-th (a description takes ten times a short answer's
+    generation), grouped by type. A scene's image is stored once; its other rows give that row's
+    index instead, as VLMEvalKit's TSVs do."""
+    by_type: dict[str, list[tuple[dict, Question]]] = {kind: [] for kind in OPEN_TYPES}
+    for number, row in enumerate(mcq_rows):
+        for question in open_questions(row["scene"], rng, describe=number % DESCRIBE_EVERY == 0):
+            by_type[question.category].append((row, question))
+    rows, image_row = [], {}
+    for kind in OPEN_TYPES:
+        for row, question in by_type[kind]:
+            index = len(rows)
+            image = image_row.setdefault(row["image_path"], index)
+            rows.append({"index": index, "image": row["image"] if image == index else str(image),
+                         "question": question.question, "answer": short_answer(question), "category": kind})
+    return rows
 
 
 def _benchmark_rows(count: int, prefix: str, rng: random.Random, out, image_size: int, layouts: dict, bar,
@@ -318,7 +368,7 @@ def _benchmark_rows(count: int, prefix: str, rng: random.Random, out, image_size
         mcq_rows.append({"index": i, "image": encoded, "question": question.question,
                          "hint": None, **{LETTERS[k]: option for k, option in enumerate(options)},
                          "answer": letter, "category": question.category, "l2-category": L2_OF[question.category],
-                         "split": "dev", "image_path": name})
+                         "split": "dev", "image_path": name, "scene": scene})
         yn_question, yn_answer, yn_category = yes_no(scene, rng)
         yn_rows.append({"index": i, "image": encoded, "question": yn_question, "answer": yn_answer,
                         "category": yn_category, "image_path": name})

@@ -16,7 +16,6 @@ import pandas as pd
 from .toolkit import vlmeval_available, vlmeval_knows, vlmeval_type
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"  # package data: found from a wheel install too
-SCORABLE_LOCALLY = ("MCQ", "Y/N")  # what exact matching scores in a custom TSV
 
 
 def suites() -> dict[str, list[str]]:
@@ -62,6 +61,13 @@ def read_rows(path: Path) -> pd.DataFrame:
     """A benchmark TSV without its image column (the bulk of the file)."""
     columns = pd.read_csv(path, sep="\t", nrows=0).columns
     return pd.read_csv(path, sep="\t", usecols=[c for c in columns if c != "image"])
+
+
+def unscorable(path: Path) -> Optional[str]:
+    """Why exact matching cannot score a local TSV (no answer column), else None."""
+    if "answer" not in pd.read_csv(path, sep="\t", nrows=0).columns:
+        return f"{path} has no `answer` column to score against"
+    return None
 
 
 def tsv_type(path: Path) -> str:

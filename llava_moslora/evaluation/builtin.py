@@ -1,4 +1,4 @@
-"""The builtin backend: VLMEvalKit-format local TSVs (multiple choice, yes/no) scored without vlmeval.
+"""The builtin backend: VLMEvalKit-format local TSVs (multiple choice, yes/no, free-form) scored without vlmeval.
 
 It drives the same model class as the vlmeval backend (build_prompt, then batched generation)
 and writes VLMEvalKit's files with its exact-matching rules, so both backends give the same scores:
@@ -7,6 +7,8 @@ and writes VLMEvalKit's files with its exact-matching rules, so both backends gi
                               under torchrun one per rank, .partial.rank{r}.jsonl)
   {model}_{dataset}_acc.csv   MCQ: one row per split; split, Overall, l2-categories, categories (0-1)
   {model}_{dataset}_score.csv yes/no: one row; Overall, categories, l2-categories (0-100)
+  {model}_{dataset}_acc.csv   free-form (VQA): one row, the same columns (0-100), by normalized exact
+                              match (free_form_items: case, punctuation, articles and list order aside)
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from .batching import DEFAULT_BATCH_SIZE, answer_rows
-from .benchmarks import SCORABLE_LOCALLY, read_rows, tsv_type
+from .benchmarks import read_rows, tsv_type, unscorable
 from .ranks import on_every_rank, rank_and_world
 from .vlm import options_of
 
@@ -74,6 +76,22 @@ def parse_yes_no(prediction: str) -> Optional[str]:
     return "Yes" if has_yes and not has_no else "No" if has_no and not has_yes else None
 
 
+ARTICLES = {"a", "an", "the"}
+
+
+def free_form_items(text: str) -> list[str]:
+    """A free-form answer as exact matching compares it: lower case, punctuation and articles
+    dropped, and an answer that lists items ("x, y and z") taken as its items in any order."""
+    items = re.split(r",|\band\b", str(text).lower())
+    words = (" ".join(w for w in re.findall(r"[a-z0-9]+", item) if w not in ARTICLES) for item in items)
+    return sorted(item for item in words if item)
+
+
+def free_form_hit(prediction: str, answer: str) -> bool:
+    """Normalized exact match of a free-form answer (free_form_items on both sides)."""
+    return free_form_items(prediction) == free_form_items(answer)
+
+
 def accuracy_table(scored: pd.DataFrame) -> pd.DataFrame:
     """VLMEvalKit's MCQ _acc.csv: a row per split; split, Overall, l2-categories, categories (0-1)."""
     scored = scored.assign(split=scored["split"] if "split" in scored else "none")
@@ -90,7 +108,8 @@ def accuracy_table(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 def score_table(scored: pd.DataFrame) -> pd.DataFrame:
-    """VLMEvalKit's default yes/no _score.csv: one row; Overall, categories, l2-categories (0-100)."""
+    """VLMEvalKit's default yes/no _score.csv, and its free-form _acc.csv (TextVQA's): one row;
+    Overall, categories, l2-categories (0-100)."""
     row = {"Overall": 100 * scored["hit"].mean()}
     for column in ("category", "l2-category"):
         if column in scored:
@@ -216,16 +235,12 @@ def earlier_predictions(path: Path) -> dict:
     return {index: ("" if pd.isna(p) else str(p)) for index, p in zip(table["index"], table["prediction"])}
 
 
-def not_scorable(tsv: Path) -> ValueError:
-    return ValueError(f"the builtin backend scores multiple-choice (A, B columns) and yes/no (Yes/No answers) "
-                      f"TSVs; {tsv} is neither")
-
-
 def score_predictions(tsv: Path, predictions: Path, kind: str) -> dict[str, Path]:
-    """VLMEvalKit's exact-matching result file beside the predictions: _acc.csv (kind "MCQ") or
-    _score.csv ("Y/N"). Rows come from the TSV, so option cells keep the types they are read with."""
-    if kind not in SCORABLE_LOCALLY:
-        raise not_scorable(tsv)
+    """VLMEvalKit's exact-matching result file beside the predictions: _acc.csv (kind "MCQ", or
+    "VQA" by normalized exact match, one row on 0-100) or _score.csv ("Y/N"). Rows come from the TSV, so option cells keep the types they are read with."""
+    problem = unscorable(tsv)
+    if problem:
+        raise ValueError(problem)
     answers = earlier_predictions(predictions)
     scored = read_rows(tsv)
     missing = [i for i in scored["index"] if i not in answers]
@@ -239,6 +254,11 @@ def score_predictions(tsv: Path, predictions: Path, kind: str) -> dict[str, Path
         path = Path(f"{stem}_acc.csv")
         accuracy_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
         return {"predictions": predictions, "acc": path}
+    if kind == "VQA":
+        scored["hit"] = [free_form_hit(p, a) for p, a in zip(scored["prediction"], scored["answer"])]
+        path = Path(f"{stem}_acc.csv")
+        score_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
+        return {"predictions": predictions, "acc": path}
     scored["hit"] = [parse_yes_no(p) == a for p, a in zip(scored["prediction"], scored["answer"])]
     path = Path(f"{stem}_score.csv")
     score_table(scored).to_csv(path, index=False, quoting=csv.QUOTE_ALL)
@@ -249,7 +269,8 @@ def evaluate_tsv(model, tsv: Path, work_dir: Path, model_name: str, progress: bo
                  batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Path]:
     """Predict (reusing earlier answers) and score one local benchmark; returns its files."""
     kind = tsv_type(tsv)
-    if kind not in SCORABLE_LOCALLY:
-        raise not_scorable(tsv)
+    problem = unscorable(tsv)
+    if problem:
+        raise ValueError(problem)
     model.set_benchmark_kind(tsv.stem, kind)  # the model phrases rows for it
     return score_predictions(tsv, predict_tsv(lambda: model, tsv, work_dir, model_name, progress, batch_size), kind)

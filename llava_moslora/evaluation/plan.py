@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from .benchmarks import SCORABLE_LOCALLY, local_tsv, tsv_type
+from .benchmarks import local_tsv, tsv_type, unscorable
 
 EXACT = "exact_matching"
 # Types whose VLMEvalKit evaluators use exact matching when no LLM judge works.
@@ -106,22 +106,20 @@ def plan_benchmark(name: str, located: Located | str, judge: Optional[str], env:
     elif kind in EXACT_MATCHING_TYPES:
         scoring = "exact matching" if chosen == EXACT else f"{chosen} (exact matching if it does not answer)"
     elif kind is not None and not located.official:  # a kind means `located` is a Located
-        scoring = "VLMEvalKit has no scorer for custom free-form TSVs: predictions, then likely a failure"
+        scoring = "normalized exact match (ours: VLMEvalKit has no scorer for custom free-form TSVs)"
     elif kind is not None:
         scoring = "VLMEvalKit's metric for the benchmark"
     return BenchmarkPlan(name, kind, source, chosen, scoring, "; ".join(reasons) or None)
 
 
 def locate_local(name: str, root: Path) -> Located | str:
-    """The builtin backend's view: a local TSV it can score (MCQ, yes/no), or why not."""
+    """The builtin backend's view: a local TSV it can score (MCQ, yes/no, free-form), or why not."""
     tsv = local_tsv(name, root)
     if tsv is None:
         return (f"no {Path(root) / (name + '.tsv')} (the builtin backend scores local TSVs; "
                 "official benchmarks need --backend vlmeval)")
-    kind = tsv_type(tsv)
-    if kind not in SCORABLE_LOCALLY:
-        return f"{tsv} is neither multiple-choice nor yes/no, the two kinds the builtin backend scores"
-    return Located(kind, str(tsv), official=False)
+    problem = unscorable(tsv)
+    return Located(tsv_type(tsv), str(tsv), official=False) if problem is None else problem
 
 
 def make_plan(names: Sequence[str], locate: Callable[[str], Located | str], judge: Optional[str],

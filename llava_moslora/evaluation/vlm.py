@@ -114,8 +114,10 @@ class LlavaMoSLoRAMixin:
         if is_multiple_choice(line):
             hint = line.get("hint")
             text = mcq_prompt(str(line["question"]), options_of(line), None if pd.isna(hint) else str(hint))
-        else:
+        elif self.kind_of(dataset) == "Y/N":
             text = short_prompt(str(line["question"]))
+        else:  # free-form: the question as VLMEvalKit's dataset prompt gives it
+            text = str(line["question"])
         return [{"type": "image", "value": path} for path in images] + [{"type": "text", "value": text}]
 
     @staticmethod

@@ -1,7 +1,8 @@
 """The vlmeval backend: VLMEvalKit's own dataset, inference and evaluation around our model class.
 
 Local yes/no TSVs go through ImageYORNDataset: VLMEvalKit's build_dataset makes any unknown
-non-MCQ TSV a free-form VQA set, which it cannot score. Under torchrun, VLMEvalKit splits the
+non-MCQ TSV a free-form VQA set, which it cannot score; such a set is scored by the builtin
+backend's normalized exact match instead. Under torchrun, VLMEvalKit splits the
 rows across ranks (it needs the process group initialised) and rank 0 scores.
 
 Inference is batched: each rank's rows get the prompts VLMEvalKit's infer_data would build
@@ -20,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from .batching import DEFAULT_BATCH_SIZE, answer_rows
+from .builtin import score_predictions
 from .benchmarks import local_tsv, tsv_type
 from .plan import BenchmarkPlan, Located
 from .ranks import init_distributed
@@ -130,7 +132,10 @@ def run_benchmark(get_model: Callable, plan: BenchmarkPlan, work_dir: Path, mode
             if rank == 0 and mode != "infer":
                 if not predictions.is_file():
                     raise FileNotFoundError(f"no predictions at {predictions}; run with --mode infer or all first")
-                dataset.evaluate(str(predictions), model=plan.judge, nproc=1)
+                if plan.kind == "VQA" and plan.source != "VLMEvalKit":  # VLMEvalKit has no scorer for custom free-form sets
+                    score_predictions(Path(plan.source), predictions, "VQA")
+                else:
+                    dataset.evaluate(str(predictions), model=plan.judge, nproc=1)
         finally:
             if world > 1:
                 torch.distributed.barrier()  # every rank waits for rank 0's scores, failed or not

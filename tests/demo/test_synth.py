@@ -103,3 +103,55 @@ def test_training_conversations_favour_the_families_learned_last():
     total = sum(TRAINING_WEIGHTS.values())
     for category, weight in TRAINING_WEIGHTS.items():
         assert drawn.count(category) / len(drawn) == pytest.approx(weight / total, abs=0.015)
+
+
+def test_the_free_form_benchmark_asks_the_test_scenes_and_answers_from_them(shapes):
+    """ShapesVQA_Open: every row about a held-out test image, its answer what the image's scene
+    shows (scenes.json: each image's caption), every type present."""
+    import json
+    import re
+
+    from llava_moslora.evaluation.benchmarks import tsv_type
+
+    open_rows = pd.read_csv(shapes / "ShapesVQA_Open.tsv", sep="\t")
+    assert list(open_rows.columns) == ["index", "image", "question", "answer", "category"]
+    assert tsv_type(shapes / "ShapesVQA_Open.tsv") == "VQA"  # VLMEvalKit reads it as a free-form set
+    counts = open_rows["category"].value_counts().to_dict()
+    assert counts["count"] == counts["size"] == counts["place"] == 60 and counts["description"] == 15
+    assert 0 < counts["color"] <= 60 and 0 < counts["shape"] <= 60
+    scenes = json.loads((shapes / "scenes.json").read_text())
+    mcq = pd.read_csv(shapes / "ShapesVQA_MCQ.tsv", sep="\t")
+    caption_of = {image: scenes[f"test_{i:06d}.png"] for i, image in zip(mcq["index"], mcq["image"])}
+    images = dict(zip(open_rows["index"], open_rows["image"]))
+    pattern = re.compile(r"(small|large) (red|green|blue|yellow) (circle|square|triangle) at the (\w+ \w+)")
+    for _, row in open_rows.iterrows():
+        image = row["image"] if len(str(row["image"])) > 64 else images[int(row["image"])]
+        caption = caption_of[image]  # a KeyError would be a row about a non-test image
+        objects = pattern.findall(caption)
+        question, answer = row["question"], row["answer"].rstrip(".").lower()
+        expected = {
+            "count": lambda: str(len(objects)),
+            "color": lambda: next(c for _, c, k, _ in objects if f"the {k}?" in question),
+            "shape": lambda: next(k for _, c, k, _ in objects if f"the {c} object?" in question),
+            "size": lambda: next(z for z, c, k, _ in objects if f"the {c} {k}?" in question),
+            "place": lambda: next(p for _, c, k, p in objects if f"the {c} {k}?" in question),
+            "description": lambda: caption.rstrip(".").lower(),
+        }[row["category"]]()
+        assert answer == expected, (question, row["answer"], caption)
+    assert len({caption_of[i if len(str(i)) > 64 else images[int(i)]] for i in open_rows["image"]}) <= 60
+
+
+@pytest.mark.parametrize("prediction, answer, hit", [
+    ("Red.", "Red.", True), ("red", "Red.", True), ("The red one", "Red.", False), ("2", "2.", True),
+    ("Top right.", "top right", True), ("Top left.", "Top right.", False),
+    ("A small blue circle at the top left and a large red square at the top right.",
+     "A large red square at the top right and a small blue circle at the top left.", True),
+    ("A large red square at the top right, a small blue circle at the top left and a small blue circle at the top left.",
+     "A large red square at the top right and a small blue circle at the top left.", False),
+    ("A large red square at the top left and a small blue circle at the top right.",
+     "A large red square at the top right and a small blue circle at the top left.", False),
+])
+def test_free_form_answers_match_up_to_case_punctuation_articles_and_list_order(prediction, answer, hit):
+    from llava_moslora.evaluation.builtin import free_form_hit
+
+    assert free_form_hit(prediction, answer) is hit

@@ -99,10 +99,9 @@ def test_batched_answers_equal_one_at_a_time(which, quickstart_style, merged, ro
             batched = pd.read_excel(predictions)["prediction"].fillna("").astype(str).tolist()
             assert batched == alone, (name, batch_size)
             assert len(calls) == expected_calls(lengths, steps, batch_size), (name, batch_size)
-            if KINDS[name] != "VQA":
-                files = score_predictions(tsv, predictions, KINDS[name])
-                scores.add((files.get("acc") or files["score"]).read_bytes())
-        assert len(scores) == (0 if KINDS[name] == "VQA" else 1)  # byte-identical score files whatever the batch
+            files = score_predictions(tsv, predictions, KINDS[name])
+            scores.add((files.get("acc") or files["score"]).read_bytes())
+        assert len(scores) == 1  # byte-identical score files whatever the batch
         # 24 rows one at a time: a forward per new token of each; at 16: two batches, each as long as its longest
         assert expected_calls(lengths, steps, 1) == sum(steps) and expected_calls(lengths, steps, 16) <= 2 * max(steps)
 

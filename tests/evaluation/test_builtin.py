@@ -103,10 +103,27 @@ def test_yes_no_file_scores_equal_a_hand_count(tmp_path):
     assert score.iloc[0].to_dict() == {"Overall": 75.0, "count": 100.0, "existence": 50.0}
 
 
-def test_a_tsv_that_is_neither_is_refused(tmp_path):
+def test_a_free_form_tsv_is_scored_per_category_by_normalized_exact_match(tmp_path):
+    """The question alone is the prompt (VLMEvalKit's for a free-form row); the _acc.csv is one
+    row on 0-100, as VLMEvalKit's free-form sets write it."""
+    rows = [dict(index=0, image=png(), question="Read the sign.", answer="STOP", category="ocr"),
+            dict(index=1, image="0", question="What color is it?", answer="Red.", category="color"),
+            dict(index=2, image="0", question="Describe it.", answer="A red sign and a pole.", category="description")]
     tsv = tmp_path / "Free.tsv"
-    pd.DataFrame([dict(index=0, image=png(), question="Read the sign.", answer="STOP")]).to_csv(tsv, sep="\t")
-    with pytest.raises(ValueError, match="multiple-choice"):
+    pd.DataFrame(rows).to_csv(tsv, sep="\t", index=False)
+    answers = {"Read the sign.": "Stop", "What color is it?": "red", "Describe it.": "A pole, and a red sign."}
+    model = Scripted(answers)
+    files = evaluate_tsv(model, tsv, tmp_path / "work", "tiny", progress=False)
+    score = pd.read_csv(files["acc"])
+    assert score.iloc[0].to_dict() == {"Overall": 100.0, "color": 100.0, "description": 100.0, "ocr": 100.0}
+    line = pd.read_csv(tsv, sep="\t").iloc[1]
+    assert model.build_prompt(line, "Free")[-1] == {"type": "text", "value": "What color is it?"}
+
+
+def test_a_tsv_without_answers_is_refused(tmp_path):
+    tsv = tmp_path / "Free.tsv"
+    pd.DataFrame([dict(index=0, image=png(), question="Read the sign.")]).to_csv(tsv, sep="\t")
+    with pytest.raises(ValueError, match="no `answer` column"):
         evaluate_tsv(Scripted({}), tsv, tmp_path / "work", "tiny", progress=False)
 
 

@@ -78,9 +78,9 @@ def test_builtin_backend_view(shapes_root, tmp_path):
     assert "only the vlmeval backend runs LLM judges" in plan.skip and "no " in plan.skip
 
 
-def test_custom_free_form_tsv_runs_and_says_it_has_no_scorer():
+def test_custom_free_form_tsv_runs_with_our_normalized_exact_match():
     plan = plan_benchmark("MyVQA", Located("VQA", "/data/MyVQA.tsv", official=False), None, {})
-    assert plan.runs and "no scorer" in plan.scoring
+    assert plan.runs and plan.scoring.startswith("normalized exact match") and "no scorer" in plan.scoring
 
 
 def test_table_types():

@@ -20,9 +20,9 @@ from llava_moslora.model import inference_dtype
 
 
 def test_suites_expand_and_names_pass_through():
-    assert suites()["shapes"] == ["ShapesVQA_MCQ", "ShapesVQA_YN"]
+    assert suites()["shapes"] == ["ShapesVQA_MCQ", "ShapesVQA_YN", "ShapesVQA_Open"]
     assert "MMBench_DEV_EN" in suites()["moslora-paper"] and "MME" in suites()["moslora-paper"]
-    assert resolve_benchmarks("shapes, MME,ShapesVQA_YN") == ["ShapesVQA_MCQ", "ShapesVQA_YN", "MME"]
+    assert resolve_benchmarks("shapes, MME,ShapesVQA_YN") == ["ShapesVQA_MCQ", "ShapesVQA_YN", "ShapesVQA_Open", "MME"]
     with pytest.raises(ValueError, match="no benchmarks"):
         resolve_benchmarks(" , ")
 
@@ -114,7 +114,8 @@ def test_paper_suite_plan_comes_before_any_model(tiny_checkpoint, shapes_root, t
         if line.startswith(("MathVista_MINI", "MMVet")):
             assert "SKIPPED: needs an LLM judge" in line
     assert {name: o.status for name, o in outcomes.items()} == {
-        **{name: "skipped" for name in suites()["moslora-paper"]}, "ShapesVQA_MCQ": "scored", "ShapesVQA_YN": "scored"}
+        **{name: "skipped" for name in suites()["moslora-paper"]}, "ShapesVQA_MCQ": "scored", "ShapesVQA_YN": "scored",
+        "ShapesVQA_Open": "scored"}
     assert "needs an LLM judge (run.py uses gpt-4-turbo)" in outcomes["MMVet"].detail
     assert exit_code(outcomes, strict=False) == 0 and exit_code(outcomes, strict=True) == 1
     with pytest.raises(PlanRefused, match="MathVista_MINI"):

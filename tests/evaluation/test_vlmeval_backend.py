@@ -36,8 +36,8 @@ def vlmevalkit_run_py() -> Path:
 
 @pytest.fixture
 def root(shapes_root, tmp_path):
-    """The shapes sets plus a free-form copy (answers are words, no options) VLMEvalKit cannot score;
-    a copy of the folder, since vlmeval unpacks images next to the TSVs."""
+    """The shapes sets plus a free-form copy (answers are words, no options) VLMEvalKit cannot
+    score, and one without answers; a copy of the folder, since vlmeval unpacks images next to the TSVs."""
     root = tmp_path / "lmu"
     root.mkdir()
     for name in SHAPES:
@@ -45,6 +45,7 @@ def root(shapes_root, tmp_path):
     table = pd.read_csv(shapes_root / "ShapesVQA_MCQ.tsv", sep="\t")
     free = table.drop(columns=[c for c in "ABCD" if c in table]).assign(answer="circle")
     free.to_csv(root / "ShapesVQA_Free.tsv", sep="\t", index=False)
+    free.drop(columns=["answer"]).to_csv(root / "ShapesVQA_NoAnswer.tsv", sep="\t", index=False)
     # a set of one's own, with a fifth option that is sometimes the answer, and a gap
     own = table.assign(E="none of these")
     own.loc[0, "E"], own.loc[0, "answer"] = own.loc[0, own.loc[0, "answer"]], "E"
@@ -93,18 +94,28 @@ def cli(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
-def test_an_unscorable_set_fails_alone(tiny_checkpoint, root, tmp_path):
-    args = ["eval", "--model", str(tiny_checkpoint), "--benchmarks", "ShapesVQA_MCQ,ShapesVQA_YN,ShapesVQA_Free",
-            "--data-root", str(root), "--backend", "vlmeval"]
-    result = cli(*args, "--work-dir", str(tmp_path / "w"))
+def test_a_free_form_set_is_scored_as_the_builtin_backend_does_and_an_unscorable_one_fails_alone(
+        tiny_checkpoint, root, tmp_path):
+    """VLMEvalKit has no scorer for a custom free-form set (its CustomVQADataset.evaluate raises):
+    after its inference ours scores it, with the builtin backend's file; a set without answers
+    fails alone."""
+    sets = "ShapesVQA_MCQ,ShapesVQA_YN,ShapesVQA_Free,ShapesVQA_NoAnswer"
+    args = ["eval", "--model", str(tiny_checkpoint), "--benchmarks", sets, "--data-root", str(root)]
+    result = cli(*args, "--backend", "vlmeval", "--work-dir", str(tmp_path / "w"))
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("ShapesVQA_")}
-    assert " scored " in lines["ShapesVQA_MCQ"] and " scored " in lines["ShapesVQA_YN"]
-    assert " failed " in lines["ShapesVQA_Free"] and "NotImplementedError" in lines["ShapesVQA_Free"]
-    assert "2 scored, 1 failed" in result.stdout
-    strict = cli(*args, "--work-dir", str(tmp_path / "w"), "--strict")
-    assert strict.returncode == 1 and "2 scored, 1 failed" in strict.stdout
+    assert all(" scored " in lines[name] for name in ("ShapesVQA_MCQ", "ShapesVQA_YN", "ShapesVQA_Free"))
+    assert " failed " in lines["ShapesVQA_NoAnswer"] and "no `answer` column" in lines["ShapesVQA_NoAnswer"]
+    assert "3 scored, 1 failed" in result.stdout
+    strict = cli(*args, "--backend", "vlmeval", "--work-dir", str(tmp_path / "w"), "--strict")
+    assert strict.returncode == 1 and "3 scored, 1 failed" in strict.stdout
+    builtin = cli("eval", "--model", str(tiny_checkpoint), "--benchmarks", "ShapesVQA_Free", "--data-root", str(root),
+                  "--backend", "builtin", "--work-dir", str(tmp_path / "b"))
+    assert builtin.returncode == 0, builtin.stdout + builtin.stderr
+    [ours] = (tmp_path / "b").rglob("*ShapesVQA_Free_acc.csv")
+    [theirs] = (tmp_path / "w").rglob("*ShapesVQA_Free_acc.csv")
+    assert ours.read_bytes() == theirs.read_bytes()
 
 
 def test_paper_suite_plan_without_a_judge(tiny_checkpoint, tmp_path):

@@ -155,7 +155,7 @@ def test_a_typo_in_a_flag_fails_before_anything_runs(tmp_path):
 
 @pytest.mark.parametrize("changes, message", [
     ({"flags": {"seed": 3}}, "set by the study"),
-    ({"evaluation": {"validation": "shapes"}}, "must not be the test split"),
+    ({"evaluation": {"validation": "ShapesVQA_MCQ,ShapesVQA_YN"}}, "must not be the test split"),
     ({"evaluation": {"validation": None}}, "needs evaluation.validation"),
     ({"budgets": {"r32": {"reference": "dora"}}}, "reference must name a variant"),
     ({"budget": {"reference": "lora", "r": 8}}, "not both"),
