@@ -67,3 +67,13 @@ def test_no_import_circle_inside_a_room():
 
     circles = [c for c in map(circle_from, graph) if c]
     assert not circles, circles[0]
+
+
+def test_the_shared_names_import_nothing_and_name_what_is_defined():
+    """llava_moslora/names.py is read by the launch checks and every --help: it imports nothing."""
+    tree = ast.parse((PACKAGE / "names.py").read_text())
+    assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    from llava_moslora.data.templates import TEMPLATES
+    from llava_moslora.names import TEMPLATE_NAMES
+
+    assert sorted(TEMPLATE_NAMES) == sorted(TEMPLATES)

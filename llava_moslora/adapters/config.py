@@ -5,11 +5,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Union
 
+from ..names import ADAPTER_KINDS
+
 AdapterKind = Literal["lora", "moslora", "moelora"]
 MixerInit = Literal["kaiming", "orthogonal", "identity", "normal", "zero", "butterfly"]
 GateRescale = Literal["none", "sqrt"]
 
-ADAPTER_KINDS = ("lora", "moslora", "moelora")
 MIXER_INITS = ("kaiming", "orthogonal", "identity", "normal", "zero", "butterfly")
 GATE_RESCALES = ("none", "sqrt")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -23,21 +25,25 @@ class ImageError(ValueError):
 
 
 MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: a large camera photo; LLaVA-1.5 sees 336 x 336 of any image
-_limit = MAX_IMAGE_PIXELS
+_limit: Optional[int] = MAX_IMAGE_PIXELS
 PIXELS_HELP = (f"refuse images over this many pixels before decoding them (decompression bombs) [{MAX_IMAGE_PIXELS:,}; "
                "0: no limit]")
 
 
 def set_max_image_pixels(pixels: Optional[int]) -> None:
-    """The pixel limit for every image this process opens (--max_image_pixels; None or 0: none)."""
+    """The pixel limit for every image this process opens (--max_image_pixels; None or 0: none),
+    ours and PIL's: any library in the process (Gradio, datasets) refuses an image over it."""
     global _limit
     _limit = pixels or None
+    # PIL raises DecompressionBombError above 2 x MAX_IMAGE_PIXELS, so half the limit makes it
+    # refuse exactly what this module refuses.
+    Image.MAX_IMAGE_PIXELS = None if _limit is None else _limit // 2
 
 
-# This module's check replaces PIL's decompression-bomb guard: it runs on every image the project
-# opens, before decoding, and its message names the flag that raises it. PIL's would warn, or
-# raise with its own message, at limits of its own.
-Image.MAX_IMAGE_PIXELS = None
+# PIL warns between MAX_IMAGE_PIXELS and twice that: with its limit set to refuse at ours, the
+# warning would only flag images within the limit.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+set_max_image_pixels(MAX_IMAGE_PIXELS)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -61,12 +67,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def over_limit(what: str, pixels: float, size: str = "") -> ImageError:
+    return ImageError(f"{what} is {size}{pixels / 1e6:.1f} MP, over the limit of {(_limit or 0) / 1e6:.1f} MP "
+                      "(--max_image_pixels raises it); its pixels were not decoded")
+
+
 def _within_limit(image: Image.Image, what: str) -> Image.Image:
     """The image, once its header says it is within the pixel limit (nothing decoded yet)."""
     width, height = image.size
     if _limit is not None and width * height > _limit:
-        raise ImageError(f"{what} is {width} x {height} = {width * height / 1e6:.1f} MP, over the limit of "
-                         f"{_limit / 1e6:.1f} MP (--max_image_pixels raises it); its pixels were not decoded")
+        raise over_limit(what, width * height, f"{width} x {height} = ")
     return image
 
 
@@ -80,6 +90,9 @@ def read_image(source, what: str, verb: str = "read", decode: bool = True) -> Op
             return to_rgb(image) if decode else None
     except ImageError:
         raise
+    except Image.DecompressionBombError as error:  # PIL's guard, at our limit, read the header first
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise over_limit(what, int(found.group(1)) if found else float("nan")) from None
     except Exception as error:  # noqa: BLE001 - PIL fails in many types on a file that is no image
         raise ImageError(f"cannot {verb} {what}: {error}") from None
 

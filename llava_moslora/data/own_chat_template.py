@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..names import OWN_TEMPLATE
+
 from .templates import IMAGE_TOKEN, PAPER_FORMATS, TEMPLATES, Segments, Template, Turns, get_template
 
-OWN = "chat_template"  # Recipe.template of a directory prompted with its own Jinja template
+OWN = OWN_TEMPLATE  # Recipe.template of a directory prompted with its own Jinja template
 _PROBE: Turns = [(f"{IMAGE_TOKEN}\nWhat is shown?", "A red circle."), ("And its size?", None)]
 
 

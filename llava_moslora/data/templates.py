@@ -124,9 +124,6 @@ PAPER_FORMATS = frozenset({"llama3_chat", "internlm2_chat", "moelora_llava"})
 
 
 # --template of chat, eval and web: what the flag means wherever it is offered.
-TEMPLATE_HELP = ("conversation template to prompt with: vicuna_v1, llama3, chatml, XTuner's llama3_chat, internlm2_chat, or "
-                 "moelora_llava (the MoE-LoRA paper's code) (default: the one the checkpoint was trained with; a llava-hf "
-                 "directory of its own: its chat template)")
 
 
 def get_template(name: str) -> Template:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, set_max_image_pixels
+from ..names import BITS, BITS_HELP, TEMPLATE_HELP
 from .benchmarks import data_root, resolve_benchmarks, suites
 from .batching import DEFAULT_BATCH_SIZE, check_batch_size
 from .plan import BenchmarkPlan, locate_local, make_plan, render_plan
@@ -254,9 +255,7 @@ def add_arguments(parser, name: str = "eval") -> None:
                         help="stop at start if any benchmark would be skipped; exit 1 if any fails")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                         help="weights dtype (auto: bf16 on GPUs that support it, fp32 on CPU)")
-    # model.quantize.BITS, written out: importing the model room here would make `eval --help` take 5 s
-    parser.add_argument("--bits", type=int, default=None, choices=(4, 8, 16),
-                        help="language model weights: 4 / 8 (bitsandbytes) or 16 (float) [as the checkpoint was trained]")
+    parser.add_argument("--bits", type=int, default=None, choices=BITS, help=BITS_HELP)
     parser.add_argument("--backend", choices=["auto", "vlmeval", "builtin"], default="auto",
                         help="auto: vlmeval when installed, else builtin (local MCQ / yes-no TSVs)")
     parser.add_argument("--data-root", "--data_root", dest="data_root", default=None,
@@ -270,11 +269,7 @@ def add_arguments(parser, name: str = "eval") -> None:
                         help="rows answered per generation, prompts of like length together; the answers equal "
                              "one-at-a-time ones (on a GPU, a batch out of memory is halved and retried) "
                              "(default: %(default)s)")
-    # data.templates.TEMPLATE_HELP, written out: importing the data room here would slow `eval --help` by 1.4 s
-    parser.add_argument("--template", default=None,
-                        help="conversation template to prompt with: vicuna_v1, llama3, chatml, XTuner's llama3_chat, "
-                             "internlm2_chat, or moelora_llava (the MoE-LoRA paper's code) (default: the one the "
-                             "checkpoint was trained with; a llava-hf directory of its own: its chat template)")
+    parser.add_argument("--template", default=None, help=TEMPLATE_HELP)
 
 
 def run(args, name: str = "eval") -> int:

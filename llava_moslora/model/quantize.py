@@ -14,10 +14,11 @@ import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Optional
 
+from ..names import BITS
+
 if TYPE_CHECKING:  # torch is imported where it is used: `eval --help` and friends stay light
     import torch
 
-BITS = (4, 8, 16)  # 16: no quantization
 QUANT_TYPES = ("nf4", "fp4")
 NOT_QUANTIZED = ["lm_head"]  # the output layer stays in float, as in QLoRA
 
@@ -69,7 +70,6 @@ def loading_quantization(bits: Optional[int]):
     return "recorded" if bits is None else quantization_from_flags(bits)
 
 
-BITS_HELP = "language model weights: 4 / 8 (bitsandbytes) or 16 (float) [as the checkpoint was trained]"
 
 
 def load_device() -> str:

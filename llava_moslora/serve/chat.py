@@ -19,8 +19,8 @@ from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, ImageError, read_image,
 from ..data.templates import IMAGE_TOKEN
 from ..evaluation.answer import Answerer, PromptTooLong
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
-from ..data.templates import TEMPLATE_HELP
-from ..model.quantize import BITS, BITS_HELP, loading_quantization
+from ..model.quantize import loading_quantization
+from ..names import BITS, BITS_HELP, TEMPLATE_HELP
 
 HELP = "commands: /image PATH (add an image; the next question is about it), /reset (start over, no images), /exit"
 

@@ -24,9 +24,10 @@ from typing import Iterator, Optional
 from PIL import Image
 
 from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, ImageError, read_image, set_max_image_pixels, to_rgb
-from ..data.templates import IMAGE_TOKEN, TEMPLATE_HELP
+from ..data.templates import IMAGE_TOKEN
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
-from ..model.quantize import BITS, BITS_HELP, loading_quantization
+from ..model.quantize import loading_quantization
+from ..names import BITS, BITS_HELP, TEMPLATE_HELP
 from ..evaluation.answer import PromptTooLong
 from .chat import ChatSession, Reply
 

@@ -22,10 +22,11 @@ import signal
 import sys
 from typing import Optional, Sequence
 
+from ..names import MISTAKE_EXIT_CODE
+
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 TORCHRUN_SIGNALS = ("SIGHUP", "SIGQUIT")  # torchrun's own, kept
 SHUTDOWN_TIMEOUT = 300
-SAID = 2  # train.main.SAID: a rank stopped on a mistake it has said (not imported: this starts first)
 CRASHED = 1  # train.crash.FAILED: a rank crashed and said where
 
 
@@ -58,9 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 128 + int(stopped.sigval)
     except ChildFailedError as failed:
         codes = {failure.exitcode for failure in failed.failures.values()}
-        if codes == {SAID}:
-            return SAID  # the ranks said what was wrong, in one line: no report on top
-        if CRASHED in codes and codes <= {CRASHED, SAID} | {128 + int(getattr(signal, n)) for n in STOP_SIGNALS}:
+        if codes == {MISTAKE_EXIT_CODE}:
+            return MISTAKE_EXIT_CODE  # the ranks said what was wrong, in one line: no report on top
+        if CRASHED in codes and codes <= {CRASHED, MISTAKE_EXIT_CODE} | {128 + int(getattr(signal, n)) for n in STOP_SIGNALS}:
             ranks = sorted(rank for rank, failure in failed.failures.items() if failure.exitcode == CRASHED)
             print(f"[llava-moslora] launcher: the run failed (ranks {', '.join(map(str, ranks))} exited 1; the "
                   "failing rank said why above); resume with --resume_from_checkpoint auto", file=sys.stderr, flush=True)

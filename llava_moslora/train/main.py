@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from .machine import CPU_FLAGS, GPU_ONLY_FLAGS, adapt_to_machine, join_process_group, precision_chosen, without_flags
+from ..names import MISTAKE_EXIT_CODE
 from .llava_flags import translate
 from .preflight import check_launch, flag_is_on, flag_value
 
@@ -119,12 +120,11 @@ def silence_what_users_cannot_act_on() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-SAID = 2  # the exit code of a run that stopped on a mistake it has said in one line (launch.py: no report)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """main(), with the project's own errors (launch mistakes, bad data, checkpoints) said once, on
-    rank 0, in one line, and exit code SAID, instead of a traceback from every rank; any other
+    rank 0, in one line, and exit code MISTAKE_EXIT_CODE, instead of a traceback from every rank; any other
     error ends this rank and its workers at once (train/crash.py), exit code 1."""
     try:
         return main(argv)
@@ -141,7 +141,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
 
         if isinstance(error, CheckpointSaveError):  # met by some ranks, maybe not rank 0: each says it
             print(f"llava-moslora train (rank {os.environ.get('RANK', '0')}): {error}", file=sys.stderr, flush=True)
-            return SAID
+            return MISTAKE_EXIT_CODE
         if not isinstance(error, (DataError, CheckpointError, TokenizerLoadError, NonFiniteLoss)):
             from .crash import crashed
 
@@ -150,7 +150,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         message = str(error)
     if os.environ.get("RANK", "0") == "0":
         print(f"llava-moslora train: {message}", file=sys.stderr, flush=True)
-    return SAID
+    return MISTAKE_EXIT_CODE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -217,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if main_process:
             print(f"[llava-moslora] {error}", file=sys.stderr, flush=True)
         shut_down_process_group()
-        return SAID
+        return MISTAKE_EXIT_CODE
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, main_process)
     if resume:
         check_resumable(resume, bundle.model, bundle.recipe)

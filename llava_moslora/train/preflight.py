@@ -17,14 +17,12 @@ from typing import Optional, Sequence
 
 from ..data.records import ACCEPTED, data_paths
 from ..data.tables import is_table_source
-from ..data.templates import TEMPLATES
+from ..names import ADAPTER_KINDS, OWN_TEMPLATE, TEMPLATE_NAMES
 from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
 from ..towers import CLS_FIRST, NO_CLS, select_strategy
 from .llava_flags import translate
 from ..tokenizer_files import load_failure, missing_libraries, needs_conversion, tokenizer_format
 
-ADAPTERS = ("lora", "moslora", "moelora")
-OWN_TEMPLATE = "chat_template"  # data/own_chat_template.OWN, without importing its room's tokenizers
 PATH_FLAGS = ("--data_path", "--data_mixture", "--image_folder", "--pretrain_mm_mlp_adapter", "--model_name_or_path",
               "--vision_tower", "--adapter", "--template", "--output_dir", "--resume_from_checkpoint", "--report_to")
 # transformers' --report_to integrations (transformers 5.23) -> the module each needs
@@ -93,10 +91,10 @@ def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> lis
                 problem = _feature_problem(flags[flag], flag_value(argv, "--mm_vision_select_feature"))
             if problem:
                 say(flag, problem)
-    if "--adapter" in flags and flags["--adapter"] not in ADAPTERS:
-        say("--adapter", f"unknown adapter; accepted: {', '.join(ADAPTERS)}")
-    if "--template" in flags and flags["--template"] not in (*TEMPLATES, OWN_TEMPLATE):
-        say("--template", f"unknown template; accepted: {', '.join(TEMPLATES)}, {OWN_TEMPLATE} (the model's own)")
+    if "--adapter" in flags and flags["--adapter"] not in ADAPTER_KINDS:
+        say("--adapter", f"unknown adapter; accepted: {', '.join(ADAPTER_KINDS)}")
+    if "--template" in flags and flags["--template"] not in (*TEMPLATE_NAMES, OWN_TEMPLATE):
+        say("--template", f"unknown template; accepted: {', '.join(TEMPLATE_NAMES)}, {OWN_TEMPLATE} (the model's own)")
     if flags.get("--report_to"):
         problem = _tracker_problem(flags["--report_to"])
         if problem:

@@ -78,9 +78,16 @@ def test_an_image_over_the_limit_is_refused_from_its_header(bomb, tmp_path, monk
     assert bomb.stat().st_size < 200_000
     with monkeypatch.context() as patched:
         patched.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the bomb's pixels were decoded"))
-        with pytest.raises(ImageError, match=r"20000 x 20000 = 400.0 MP, over the limit of 64.0 MP "
+        with pytest.raises(ImageError, match=r"image bomb.png is 400.0 MP, over the limit of 64.0 MP "
                                              r"\(--max_image_pixels raises it\); its pixels were not decoded"):
             read_image(bomb, "image bomb.png")
+        with pytest.raises(Image.DecompressionBombError):  # any other library of the process refuses it too
+            Image.open(bomb)
+    Image.new("1", (8000, 7999)).save(tmp_path / "within.png")  # just under the limit: read
+    assert read_image(tmp_path / "within.png", "image within.png", decode=False) is None
+    Image.new("1", (8000, 8001)).save(tmp_path / "over.png")  # just over it: refused
+    with pytest.raises(ImageError, match=r"64.0 MP, over the limit of 64.0 MP"):
+        read_image(tmp_path / "over.png", "image over.png", decode=False)
     session = ChatSession(answerer=None)
     with pytest.raises(ImageError, match="--max_image_pixels"):
         session.add_image(str(bomb))
