@@ -43,6 +43,8 @@ def answer_rows(model, rows: Sequence[tuple[Hashable, list]], dataset: Optional[
             if size == 1:
                 raise
             replies = None
+        # Not accelerate's find_executable_batch_size: it empties the cache inside its except block,
+        # while the traceback still holds the failed batch's tensors, and restarts the whole call.
         if replies is None:  # out of memory: outside the except, whose traceback held the batch's tensors
             size = max(1, min(size, len(chunk)) // 2)  # the longest prompts come last: smaller batches for them
             torch.cuda.empty_cache()

@@ -24,7 +24,7 @@ from ..data.prompts import LETTERS, mcq_prompt, short_prompt
 from ..data.templates import IMAGE_TOKEN
 from ..model import inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import loading_quantization
-from .answer import Answerer, PromptTooLong
+from ..model.inference import Answerer, PromptTooLong
 from .benchmarks import benchmark_type
 from .toolkit import import_vlmeval_quietly, vlmeval_available
 

@@ -1,31 +1,7 @@
-"""Riemannian preconditioning of low-rank adapter gradients, as backward hooks.
-
-For a LoRA update dW = s B A (B: d_out x r, A: r x d_in), Zhang & Pilanci (2024) precondition
-
-    grad_A <- (B^T B + reg I)^-1 grad_A        grad_B <- grad_B (A A^T + reg I)^-1
-
-Each is the least-squares step of one factor with the other fixed: the step that best moves the
-product along the full-matrix gradient G, which makes the update invariant to how the product is
-split between the factors. With SGD this is RSGD; fed to AdamW it is their "scaled AdamW".
-
-MoSLoRA, dW = s B M A. Holding two of the three factors fixed gives each one's preconditioner:
-  * A sees the effective up-projection B M:     grad_A <- ((BM)^T (BM) + reg I)^-1 grad_A
-  * B sees the effective down-projection M A:   grad_B <- grad_B ((MA)(MA)^T + reg I)^-1
-  * M sits between B and A. Its gradient is B^T G A^T, and the least-squares step
-    argmin_dM ||B dM A - G||_F is (B^T B)^-1 (B^T G A^T) (A A^T)^-1, so M gets the two-sided
-                                                grad_M <- (B^T B + reg I)^-1 grad_M (A A^T + reg I)^-1
-  With M = I (frozen identity) all of this reduces exactly to LoRA's rule.
-MoE-LoRA: the same LoRA rule for every expert (A_i, B_i), batched over experts; the router is
-left alone. Pairs are taken from the layer's own tensor layout, never from parameter order.
-
-Why hooks: a hook on each factor rewrites that factor's gradient as soon as autograd computes
-it, before DeepSpeed ZeRO-1/2 reduces or partitions it (the preconditioner is identical on every
-rank, so it commutes with the all-reduce), and before any optimizer sees it; any torch optimizer
-works unchanged. The preconditioner is linear in the gradient and depends only on the weights,
-which do not change within a step, so gradient accumulation equals one large batch.
-ZeRO-3 partitions the factors themselves, so the other factor is not available in a hook: that
-case is refused with an error rather than computed wrongly. The r x r inverses run in fp32.
-"""
+"""Riemannian preconditioning of low-rank adapter gradients, as backward hooks: each factor's
+gradient is replaced by its least-squares step with the other factors fixed (Zhang & Pilanci 2024;
+LoRA, MoSLoRA's three factors, each MoE-LoRA expert), before DeepSpeed ZeRO-1/2 or any optimizer
+sees it. The rules and why hooks: docs/ARCHITECTURE.md, "Riemannian preconditioning"."""
 from __future__ import annotations
 
 from typing import Callable

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..data.images import MAX_IMAGE_PIXELS, PIXELS_HELP, ImageError, read_image, set_max_image_pixels, to_rgb
 from ..data.templates import IMAGE_TOKEN
-from ..evaluation.answer import Answerer, PromptTooLong
+from ..model.inference import Answerer, PromptTooLong
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import loading_quantization
 from ..names import BITS, BITS_HELP, TEMPLATE_HELP

@@ -28,7 +28,7 @@ from ..data.templates import IMAGE_TOKEN
 from ..model import DTYPES, inference_device, inference_dtype, load_checkpoint
 from ..model.quantize import loading_quantization
 from ..names import BITS, BITS_HELP, TEMPLATE_HELP
-from ..evaluation.answer import PromptTooLong
+from ..model.inference import PromptTooLong
 from .chat import ChatSession, Reply
 
 EXAMPLE_QUESTION = "How many shapes are in the image?"
@@ -39,19 +39,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 @dataclass
 class Model:
     """One --model: its answerer, or why it could not be loaded."""
-    path: str
+    path: str  # as given: the pane's title
     answerer: Optional[object] = None
     error: Optional[str] = None
-
-    @property
-    def name(self) -> str:
-        return self.path
 
 
 def load_models(paths: list[str], device: str, dtype: str, bits: Optional[int] = None,
                 template: Optional[str] = None) -> list[Model]:
     """Each model loaded, or its error kept for the page (the server starts either way)."""
-    from ..evaluation.answer import Answerer
+    from ..model.inference import Answerer
 
     models = []
     for path in paths:
@@ -181,7 +177,7 @@ class Demo:
         for i, item in stream_together(sessions, question):
             if isinstance(item, BaseException):
                 reason = f"cannot answer: {item}" if isinstance(item, PromptTooLong) else f"{type(item).__name__}: {item}"
-                failures.append(f"{self.models[i].name}: {reason}")
+                failures.append(f"{self.models[i].path}: {reason}")
                 continue
             if isinstance(item, Reply):
                 histories[i].append((asked[i], str(item)))
@@ -191,7 +187,7 @@ class Demo:
             shown_ = [messages(history, (asked[j], partial[j]) if j in partial else None) if j in sessions else pane
                       for j, (history, pane) in enumerate(zip(histories, fixed))]
             yield (*shown_, "answering..." if partial else "", conversation)
-        notices = [f"{self.models[i].name}: {session.notice}" if len(sessions) > 1 else session.notice
+        notices = [f"{self.models[i].path}: {session.notice}" if len(sessions) > 1 else session.notice
                    for i, session in sessions.items() if session.notice]
         status = "; ".join(failures + notices) if failures or notices else "done"
         yield (*self.panes(conversation), status, conversation)
@@ -285,7 +281,7 @@ def build_page(demo: Demo, examples: list[str]):
             with gr.Column(scale=2 if len(demo.models) == 1 else 3):
                 with gr.Row():
                     # raw text, as `chat` prints it (Markdown would turn a reply "2." into a list marker)
-                    panes = [gr.Chatbot(label=model.name, height=420, render_markdown=False) for model in demo.models]
+                    panes = [gr.Chatbot(label=model.path, height=420, render_markdown=False) for model in demo.models]
                 question = gr.Textbox(label="question", placeholder=EXAMPLE_QUESTION, lines=1)
                 with gr.Row():
                     send, regenerate, clear = gr.Button("Send", variant="primary"), gr.Button("Regenerate"), gr.Button("Clear")

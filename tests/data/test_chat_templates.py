@@ -8,7 +8,7 @@ from transformers import AutoProcessor, AutoTokenizer
 
 from llava_moslora.data import encode_conversation, get_template
 from llava_moslora.data.chat_templates import chat_template
-from llava_moslora.evaluation.answer import Answerer
+from llava_moslora.model.inference import Answerer
 from llava_moslora.model import build_llava, load_checkpoint, save_checkpoint
 from llava_moslora.model.export import merge_checkpoint
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from llava_moslora.data.prompts import MCQ_SUFFIX, SHORT_SUFFIX
-from llava_moslora.evaluation.answer import Answerer
+from llava_moslora.model.inference import Answerer
 from llava_moslora.evaluation.builtin import decode_image
 from llava_moslora.evaluation.vlm import model_class
 from llava_moslora.model import load_checkpoint

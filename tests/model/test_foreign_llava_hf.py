@@ -8,7 +8,7 @@ import pytest
 
 from llava_moslora.data.own_chat_template import OWN
 from llava_moslora.data.templates import IMAGE_TOKEN
-from llava_moslora.evaluation.answer import Answerer
+from llava_moslora.model.inference import Answerer
 from llava_moslora.model import build_llava, load_checkpoint
 
 # A Qwen2-VL-like ChatML template of its own (no default system turn, images as parts): not one

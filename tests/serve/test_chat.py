@@ -60,7 +60,7 @@ def test_prompt_mode_with_a_bad_image_fails_with_a_message(tiny_checkpoint, imag
 
 
 def test_the_reply_streams_in_pieces_that_add_up_and_turns_are_kept(tiny_checkpoint, images):
-    from llava_moslora.evaluation.answer import Answerer
+    from llava_moslora.model.inference import Answerer
     from llava_moslora.model import load_checkpoint
     from llava_moslora.serve.chat import ChatSession
 
@@ -83,7 +83,7 @@ def test_the_reply_streams_in_pieces_that_add_up_and_turns_are_kept(tiny_checkpo
 def test_an_added_image_joins_the_conversation_at_the_next_question(tiny_checkpoint, images):
     """/image adds an image: the next question carries its placeholder, the first image and turn
     stay in the prompt, and the reply is what the answerer gives for that two-image conversation."""
-    from llava_moslora.evaluation.answer import Answerer
+    from llava_moslora.model.inference import Answerer
     from llava_moslora.model import load_checkpoint
     from llava_moslora.serve.chat import ChatSession
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, save_tiny_checkpoint
-from llava_moslora.evaluation.answer import Answerer, PromptTooLong
+from llava_moslora.model.inference import Answerer, PromptTooLong
 from llava_moslora.model import load_checkpoint
 from llava_moslora.serve.chat import ChatSession
 

@@ -18,7 +18,8 @@ from PIL import Image
 from ..data import IMAGE_TOKEN, encode_conversation, preprocess_image
 from ..data.own_chat_template import template_for
 from ..data.tokenize import token_id
-from ..model import LlavaBundle, inference_device
+from .builder import LlavaBundle
+from .tuning import inference_device
 
 PROMPTS_REMEMBERED = 1 << 16  # rendered prompts kept (a benchmark's worth; token ids only)
 
@@ -147,19 +148,17 @@ class Answerer:
         wanted = max_new_tokens or self.max_new_tokens
         if self.context is not None:  # positions follow each row's own length: the longest row bounds them
             wanted = min(wanted, self.context - max(len(prompt) for prompt in prompts))
-        width = max(len(prompt) for prompt in prompts)
         tokenizer = self.bundle.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):  # left padding: every prompt ends where its reply starts
-            ids[row, width - len(prompt):] = torch.tensor(prompt)
-            mask[row, width - len(prompt):] = 1
+        if tokenizer.pad_token_id is None:  # a directory without one: pad with the stop token, as generate does
+            tokenizer.pad_token_id = self.stop_ids[0]
+        # left padding: every prompt ends where its reply starts
+        batch = tokenizer.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
+        width = batch["input_ids"].shape[1]
         # one image per <image>, in row order, as the model fills them in
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
+        inputs = {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device),
                   **self._pixels([image for _, images in requests for image in images])}
         output = self.model.generate(**inputs, max_new_tokens=wanted, do_sample=False,
-                                     eos_token_id=self.stop_ids, pad_token_id=pad)
+                                     eos_token_id=self.stop_ids, pad_token_id=tokenizer.pad_token_id)
         replies = []
         for row in output[:, width:].tolist():
             end = next((k + 1 for k, token in enumerate(row) if token in self.stop_ids), len(row))
