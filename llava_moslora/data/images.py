@@ -35,9 +35,9 @@ def set_max_image_pixels(pixels: Optional[int]) -> None:
     ours and PIL's: any library in the process (Gradio, datasets) refuses an image over it."""
     global _limit
     _limit = pixels or None
-    # PIL raises DecompressionBombError above 2 x MAX_IMAGE_PIXELS, so half the limit makes it
-    # refuse exactly what this module refuses.
-    Image.MAX_IMAGE_PIXELS = None if _limit is None else _limit // 2
+    # PIL raises DecompressionBombError above 2 x MAX_IMAGE_PIXELS: half the limit, rounded up (an
+    # odd limit rounded down would refuse an image of exactly the limit), refuses what we refuse.
+    Image.MAX_IMAGE_PIXELS = None if _limit is None else (_limit + 1) // 2
 
 
 # PIL warns between MAX_IMAGE_PIXELS and twice that: with its limit set to refuse at ours, the
@@ -73,7 +73,8 @@ def over_limit(what: str, pixels: float, size: str = "") -> ImageError:
 
 
 def _within_limit(image: Image.Image, what: str) -> Image.Image:
-    """The image, once its header says it is within the pixel limit (nothing decoded yet)."""
+    """The image, once its header says it is within the pixel limit (nothing decoded yet); still
+    needed beside PIL's guard, which another library may lift (Image.MAX_IMAGE_PIXELS = None)."""
     width, height = image.size
     if _limit is not None and width * height > _limit:
         raise over_limit(what, width * height, f"{width} x {height} = ")

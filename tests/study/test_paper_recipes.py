@@ -8,6 +8,7 @@ registry package ships them; no weight is read (the dry run builds on the meta d
 """
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -309,7 +310,7 @@ def dry_runs(hub, tmp_path_factory):
     for grid, (records, stage1, model, extra) in runs.items():
         root = tmp_path_factory.mktemp(grid.split(".")[0])
         path = lay_out(root, grid, records, stage1)
-        env = {**{k: v for k, v in __import__("os").environ.items() if k not in ("MODEL", "VISION_TOWER")}}
+        env = {k: v for k, v in os.environ.items() if k not in ("MODEL", "VISION_TOWER")}
         if model:
             env.update(MODEL=str(model), VISION_TOWER=str(hub["clip"]))
         result = subprocess.run([sys.executable, "-m", "llava_moslora", "study", "--grid", str(path), "--dry-run",
