@@ -4,18 +4,21 @@ A llava-hf directory this project did not write (a Qwen- or Llama-3-based LLaVA,
 Vicuna ones) carries the chat template it was trained with. `template_for` recognises it as one
 of templates.py's formats when it renders exactly as one does, and otherwise wraps the Jinja
 itself: the prompt is what `apply_chat_template` gives, and a reply's loss-bearing text is what
-the template adds between the open prompt and the finished turn, so training labels and the
-inference prompt come from the same rendering.
+the template marks with `{% generation %}`, or, in a template without marks, what it adds
+between the open prompt and the finished turn; so training labels and the inference prompt come
+from the same rendering.
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from ..names import OWN_TEMPLATE
 
-from .templates import IMAGE_TOKEN, PAPER_FORMATS, TEMPLATES, Segments, Template, Turns, get_template
+from .templates import IMAGE_TOKEN, PAPER_FORMATS, TEMPLATES, Segments, Template, Turns, get_template, marked_segments
 
 OWN = OWN_TEMPLATE  # Recipe.template of a directory prompted with its own Jinja template
+_MARKS = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as transformers finds them
 _PROBE: Turns = [(f"{IMAGE_TOKEN}\nWhat is shown?", "A red circle."), ("And its size?", None)]
 
 
@@ -38,15 +41,21 @@ def _messages(turns: Turns, system: Optional[str], upto: int, with_reply: bool) 
 
 def _renderer(tokenizer):
     jinja = tokenizer.chat_template
-    bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", True) else None
+    # the tokenizer adds BOS itself when encoding (as with every template here)
+    bos = (tokenizer.bos_token or "") if getattr(tokenizer, "add_bos_token", True) else ""
+
+    if _MARKS.search(jinja):
+        def render_marked(turns: Turns, system: Optional[str]) -> Segments:
+            return marked_segments(jinja, _messages(turns, system, len(turns) - 1, True),
+                                   open_reply=turns[-1][1] is None, strip_prefix=bos, **tokenizer.special_tokens_map)
+        return render_marked
 
     def apply(messages: list[dict], open_reply: bool) -> str:
         text = tokenizer.apply_chat_template(messages, chat_template=jinja, tokenize=False,
                                              add_generation_prompt=open_reply)
-        # the tokenizer adds BOS itself when encoding (as with every template here)
         return text[len(bos):] if bos and text.startswith(bos) else text
 
-    def render(turns: Turns, system: str, end_of_turn: str) -> Segments:
+    def render(turns: Turns, system: Optional[str]) -> Segments:
         segments, done = [], ""
         for index, (_, reply) in enumerate(turns):
             for text, carries_loss in ((apply(_messages(turns, system, index, False), True), False),
@@ -78,7 +87,7 @@ def own_template(tokenizer) -> Template:
     """The tokenizer's chat template as a Template (ChatTemplateError when it has none)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError("no chat template")
-    return Template(OWN, "", _end_of_turn(tokenizer), _renderer(tokenizer))
+    return Template(OWN, tokenizer.chat_template, _end_of_turn(tokenizer), renderer=_renderer(tokenizer))
 
 
 def recognise(tokenizer) -> Optional[str]:

@@ -18,8 +18,7 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, 
                           SiglipVisionModel)
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from ..data.chat_templates import chat_template
-from ..data.templates import IMAGE_TOKEN
+from ..data.templates import IMAGE_TOKEN, get_template
 from ..tokenizer_files import load_failure
 from ..towers import select_strategy
 from .partitioned import outside_zero3, whole
@@ -48,7 +47,7 @@ class LlavaBundle:
 def set_chat_template(tokenizer, template: str) -> None:
     """Give the tokenizer the chat template of the conversation template the model is trained
     with (the processor made from it carries the same), replacing the base LM's own."""
-    tokenizer.chat_template = chat_template(template)
+    tokenizer.chat_template = get_template(template).chat_template
 
 
 def make_processor(config: LlavaConfig, tokenizer, image_processor) -> LlavaProcessor:

@@ -7,7 +7,6 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
 from llava_moslora.data import encode_conversation, get_template
-from llava_moslora.data.chat_templates import chat_template
 from llava_moslora.model.inference import Answerer
 from llava_moslora.model import build_llava, load_checkpoint, save_checkpoint
 from llava_moslora.model.export import merge_checkpoint
@@ -59,7 +58,7 @@ def test_apply_chat_template_gives_the_training_tokens(checkpoints, name, where)
     stage, merged = checkpoints(name)
     directory = stage if where == "stage" else merged
     processor = AutoProcessor.from_pretrained(directory)
-    assert processor.chat_template == chat_template(name)
+    assert processor.chat_template == get_template(name).chat_template
     bundle = load_checkpoint(directory)
     n = bundle.recipe.num_image_tokens
     turns = TURNS[:1] if name == "plain" else TURNS  # stage 1 trains on one caption per image
@@ -70,6 +69,22 @@ def test_apply_chat_template_gives_the_training_tokens(checkpoints, name, where)
         want = pipeline_ids(name, bundle.tokenizer, turns, n, system)
         assert got["input_ids"][0].tolist() == want, (name, system)
         assert got["pixel_values"].shape[0] == 1
+
+
+@pytest.mark.parametrize("name", [*CHAT, "plain"])
+def test_the_saved_templates_assistant_mask_is_the_training_labels(checkpoints, name):
+    """The saved template is the one definition training labels come from: transformers' own
+    assistant mask over it marks exactly the tokens training puts loss on."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints(name)[0])
+    turns = TURNS[:1] if name == "plain" else TURNS
+    got = tokenizer.apply_chat_template(messages(turns, image=False), tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    want = encode_conversation(get_template(name), tokenizer, turns)
+    # apply_chat_template(tokenize=True) adds no special tokens; training's tokenizer call adds BOS
+    bos = 1 if tokenizer.bos_token_id is not None and want.input_ids[0] == tokenizer.bos_token_id else 0
+    assert got["input_ids"] == want.input_ids[bos:]
+    assert got["assistant_masks"] == [int(label != -100) for label in want.labels[bos:]]
+    assert 0 < sum(got["assistant_masks"]) < len(want.labels)
 
 
 @pytest.mark.parametrize("name", CHAT)

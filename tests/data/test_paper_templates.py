@@ -13,7 +13,6 @@ between the encoded halves of its turn.
 import pytest
 
 from llava_moslora.data import encode_conversation, get_template
-from llava_moslora.data.chat_templates import chat_template
 from llava_moslora.data.records import parse_sample
 from llava_moslora.data.tokenize import IGNORE_INDEX
 from llava_moslora.model.builder import prepare_tokenizer
@@ -107,7 +106,7 @@ def test_the_saved_chat_template_prompts_as_training_renders(template, family, t
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the image?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
                 {"role": "user", "content": [{"type": "text", "text": "And its colour?"}]}]
-    rendered = tokenizer.apply_chat_template(messages, chat_template=chat_template(template), tokenize=False,
+    rendered = tokenizer.apply_chat_template(messages, chat_template=get_template(template).chat_template, tokenize=False,
                                              add_generation_prompt=True)
     assert rendered == expected
 
@@ -138,5 +137,5 @@ def test_the_moelora_codes_prompt_token_for_token(question, options, answer, tok
     assert ours.labels == theirs_labels
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": parsed.turns[0][0].split("\n", 1)[1]}]}],
-        chat_template=chat_template("moelora_llava"), tokenize=False, add_generation_prompt=True)
+        chat_template=get_template("moelora_llava").chat_template, tokenize=False, add_generation_prompt=True)
     assert rendered == get_template("moelora_llava").prompt([(parsed.turns[0][0], None)])

@@ -57,7 +57,7 @@ def check_rendered(tokenizer, turns) -> int:
     encoding = tokenizer(text, return_offsets_mapping=True)
     checked, position = 0, 0
     for piece, is_reply in segments:
-        if is_reply and piece != TEMPLATE.end_of_turn:  # the reply, its leading space included
+        if is_reply:  # the reply, its leading space and end-of-turn included
             assert tokens_between(encoding, position, position + len(piece)) == alone(tokenizer, piece, "ASSISTANT:")
         position += len(piece)
     for line in OPTION_LINE.finditer(text):

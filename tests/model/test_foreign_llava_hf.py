@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from llava_moslora.data.own_chat_template import OWN
-from llava_moslora.data.templates import IMAGE_TOKEN
+from llava_moslora.data.templates import IMAGE_TOKEN, get_template
 from llava_moslora.model.inference import Answerer
 from llava_moslora.model import build_llava, load_checkpoint
 
@@ -59,8 +59,7 @@ def test_its_own_chatml_template_prompts_it(chatml_bases, tmp_path):
 
 
 def test_a_template_like_ours_is_recognised(chatml_bases, tmp_path):
-    from llava_moslora.data.chat_templates import chat_template
-    path = foreign_directory(chatml_bases, tmp_path / "ours-renamed", chat_template("chatml"))
+    path = foreign_directory(chatml_bases, tmp_path / "ours-renamed", get_template("chatml").chat_template)
     assert load_checkpoint(path).recipe.template == "chatml"
 
 
@@ -87,3 +86,33 @@ def test_its_own_template_also_gives_training_labels_on_the_replies_only(chatml_
                                   num_image_tokens=bundle.recipe.num_image_tokens)
     labelled = bundle.tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX])
     assert labelled == "A red circle.<|im_end|>\nSmall.<|im_end|>\n"
+
+
+# The same format with its replies between generation marks (as SmolLM3's and other recent hub
+# templates mark them), closing a reply with the tokenizer's eos_token variable: the marks, not
+# the difference between two renderings, say what is trained.
+QWEN_MARKED = (
+    "{% macro text(content) %}{% if content is string %}{{ content }}{% else %}{% for part in content %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endmacro %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ text(message['content']) }}{{ eos_token }}"
+    "{% endgeneration %}{% else %}{{ text(message['content']) }}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_marked_template_trains_exactly_its_marked_spans(chatml_bases, tmp_path):
+    from llava_moslora.data import IGNORE_INDEX, encode_conversation
+    from llava_moslora.data.own_chat_template import own_template
+
+    bundle = load_checkpoint(foreign_directory(chatml_bases, tmp_path / "marked", QWEN_MARKED))
+    assert bundle.recipe.template == OWN and bundle.tokenizer.eos_token == "<|im_end|>"
+    turns = [(f"{IMAGE_TOKEN}\nWhat is it?", "A red circle."), ("Size?", "Small.")]
+    template = own_template(bundle.tokenizer)
+    encoded = encode_conversation(template, bundle.tokenizer, turns, num_image_tokens=bundle.recipe.num_image_tokens)
+    labelled = bundle.tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX])
+    assert labelled == "A red circle.<|im_end|>Small.<|im_end|>"  # the newlines after them are not marked
+    # the prompt is the unmarked template's
+    unmarked = own_template(load_checkpoint(foreign_directory(chatml_bases, tmp_path / "plain", QWEN_LIKE)).tokenizer)
+    open_turns = [*turns[:1], ("Size?", None)]
+    assert template.prompt(open_turns) == unmarked.prompt(open_turns)
