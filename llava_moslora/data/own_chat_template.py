@@ -13,11 +13,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..names import OWN_TEMPLATE
-
+from ..names import OWN_TEMPLATE  # Recipe.template of a directory prompted with its own Jinja template
 from .templates import IMAGE_TOKEN, PAPER_FORMATS, TEMPLATES, Segments, Template, Turns, get_template, marked_segments
 
-OWN = OWN_TEMPLATE  # Recipe.template of a directory prompted with its own Jinja template
 _MARKS = re.compile(r"\{%-?\s*generation\s*-?%\}")  # as transformers finds them
 _PROBE: Turns = [(f"{IMAGE_TOKEN}\nWhat is shown?", "A red circle."), ("And its size?", None)]
 
@@ -87,7 +85,7 @@ def own_template(tokenizer) -> Template:
     """The tokenizer's chat template as a Template (ChatTemplateError when it has none)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError("no chat template")
-    return Template(OWN, tokenizer.chat_template, _end_of_turn(tokenizer), renderer=_renderer(tokenizer))
+    return Template(OWN_TEMPLATE, tokenizer.chat_template, _end_of_turn(tokenizer), renderer=_renderer(tokenizer))
 
 
 def recognise(tokenizer) -> Optional[str]:
@@ -104,5 +102,5 @@ def recognise(tokenizer) -> Optional[str]:
 
 
 def template_for(name: str, tokenizer) -> Template:
-    """The Template a recipe names: one of templates.py's, or OWN (the tokenizer's chat template)."""
-    return own_template(tokenizer) if name == OWN else get_template(name)
+    """The Template a recipe names: one of templates.py's, or OWN_TEMPLATE (the tokenizer's chat template)."""
+    return own_template(tokenizer) if name == OWN_TEMPLATE else get_template(name)

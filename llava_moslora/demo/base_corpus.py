@@ -8,12 +8,14 @@
   each holding its cell and its whole object), so that stage 1 aligns the projector to something
   the model already reads. Then the questions, multiple-choice prompts and answers ShapesVQA asks
   about images, so that the model knows the answer formats before it sees an image, in a
-  curriculum (MIXES): first the two steps of a lettered answer on their own (answering in words;
-  the same question answered in words and then again with options, which isolates finding the
-  letter of an answer already known), then mostly multiple choice.
+  curriculum (MIXES): first many one-object lookups per conversation answered in words (the
+  drill, which binds each named object to its cell); then the two steps of a lettered answer on
+  their own (answering in words; the same question answered in words and then again with
+  options, which isolates finding the letter of an answer already known); then mostly multiple
+  choice, with the drill kept beside it.
 
 Scenes come from a random stream of their own per seed and only from the layouts that held-out
-benchmarks never use (synth.reserved_for_benchmarks), so no held-out scene reaches base
+benchmarks never use (scenes.reserved_for_benchmarks), so no held-out scene reaches base
 pretraining.
 """
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Iterator
 
 from PIL import Image
 
-from .synth import (COLORS, DESCRIBE, SHAPES, SIZES, Shape, as_mcq, caption, draw_scene, place_of, question_turns,
-                    questions, random_benchmark_scene, short_answer)
+from .scenes import (COLORS, DESCRIBE, SHAPES, SIZES, Shape, as_mcq, caption, draw_scene, place_of, question_turns,
+                     questions, random_benchmark_scene, short_answer)
 
 # The 2 x 2 grid in row-major order: the order of a 2 x 2-patch vision tower's tokens.
 CELLS = ("top left", "top right", "bottom left", "bottom right")

@@ -20,7 +20,7 @@ CATEGORY, ABILITY = "count comparison", "cross-image reasoning"
 
 
 def shape_count(scene_key: str) -> int:
-    """Shapes in a scene, from its key (synth.caption names each shape "... at the <cell>")."""
+    """Shapes in a scene, from its key (scenes.caption names each shape "... at the <cell>")."""
     return scene_key.count(" at the ")
 
 

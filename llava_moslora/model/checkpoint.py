@@ -19,8 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-from ..data.own_chat_template import OWN, own_template, recognise
+from ..data.own_chat_template import own_template, recognise
 from ..hub import CONFIG_FILES, looks_like_hub_id, snapshot
+from ..names import OWN_TEMPLATE
 from ..data.templates import IMAGE_TOKEN, TEMPLATES, get_template
 from .builder import LlavaBundle, build_llava, make_processor, set_chat_template
 from .partitioned import full_shape, whole
@@ -159,7 +160,7 @@ def load_checkpoint(path: Union[str, Path], *, dtype: torch.dtype = torch.float3
                 raise CheckpointError(str(error)) from None
             bundle = replace(bundle, recipe=replace(bundle.recipe, template=template))
             set_chat_template(bundle.tokenizer, template)
-        elif bundle.recipe.template == OWN:
+        elif bundle.recipe.template == OWN_TEMPLATE:
             _check_own_template(path, bundle.tokenizer)
         return bundle
     raise FileNotFoundError(
@@ -348,7 +349,7 @@ def _load_merged(path: Path, dtype, weights: bool = True) -> LlavaBundle:
     else:  # a llava-hf directory of its own: prompted the way its chat template says
         tokenizer.chat_template = tokenizer.chat_template or _processor_chat_template(path)
         recipe = Recipe(vision_tower=str(path), language_model=str(path), num_image_tokens=model.config.image_seq_length,
-                        template=recognise(tokenizer) or OWN)
+                        template=recognise(tokenizer) or OWN_TEMPLATE)
     return LlavaBundle(model, tokenizer, AutoImageProcessor.from_pretrained(path), recipe)
 
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from llava_moslora.demo import base_corpus as corpus
-from llava_moslora.demo.synth import (Shape, random_scene, reserved_for_benchmarks, scene_key, write_shapesvqa)
+from llava_moslora.demo.scenes import Shape, random_scene, reserved_for_benchmarks, scene_key
+from llava_moslora.demo.synth import write_shapesvqa
 from llava_moslora.demo.bases import BasesConfig
 from llava_moslora.data.prompts import MCQ_SUFFIX
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from llava_moslora.data import load_samples
 from llava_moslora.data.prompts import MCQ_SUFFIX
-from llava_moslora.demo.synth import ABILITIES, write_shapesvqa
+from llava_moslora.demo.scenes import ABILITIES
+from llava_moslora.demo.synth import write_shapesvqa
 
 MCQ_COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
 
@@ -95,11 +96,11 @@ def test_synth_and_init_tiny_commands(tmp_path):
 def test_training_conversations_favour_the_families_learned_last():
     import random
 
-    from llava_moslora.demo.synth import TRAINING_WEIGHTS, Question, _weighted_sample
+    from llava_moslora.demo.scenes import TRAINING_WEIGHTS, Question, weighted_sample
 
     pool = [Question(category, "q", "a", []) for category in TRAINING_WEIGHTS]
     rng = random.Random(0)
-    drawn = [q.category for _ in range(20000) for q in _weighted_sample(pool, 1, rng)]
+    drawn = [q.category for _ in range(20000) for q in weighted_sample(pool, 1, rng)]
     total = sum(TRAINING_WEIGHTS.values())
     for category, weight in TRAINING_WEIGHTS.items():
         assert drawn.count(category) / len(drawn) == pytest.approx(weight / total, abs=0.015)

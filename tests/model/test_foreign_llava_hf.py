@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from llava_moslora.data.own_chat_template import OWN
+from llava_moslora.names import OWN_TEMPLATE
 from llava_moslora.data.templates import IMAGE_TOKEN, get_template
 from llava_moslora.model.inference import Answerer
 from llava_moslora.model import build_llava, load_checkpoint
@@ -44,7 +44,7 @@ def chatml_bases(tiny_base_factory):
 def test_its_own_chatml_template_prompts_it(chatml_bases, tmp_path):
     path = foreign_directory(chatml_bases, tmp_path / "qwen-llava", QWEN_LIKE)
     bundle = load_checkpoint(path)
-    assert bundle.recipe.template == OWN
+    assert bundle.recipe.template == OWN_TEMPLATE
     answerer = Answerer(bundle, max_new_tokens=2)
     ids = answerer.prompt_ids("What is it?", images=1, history=[("Hi", "Hello.")])
     image = bundle.model.config.image_token_id
@@ -106,7 +106,7 @@ def test_a_marked_template_trains_exactly_its_marked_spans(chatml_bases, tmp_pat
     from llava_moslora.data.own_chat_template import own_template
 
     bundle = load_checkpoint(foreign_directory(chatml_bases, tmp_path / "marked", QWEN_MARKED))
-    assert bundle.recipe.template == OWN and bundle.tokenizer.eos_token == "<|im_end|>"
+    assert bundle.recipe.template == OWN_TEMPLATE and bundle.tokenizer.eos_token == "<|im_end|>"
     turns = [(f"{IMAGE_TOKEN}\nWhat is it?", "A red circle."), ("Size?", "Small.")]
     template = own_template(bundle.tokenizer)
     encoded = encode_conversation(template, bundle.tokenizer, turns, num_image_tokens=bundle.recipe.num_image_tokens)
