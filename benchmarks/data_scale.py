@@ -61,7 +61,7 @@ def generate(work: Path, records: int, seed: int) -> tuple[Path, Path]:
     if path.exists():
         return path, images
     rng = random.Random(seed)
-    pool = word_pool(rng, 1 << 22)
+    pool = word_pool(rng, min(1 << 22, 400 * records))  # the full 4M-word pool from 10,486 records up
 
     def text(low: int, high: int, skew: float = 1.0) -> str:
         n = low + int((high - low) * rng.random() ** skew)

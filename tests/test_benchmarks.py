@@ -1,6 +1,7 @@
 """The benchmark scripts run, and the per-expert-loop reference computes what MoE-LoRA computes.
 (No timing is asserted: the scripts print ratios for people to read.)"""
 import importlib.util
+import re
 
 import pytest
 import torch
@@ -56,17 +57,38 @@ def run_benchmark(name, *args):
     return result.stdout
 
 
-def test_data_scale_benchmark_prints_its_table_and_the_targets(tmp_path):
-    out = run_benchmark("data_scale", "--records", "2000", "--ranks", "2,1", "--work-dir", str(tmp_path))
-    assert "| W | samples on rank 0 | load s | screen s | start-up s |" in out
-    assert "| 2 | 1000 |" in out and "| 1 | 2000 |" in out
-    assert "x the 60 s target" in out and "x the 1.5 GB target" in out
+def table_rows(out, first_cell):
+    """The cells of the Markdown table rows of `out` whose first cell matches `first_cell` (a regex)."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    return [row for row in rows if re.fullmatch(first_cell, row[0])]
 
 
-def test_embedded_images_benchmark_reads_a_parquet_with_images_lazily(tmp_path):
+def test_data_scale_benchmark_reports_consistent_numbers(tmp_path):
+    # one world size, cold then warm: the two child processes the benchmark is made of
+    out = run_benchmark("data_scale", "--records", "2000", "--ranks", "2", "--work-dir", str(tmp_path))
+    rows = table_rows(out, r"2( cold)?")
+    assert [row[0] for row in rows] == ["2 cold", "2"] and all(row[1] == "1000" for row in rows)
+    targets = re.findall(r"start-up ([\d.]+) s = ([\d.]+) x the 60 s target.*; memory (\d+) MB = ([\d.]+) x the 1.5 GB", out)
+    assert len(targets) == 2
+    for row, (startup, startup_ratio, memory, memory_ratio) in zip(rows, targets):
+        load, screen, total = map(float, row[2:5])
+        assert abs(load + screen - total) <= 0.151 and float(startup) == total  # each printed to 0.1 s
+        assert abs(float(startup_ratio) - total / 60) <= 0.006
+        assert float(memory) == max(float(mb) for mb in row[5].split(" / "))
+        assert abs(float(memory_ratio) - float(memory) / 1536) <= 0.006
+
+
+def test_embedded_images_benchmark_reports_consistent_numbers(tmp_path):
     out = run_benchmark("embedded_images", "--records", "600", "--draws", "50", "--work-dir", str(tmp_path))
-    assert out.count("| draw 50 samples (") == 2 and "600 samples" in out  # cold and warm
-    assert "x the images' bytes (target <= 0.10)" in out
+    assert len(re.findall(r"rank 0 of 8, .*: 600 samples,", out)) == 2  # cold and warm
+    stages = table_rows(out, r"load .*|screen .*|draw 50 samples \((\d+) images\)")
+    assert len(stages) == 6 and all(float(row[1]) >= 0 for row in stages)
+    images_mb = float(re.search(r"(\d+) MiB of images in the file", out).group(1))
+    share = re.search(r"anonymous memory at most (\d+) MB = ([\d.]+) x the images' bytes \(target <= 0.10\)", out)
+    warm = stages[3:]  # the share is the warm run's largest anonymous figure
+    assert float(share.group(1)) == max(float(row[3]) for row in warm)
+    anon, ratio = float(share.group(1)), float(share.group(2))  # anon and images_mb printed to 1 MB, ratio to 0.001
+    assert (anon - 0.5) / (images_mb + 0.5) - 0.0005 <= ratio <= (anon + 0.5) / max(images_mb - 0.5, 1e-9) + 0.0005
 
 
 def test_web_load_benchmark_drives_the_server_and_reports_each_level(tiny_checkpoint):
