@@ -10,8 +10,10 @@ ShapesVQA's domain (demo/base_corpus.py), as ordinary `save_pretrained` director
 - `llm/`: a Llama with a BPE tokenizer in Llama's style (newlines apart, plus one added token
   per object word), trained on conversations in the chat template where the scene is given in
   words where the image would be; the loss is on the replies, as in instruction tuning. The
-  stream is a curriculum: first the two steps of a lettered answer on their own (read the
-  scene; find the letter of an answer already given), then both at once (base_corpus.MIXES).
+  stream is a curriculum (base_corpus.MIXES): first many one-object lookups per conversation,
+  answered in words (which binds each named object to its cell); then the two steps of a lettered
+  answer on their own (read the scene; find the letter of an answer already given); then both at
+  once, with the lookups kept beside them.
 
 Both are trained with transformers' Trainer on one process (a GPU when there is one), with
 checkpoints in OUT/.work so that an interrupted run continues when started again. The command
@@ -36,7 +38,7 @@ from ..data.collator import LlavaCollator
 from ..data.templates import TEMPLATES, get_template
 from ..model.checkpoint import newest_complete_checkpoint
 from . import base_corpus as corpus
-from .synth import COLORS, DESCRIBE, SHAPES, as_mcq, questions
+from .scenes import COLORS, DESCRIBE, SHAPES, as_mcq, questions
 from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
 
 TEMPLATE = "vicuna_v1"
@@ -60,17 +62,17 @@ class BasesConfig:
     vision_batch: int = _setting(128, "tower batch size")
     vision_lr: float = _setting(2e-3, "tower peak learning rate (warmup, cosine)")
     hidden_size: int = _setting(128, "language model width")
-    num_layers: int = _setting(6, "language model decoder layers")
+    num_layers: int = _setting(8, "language model decoder layers")
     intermediate_size: int = _setting(256, "language model MLP width")
     vocab_size: int = _setting(512, "tokenizer vocabulary (upper bound)")
-    lm_steps: int = _setting(6000, "language model optimizer steps, each on lm_batch new conversations")
-    lm_drill_steps: int = _setting(0, "the first steps, on the 'drill' mix (base_corpus.MIXES): many one-object "
+    lm_steps: int = _setting(7000, "language model optimizer steps, each on lm_batch new conversations")
+    lm_drill_steps: int = _setting(2000, "the first steps, on the 'drill' mix (base_corpus.MIXES): many one-object "
                                       "lookups per conversation, answered in words")
-    lm_lookup_steps: int = _setting(1500, "the next steps, on the 'lookup' mix (base_corpus.MIXES): reading the "
+    lm_lookup_steps: int = _setting(1000, "the next steps, on the 'lookup' mix (base_corpus.MIXES): reading the "
                                           "scene and finding an answer's letter, each on its own")
-    lm_last_mix: str = _setting("full", "the mix of the remaining steps: full (multiple choice mostly) or full_drill "
+    lm_last_mix: str = _setting("full_drill", "the mix of the remaining steps: full (multiple choice mostly) or full_drill "
                                         "(the same with the lookup drill kept beside it)")
-    compose_object_words: bool = _setting(False, "start each object word's embedding from its words' ('top right small "
+    compose_object_words: bool = _setting(True, "start each object word's embedding from its words' ('top right small "
                                                  "red circle'), so the object words share their cells' and attributes' "
                                                  "directions with each other and with the questions' words")
     lm_batch: int = _setting(64, "language model batch size")
@@ -252,7 +254,7 @@ def compose_object_words(model, tokenizer) -> None:
 def text_lookup_accuracy(model, tokenizer, rng, count: int) -> dict[str, float]:
     """Greedy answers in words on fresh scenes: where a named object is, the colour of a shape
     that occurs once, and the whole description (exact), the lookups free-form questions need."""
-    from .synth import caption, place_of
+    from .scenes import caption, place_of
 
     template, scenes = get_template(TEMPLATE), corpus.base_scenes(rng)
     eos = tokenizer.convert_tokens_to_ids(template.end_of_turn)
