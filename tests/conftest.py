@@ -36,6 +36,8 @@ def tiny_checkpoint(tiny_bases, tmp_path_factory):
     return save_tiny_checkpoint(tiny_bases, tmp_path_factory.mktemp("ckpt") / "moslora-tiny")
 
 
+# Slowest ten of the suite (CI, 2 cores): ~64 s, once per session. The quickstart itself, shortened, through
+# the same scripts (2 processes, both stages, evaluation, answers); the README tests go on from its output.
 @pytest.fixture(scope="session")
 def readme_workdir(tmp_path_factory):
     """A user's checkout after README.md's quickstart command, shortened: a folder whose entries

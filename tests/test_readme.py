@@ -138,6 +138,8 @@ def run_one(command: str, action: str, work: Path, env: dict) -> str:
 
 
 @pytest.mark.slow
+# Slowest ten of the suite (CI, 2 cores): ~79 s. Every README command as a newcomer types it, each its own
+# process (eval, abilities, chat, merge, export, the Python examples): the README is the product's front door.
 def test_every_offline_readme_command_runs_as_written(readme_workdir):
     work, _ = readme_workdir
     env = readme_env(work)

@@ -294,6 +294,8 @@ BATCHES = {"moslora-llama3.yaml": (4, 8, 2, 64, STEPS_MIX665K, STEPS_MIX665K, ma
            "moelora-llava15-vmcbench.yaml": (1, 2, 2, 4, None, 2000, 0)}
 
 
+# Slowest ten of the suite (CI, 2 cores): ~84 s for the four grids. Each variant's real finetune.sh --dry_run
+# builds the paper's model skeleton (meta device) under its launch settings, the only way to count what trains.
 @pytest.fixture(scope="module")
 def dry_runs(hub, tmp_path_factory):
     """Each grid's `llava-moslora study --dry-run`, as a user with the bases and data downloaded runs it

@@ -64,6 +64,8 @@ def own_benchmark(data_dir, scratch):
     table.to_csv(data_dir / "MY_SCIENCEQA.tsv", sep="\t", index=False)
 
 
+# Slowest ten of the suite (CI, 2 cores): ~117 s. One real study (2 variants x 2 seeds, each a 2-process
+# launch of both stages, evaluated) killed mid-save and resumed: fairness, resume and report need it whole.
 def test_study_is_fair_resumable_and_reported(tmp_path):
     grid, out = tiny_grid(tmp_path), tmp_path / "study"
     own_benchmark(out / "data", tmp_path / "scratch")

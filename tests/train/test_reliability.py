@@ -131,6 +131,8 @@ def test_signal_to_every_process_with_workers_saves_and_resumes(name, shapes_dat
     resume_and_compare(shapes_data, stage1, out, uninterrupted, step)
 
 
+# Slowest ten of the suite (CI, 2 cores): ~36 s. A 2-process run signalled while it writes, then resumed to
+# the uninterrupted losses: a save interrupted mid-write is the cluster failure it guards against.
 def test_signal_during_a_save_finishes_it_then_saves_the_next_step(shapes_data, stage1, uninterrupted, tmp_path):
     """SIGTERM to every process while the ranks are writing checkpoint-6: that save completes,
     the next step runs, and its checkpoint is the one to resume from."""

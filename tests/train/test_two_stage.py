@@ -101,6 +101,8 @@ def test_stage2_moelora_riemannian_sqrt_zero2(stage1, shapes_data, tmp_path):
     assert_learned(losses(out), "stage 2 moelora + Riemannian + sqrt, ZeRO-2")
 
 
+# Slowest ten of the suite (CI, 2 cores): ~60 s, most of it DeepSpeed compiling its cpu_adam op on a fresh
+# machine (once); the mapping to DeepSpeedCPUAdam only happens in a real offloaded launch.
 def test_zero3_offload_keeps_the_projector_and_router_rates(stage1, shapes_data, tmp_path):
     """With CPU offload accelerate maps the Trainer's AdamW to DeepSpeedCPUAdam; the optimizer
     groups create_optimizer made keep their rates through that mapping."""

@@ -155,6 +155,8 @@ def chat_answer(stage2, data):
     return answer.stdout.strip()
 
 
+# Slowest ten of the suite (CI, 2 cores): up to 49 s per family (Vicuna's SentencePiece folder, Mistral, Llama 3,
+# Qwen2's vocab+merges). Both stages, chat, eval and merge on each real tokenizer: where a family's tokens break labels.
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(RUNS))
 def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, families, siglip, tiny_bases, tmp_path):
@@ -256,6 +258,8 @@ def save_remote_code_lm(families, out):
     return out
 
 
+# Slowest ten of the suite (CI, 2 cores): ~43 s. A trust_remote_code LLM (InternLM2's way) through both
+# stages, chat and eval: its loading path differs in every room.
 @pytest.mark.slow
 def test_a_remote_code_language_model_trains_both_stages_chats_and_evaluates(families, tiny_bases, tmp_path):
     """--trust_remote_code (InternLM2's path): stage 1 with it, stage 2 from the recipe alone, with
