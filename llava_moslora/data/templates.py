@@ -26,13 +26,19 @@ IMAGE_TOKEN = "<image>"
 Turns = list[tuple[str, Optional[str]]]
 Segments = list[tuple[str, bool]]  # (text, carries loss)
 
+
+def _quote(text: str) -> str:
+    """`text` as a single-quoted Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
 # content -> text, images first; `system` and `loop_messages` split off a leading system message
 # (none: the format's default system prompt)
 _PREAMBLE = """\
 {%- macro render(content) -%}
 {%- if content is string -%}{{ content }}
 {%- else -%}
-{%- for part in content if part['type'] == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}
+{%- for part in content if part['type'] == 'image' -%}""" + "{{ " + _quote(IMAGE_TOKEN + "\n") + " }}" + """{%- endfor -%}
 {%- for part in content if part['type'] == 'text' -%}{{ part['text'] }}{%- if not loop.last -%}{{ '\\n' }}{%- endif -%}{%- endfor -%}
 {%- endif -%}
 {%- endmacro -%}
@@ -42,11 +48,6 @@ _PREAMBLE = """\
 {%- set system = DEFAULT_SYSTEM -%}{%- set loop_messages = messages -%}
 {%- endif -%}
 """
-
-
-def _quote(text: str) -> str:
-    """`text` as a single-quoted Jinja string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
 def _between(before: str, value: str, after: str) -> str:
@@ -83,7 +84,7 @@ _CHATML = _turns(("<|im_start|>system\n", "<|im_end|>\n"), ("<|im_start|>user\n"
 _PLAIN = """\
 {%- for message in loop_messages[:2] -%}
 {%- if message['role'] == 'user' -%}
-{%- set text = render(message['content']) -%}{{ '<image>' if '<image>' in text else text }}
+{%- set text = render(message['content']) -%}{{ """ + _quote(IMAGE_TOKEN) + " if " + _quote(IMAGE_TOKEN) + """ in text else text }}
 {%- elif message['role'] == 'assistant' -%}{% generation %}{{ render(message['content']) + '\\n' }}{% endgeneration %}
 {%- endif -%}
 {%- endfor -%}

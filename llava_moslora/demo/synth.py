@@ -16,8 +16,7 @@ from PIL import Image
 
 from ..data.prompts import LETTERS
 from .scenes import (DESCRIBE, L2_OF, Question, Shape, as_mcq, caption, draw_scene, open_questions, question_turns,
-                     questions, random_benchmark_scene, random_scene, scene_key, short_answer,
-                     yes_no)
+                     questions, random_benchmark_scene, random_scene, scene_key, short_answer, yes_no)
 
 DESCRIBE_FRACTION = 0.1  # of the instruction conversations about an image
 
