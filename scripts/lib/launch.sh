@@ -49,7 +49,8 @@ fi
 if [ -n "${MASTER_PORT:-}" ]; then PORT="$MASTER_PORT"
 elif [ -n "${SLURM_JOB_ID:-}" ]; then PORT=$(( 20000 + SLURM_JOB_ID % 10000 ))  # the same on every node
 elif [ "$NNODES" -gt 1 ]; then PORT=29500
-else PORT=$(( 29500 + RANDOM % 1000 ))  # one node: two runs side by side must not collide
+else PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  # one node: a port the system has free, so two runs side by side do not collide
 fi
 # torchrun sets 1 thread per process anyway, with a banner; saying so ourselves keeps it quiet.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -51,6 +51,21 @@ def test_explicit_node_variables_win_and_bad_ones_are_refused():
     single = resolved_launch(NUM_GPUS="2", GLOBAL_BATCH="8")
     argv = single.argv
     assert (option(argv, "--nnodes"), option(argv, "--master_addr")) == ("1", "127.0.0.1")
+    # one node, no port given: one the system has free, so runs side by side (a test suite's
+    # workers, two users) never meet at the same rendezvous; here with the range a fixed
+    # default or a random pick near it would use (29500-30499) taken
+    import contextlib
+    import socket
+    with contextlib.ExitStack() as taken:
+        busy = set()
+        for port in range(29500, 30500):
+            listener = taken.enter_context(socket.socket())
+            with contextlib.suppress(OSError):
+                listener.bind(("127.0.0.1", port))
+                listener.listen()
+                busy.add(str(port))
+        ports = {option(resolved_launch(NUM_GPUS="2", GLOBAL_BATCH="8").argv, "--master_port") for _ in range(3)}
+    assert ports and not ports & busy, ports
     refused = resolved_launch(NNODES="2", NODE_RANK="2", NUM_GPUS="1", GLOBAL_BATCH="8")
     assert refused.returncode == 2 and "NODE_RANK=2 must be in 0..1" in refused.stderr
     both = resolved_launch(NNODES="2", HOSTFILE="/dev/null", NUM_GPUS="1", GLOBAL_BATCH="8")
