@@ -8,6 +8,19 @@ import torch
 from helpers import ROOT, TwoLayer, readme_env, save_bases, save_tiny_checkpoint
 
 
+# Session fixtures too costly to make on each worker: the tests that use one share a worker.
+MADE_ONCE = ("readme_workdir",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under scripts/test.sh's `-n 2 --dist loadgroup` a file's tests run on one worker, so its
+    module fixtures are made once; so do the tests of a fixture in MADE_ONCE."""
+    for item in items:
+        shared = [name for name in MADE_ONCE if name in getattr(item, "fixturenames", ())]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
