@@ -65,8 +65,8 @@ class BasesConfig:
     num_layers: int = _setting(8, "language model decoder layers")
     intermediate_size: int = _setting(256, "language model MLP width")
     vocab_size: int = _setting(512, "tokenizer vocabulary (upper bound)")
-    lm_steps: int = _setting(7000, "language model optimizer steps, each on lm_batch new conversations")
-    lm_drill_steps: int = _setting(2000, "the first steps, on the 'drill' mix (base_corpus.MIXES): many one-object "
+    lm_steps: int = _setting(10000, "language model optimizer steps, each on lm_batch new conversations")
+    lm_drill_steps: int = _setting(3000, "the first steps, on the 'drill' mix (base_corpus.MIXES): many one-object "
                                       "lookups per conversation, answered in words")
     lm_lookup_steps: int = _setting(1000, "the next steps, on the 'lookup' mix (base_corpus.MIXES): reading the "
                                           "scene and finding an answer's letter, each on its own")
@@ -76,6 +76,9 @@ class BasesConfig:
                                                  "red circle'), so the object words share their cells' and attributes' "
                                                  "directions with each other and with the questions' words")
     lm_batch: int = _setting(64, "language model batch size")
+    lm_length_window: int = _setting(8, "batches of consecutive conversations sorted by length and cut into batches "
+                                        "of similar lengths (in a seeded order), so a step pads little; 1 keeps "
+                                        "each batch as drawn")
     lm_lr: float = _setting(1e-3, "language model peak learning rate (warmup, cosine)")
     eval_samples: int = _setting(1000, "fresh scenes / questions each base is measured on afterwards")
 
@@ -187,23 +190,45 @@ def pretrain_vision(config: BasesConfig, out: Path, work: Path, progress: bool =
 class Conversations(torch.utils.data.Dataset):
     """The language model's stream (base_corpus.text_samples), encoded on demand with the loss
     on the replies: sample i is the same whenever it is asked for, so the order is the curriculum
-    (read sequentially) and a resumed run sees what the interrupted one would have."""
+    (read sequentially) and a resumed run sees what the interrupted one would have.
+
+    Within each window of `window` batches the conversations are sorted by length and cut into
+    batches, which are then put in a seeded order: a step pads to its own conversations' length,
+    not to the longest of 64 drawn at random (a padded step costs about its length), and the
+    curriculum moves on window by window."""
 
     def __init__(self, seed: int, count: int, lookup_count: int, tokenizer, drill_count: int = 0,
-                 last: str = "full") -> None:
+                 last: str = "full", batch: int = 1, window: int = 1) -> None:
         from ..data.tokenize import encode_conversation
 
         self.seed, self.count, self.tokenizer = seed, count, tokenizer
         self.phases = dict(lookup_count=lookup_count, drill_count=drill_count, last=last)
         self.template, self.encode = get_template(TEMPLATE), encode_conversation
+        self.batch, self.window = batch, batch * window
+        self._held: tuple[int, list[dict[str, torch.Tensor]]] = (-1, [])
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        window, at = divmod(i, self.window)
+        if self._held[0] != window:
+            self._held = (window, self._grouped(window))
+        return self._held[1][at]
+
+    def _encoded(self, i: int) -> dict[str, torch.Tensor]:
         _, turns = corpus.text_sample(self.seed, i, corpus.mix_at(i, **self.phases))
         encoded = self.encode(self.template, self.tokenizer, turns)
         return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
+
+    def _grouped(self, window: int) -> list[dict[str, torch.Tensor]]:
+        items = [self._encoded(i) for i in range(window * self.window, min((window + 1) * self.window, self.count))]
+        if self.window == self.batch:
+            return items
+        items.sort(key=lambda item: len(item["input_ids"]))
+        batches = [items[start:start + self.batch] for start in range(0, len(items), self.batch)]
+        corpus.base_rng(self.seed, f"text-order/{window}").shuffle(batches)
+        return [item for batch in batches for item in batch]
 
 
 def tokenizer_texts(seed: int, count: int) -> list[str]:
@@ -229,7 +254,8 @@ def pretrain_lm(config: BasesConfig, out: Path, work: Path, progress: bool = Tru
     if config.compose_object_words:
         compose_object_words(model, tokenizer)
     data = Conversations(config.seed, config.lm_steps * config.lm_batch, config.lm_lookup_steps * config.lm_batch,
-                         tokenizer, config.lm_drill_steps * config.lm_batch, config.lm_last_mix)
+                         tokenizer, config.lm_drill_steps * config.lm_batch, config.lm_last_mix,
+                         batch=config.lm_batch, window=config.lm_length_window)
     history = _train(model, data, LlavaCollator(tokenizer.unk_token_id), work / "llm",
                      steps=config.lm_steps, batch=config.lm_batch, lr=config.lm_lr, seed=config.seed,
                      progress=progress, clip=1.0, in_order=True)
