@@ -1,6 +1,7 @@
 """Fixtures shared by every test room."""
 import os
 import subprocess
+from collections import Counter
 
 import pytest
 import torch
@@ -15,10 +16,16 @@ MADE_ONCE = ("readme_workdir",)
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Under scripts/test.sh's `-n 2 --dist loadgroup` a file's tests run on one worker, so its
-    module fixtures are made once; so do the tests of a fixture in MADE_ONCE."""
+    module fixtures are made once; so do the tests of a fixture in MADE_ONCE. The groups with the
+    most slow tests come first, so the workers end together instead of one waiting for the
+    other's last long file."""
+    group_of = {}
     for item in items:
         shared = [name for name in MADE_ONCE if name in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+        group_of[item] = shared[0] if shared else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group_of[item]))
+    slow = Counter(group_of[item] for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[group_of[item]])
 
 
 @pytest.fixture(autouse=True)
