@@ -28,6 +28,8 @@ from PIL import Image
 from .scenes import (COLORS, DESCRIBE, SHAPES, SIZES, Shape, as_mcq, caption, draw_scene, place_of, question_turns,
                      questions, random_benchmark_scene, short_answer)
 
+# The conversation format the language model base is pretrained (and probed) in.
+TEMPLATE = "vicuna_v1"
 # The 2 x 2 grid in row-major order: the order of a 2 x 2-patch vision tower's tokens.
 CELLS = ("top left", "top right", "bottom left", "bottom right")
 # Target classes per cell; index 0 means "no object in this cell".

@@ -38,10 +38,10 @@ from ..data.collator import LlavaCollator
 from ..data.templates import TEMPLATES, get_template
 from ..model.checkpoint import newest_complete_checkpoint
 from . import base_corpus as corpus
-from .scenes import COLORS, DESCRIBE, SHAPES, as_mcq, questions
+from .base_probes import text_lookup_accuracy, text_mcq_accuracy
+from .scenes import COLORS, SHAPES
 from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
 
-TEMPLATE = "vicuna_v1"
 
 
 def _setting(default, help_text: str):
@@ -203,7 +203,7 @@ class Conversations(torch.utils.data.Dataset):
 
         self.seed, self.count, self.tokenizer = seed, count, tokenizer
         self.phases = dict(lookup_count=lookup_count, drill_count=drill_count, last=last)
-        self.template, self.encode = get_template(TEMPLATE), encode_conversation
+        self.template, self.encode = get_template(corpus.TEMPLATE), encode_conversation
         self.batch, self.window = batch, batch * window
         self._held: tuple[int, list[dict[str, torch.Tensor]]] = (-1, [])
 
@@ -234,7 +234,7 @@ class Conversations(torch.utils.data.Dataset):
 def tokenizer_texts(seed: int, count: int) -> list[str]:
     """Rendered conversations for training the tokenizer, plus the template strings (repeated
     so that BPE merges them into a few tokens instead of spelling them out)."""
-    template = get_template(TEMPLATE)
+    template = get_template(corpus.TEMPLATE)
     rng = corpus.base_rng(seed, "tokenizer")
     texts = ["".join(text for text, _ in template.render(corpus.text_conversation(scene, rng)))
              for scene in itertools.islice(corpus.base_scenes(rng), count)]
@@ -274,56 +274,6 @@ def compose_object_words(model, tokenizer) -> None:
     for word in corpus.OBJECT_WORDS:
         parts = tokenizer(word.strip("[]").replace(":", ""), add_special_tokens=False).input_ids
         table[tokenizer.convert_tokens_to_ids(word)] = table[parts].sum(0) / len(parts) ** 0.5
-
-
-@torch.no_grad()
-def text_lookup_accuracy(model, tokenizer, rng, count: int) -> dict[str, float]:
-    """Greedy answers in words on fresh scenes: where a named object is, the colour of a shape
-    that occurs once, and the whole description (exact), the lookups free-form questions need."""
-    from .scenes import caption, place_of
-
-    template, scenes = get_template(TEMPLATE), corpus.base_scenes(rng)
-    eos = tokenizer.convert_tokens_to_ids(template.end_of_turn)
-    right: dict[str, list[bool]] = {"place": [], "color": [], "describe": []}
-    model.eval()
-
-    def ask(scene, question: str, tokens: int) -> str:
-        text = template.prompt([(f"{corpus.object_words(scene)}\n{question}", None)])
-        ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
-        out = model.generate(ids, max_new_tokens=tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos)
-        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-
-    for _ in range(count):
-        scene = next(scenes)
-        item = rng.choice(scene)
-        right["place"].append(ask(scene, f"Where is the {item.name}?", 4).lower() == f"{place_of(item)}.")
-        if sum(s.shape == item.shape for s in scene) == 1:
-            right["color"].append(ask(scene, f"What color is the {item.shape}?", 3).lower() == f"{item.color}.")
-        right["describe"].append(ask(scene, DESCRIBE, 64) == caption(scene))
-    return {k: round(sum(v) / len(v), 4) for k, v in right.items() if v}
-
-
-@torch.no_grad()
-def text_mcq_accuracy(model, tokenizer, rng, count: int) -> dict[str, float]:
-    """Greedy answers to text-only multiple-choice questions about described scenes, overall, per
-    question family and per form of the scene ("form: ..."): what the language model can already
-    read before it sees an image."""
-    template, scenes = get_template(TEMPLATE), corpus.base_scenes(rng)
-    eos = tokenizer.convert_tokens_to_ids(template.end_of_turn)
-    right: dict[str, list[bool]] = {}
-    model.eval()
-    for _ in range(count):
-        scene = next(scenes)
-        question = rng.choice(questions(scene, rng))
-        prompt, _, letter = as_mcq(question, rng)
-        form, described = corpus.describe_as(scene, rng)
-        text = template.prompt([(f"{described}\n{prompt}", None)])
-        ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
-        out = model.generate(ids, max_new_tokens=3, do_sample=False, eos_token_id=eos, pad_token_id=eos)
-        hit = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == letter
-        for key in ("overall", question.category, f"form: {form}"):
-            right.setdefault(key, []).append(hit)
-    return {k: round(sum(v) / len(v), 4) for k, v in sorted(right.items(), key=lambda kv: kv[0] != "overall")}
 
 
 # --- shared -----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from llava_moslora.demo import base_corpus as corpus
 from llava_moslora.demo.scenes import Shape
 from llava_moslora.demo.synth import write_shapesvqa
 from llava_moslora.demo.synth import corpus as synth_corpus
-from llava_moslora.demo.bases import AttributeHeads, BasesConfig, SceneImages, text_mcq_accuracy
+from llava_moslora.demo.base_probes import text_mcq_accuracy
+from llava_moslora.demo.bases import AttributeHeads, BasesConfig, SceneImages
 
 SHIPPED_DIR = ROOT / "bases" / "shapes-tiny"
 SMALL = dict(vision_images=256, vision_steps=40, vision_batch=32, vision_hidden=32, lm_steps=40, lm_drill_steps=10,
