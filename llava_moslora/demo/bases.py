@@ -43,7 +43,6 @@ from .scenes import COLORS, SHAPES
 from .tiny import save_tiny_clip, save_tiny_lm, train_tokenizer
 
 
-
 def _setting(default, help_text: str):
     return field(default=default, metadata={"help": help_text})
 
@@ -204,14 +203,14 @@ class Conversations(torch.utils.data.Dataset):
         self.seed, self.count, self.tokenizer = seed, count, tokenizer
         self.phases = dict(lookup_count=lookup_count, drill_count=drill_count, last=last)
         self.template, self.encode = get_template(corpus.TEMPLATE), encode_conversation
-        self.batch, self.window = batch, batch * window
+        self.batch, self.per_window = batch, batch * window  # conversations per window
         self._held: tuple[int, list[dict[str, torch.Tensor]]] = (-1, [])
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        window, at = divmod(i, self.window)
+        window, at = divmod(i, self.per_window)
         if self._held[0] != window:
             self._held = (window, self._grouped(window))
         return self._held[1][at]
@@ -222,8 +221,8 @@ class Conversations(torch.utils.data.Dataset):
         return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
 
     def _grouped(self, window: int) -> list[dict[str, torch.Tensor]]:
-        items = [self._encoded(i) for i in range(window * self.window, min((window + 1) * self.window, self.count))]
-        if self.window == self.batch:
+        items = [self._encoded(i) for i in range(window * self.per_window, min((window + 1) * self.per_window, self.count))]
+        if self.per_window == self.batch:
             return items
         items.sort(key=lambda item: len(item["input_ids"]))
         batches = [items[start:start + self.batch] for start in range(0, len(items), self.batch)]
