@@ -13,11 +13,13 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # Two workers by default (CI has 2 cores): much of a test's time is waiting for its subprocesses
 # (launchers, servers, 2-rank runs), so one worker alone leaves a core idle. Each worker runs
 # torch on one thread, as a launched rank does (two threads each would oversubscribe the cores).
-# tests/conftest.py groups the tests and orders the groups (the longest first).
+# A file's tests stay on one worker (--dist loadfile: its module fixtures are made once; loadgroup's
+# xdist_group marks do not reach pytest 9's node ids in xdist 3.8, so they would not);
+# tests/conftest.py orders the files (the most slow tests first).
 # -s and --pdb need the terminal, which workers do not have: with them, one process.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 workers="${TEST_WORKERS:-2}"
 for arg in "$@"; do
   case "$arg" in -s|--capture=no|--pdb|--trace) workers="${TEST_WORKERS:-0}" ;; esac
 done
-exec "${VENV:-$root/.venv}/bin/python" -m pytest -n "$workers" --dist loadgroup --no-loadscope-reorder "$@"
+exec "${VENV:-$root/.venv}/bin/python" -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -221,7 +221,7 @@ def write_sources(root, sizes):
     return root
 
 
-# The quickstart at a tenth of a minute: what tests/test_quickstart.py and tests/test_readme.py run.
+# The quickstart at a tenth of a minute: what tests/test_readme.py runs before the README's other commands.
 SHORT_QUICKSTART = {"NUM_PRETRAIN": "48", "NUM_INSTRUCT": "48", "NUM_TEST": "8", "STAGE1_EPOCHS": "1",
                     "STAGE2_EPOCHS": "1"}
 

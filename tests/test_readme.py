@@ -1,17 +1,20 @@
 """README.md's commands, run as written in a checkout after the (shortened) quickstart, so the
 front door cannot drift from the code; and the docs it links to, checked against what they name.
+The quickstart itself runs first, exactly as a newcomer runs it (tiny data, few steps).
 
 Every command of the README's ```bash blocks gets a plan from PLANS: run as written; run with
 input (the chat's interactive mode, the web page's first answer); run as a dry run on the
 embedded bases (the cluster recipes: their variables and flags reach the launch checks and the
 trainer's arguments); or not run offline, with the reason. A command no plan covers fails the
 test, and so does a plan no command uses."""
+import os
 import re
 import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from helpers import ROOT, free_port, readme_env, wait_for_server
 
@@ -39,6 +42,55 @@ PLANS = [
     (r"^(llava-moslora|bash scripts/chat\.sh) ", "run", ""),
 ]
 QUESTION = "How many shapes are in the image?"
+
+
+# Slowest ten of the suite (CI, 2 cores): ~64 s, once. The quickstart itself, shortened, through the same
+# scripts (2 processes, both stages, evaluation, answers); the README's other commands go on from its output.
+@pytest.fixture(scope="module")
+def readme_workdir(tmp_path_factory):
+    """A user's checkout after README.md's quickstart command, shortened: a folder whose entries
+    link to this repository's (scripts, bases, .venv, ...), so commands run from it as written, and
+    whose own runs/quickstart holds the quickstart's output. Returns (folder, the quickstart's
+    completed process)."""
+    work = tmp_path_factory.mktemp("checkout")
+    for entry in ROOT.iterdir():
+        if entry.name not in {"runs", "eval_results", "checkpoints", "outputs", ".git"}:
+            os.symlink(entry, work / entry.name)
+    result = subprocess.run(["bash", "scripts/quickstart.sh"], cwd=work, env=readme_env(work), capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return work, result
+
+
+@pytest.mark.slow
+def test_shortened_quickstart_runs_end_to_end(readme_workdir):
+    work, result = readme_workdir
+    out = work / "runs" / "quickstart"
+    for path in ("data/ShapesVQA_MCQ.tsv", "data/scenes.json", "stage1/trainable.safetensors",
+                 "stage2/llava_moslora.json", "eval/stage2/stage2_ShapesVQA_MCQ_acc.csv",
+                 "eval/stage2/stage2_ShapesVQA_YN_score.csv", "eval/abilities/abilities.md"):
+        assert (out / path).is_file(), path
+    assert "| Overall | overall |" in result.stdout and "== sample answers about" in result.stdout
+    assert "quickstart: done in" in result.stdout
+    # LLaVA's recipe: stage 1 trains the projector alone, stage 2 adapters and the projector,
+    # and no stage trains a weight of the LLM or the vision tower itself
+    stage1 = set(load_file(out / "stage1" / "trainable.safetensors"))
+    stage2 = set(load_file(out / "stage2" / "trainable.safetensors"))
+    assert stage1 and all(".multi_modal_projector." in name for name in stage1), sorted(stage1)[:5]
+    assert stage1 <= stage2
+    adapters = stage2 - stage1
+    assert adapters and all(".language_model." in n and ".lora_" in n for n in adapters), sorted(adapters)[:5]
+    # nothing a user cannot act on
+    for noise in ("FutureWarning", "deprecated", "requires torchvision", "OMP_NUM_THREADS", "Failed to load"):
+        assert noise not in result.stdout + result.stderr, noise
+
+
+def test_an_output_folder_of_other_files_is_refused_not_emptied(tmp_path):
+    (tmp_path / "thesis.tex").write_text("months of work")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "quickstart.sh"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "holds files the quickstart did not write" in result.stderr
+    assert (tmp_path / "thesis.tex").read_text() == "months of work"
 
 
 def readme_commands(text: str) -> list[str]:
