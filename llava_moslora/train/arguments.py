@@ -1,13 +1,13 @@
 """Training flags: data settings and TrainingArguments with LLaVA's and this project's additions."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Optional
 
 from transformers import TrainingArguments
 
 from ..data.images import MAX_IMAGE_PIXELS
+from .preflight import zero_stage
 
 
 @dataclass
@@ -41,7 +41,4 @@ class LlavaTrainingArguments(TrainingArguments):
 
     def zero_stage(self) -> int:
         """The DeepSpeed ZeRO stage of --deepspeed (0 without DeepSpeed)."""
-        if not self.deepspeed:
-            return 0
-        config = self.deepspeed if isinstance(self.deepspeed, dict) else json.loads(open(self.deepspeed).read())
-        return int(config.get("zero_optimization", {}).get("stage", 0))
+        return zero_stage(self.deepspeed)

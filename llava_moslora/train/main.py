@@ -50,17 +50,10 @@ def refuse_impossible(model_args, training_args) -> None:
         raise SystemExit("--riemannian with fp16: the preconditioner (B^T B + eps I)^-1 is large while B is near zero "
                          "and applied to the loss-scaled fp16 gradient, which can overflow and skip steps down to the "
                          "minimum scale; train in bf16 (GPUs from compute capability 8.0) or fp32 (--fp16 False)")
-    if training_args.riemannian and training_args.zero_stage() == 3:
-        raise SystemExit("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 "
-                         "partitions; use deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")
     try:
         model_args.tune_settings()
     except ValueError as error:
         raise SystemExit(str(error)) from None
-    if model_args.bits != 16 and training_args.zero_stage() == 3:
-        raise SystemExit(f"--bits {model_args.bits} under ZeRO-3: ZeRO-3 partitions every parameter, and "
-                         "bitsandbytes' packed 4/8-bit weights cannot be partitioned and gathered. QLoRA "
-                         "trains under ZeRO-2 (ZERO=2, deepspeed_configs/zero2.json) or on one GPU.")
 
 
 def build(model_args, training_args, weights: bool = True):

@@ -3,13 +3,14 @@
 `python -m llava_moslora.train.preflight ARGS` takes the arguments `train` would get and exits 2
 with one line per mistake: a flag of LLaVA's that means something else here (llava_flags.py); a
 missing data path, image folder, stage-1 checkpoint, model or vision tower; an unknown adapter or
-template; an output directory that holds another run. The
+template; what ZeRO-3 rules out (--riemannian, --bits 4/8); an output directory that holds another run. The
 stage scripts run it before the launcher, and say which of their variables gave each flag
 (LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,..."); `train` runs the same checks itself. It
 imports no torch and no transformers, so a mistake costs a second, not a model load.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -99,10 +100,39 @@ def problems(argv: Sequence[str], names: Optional[dict[str, str]] = None) -> lis
         problem = _tracker_problem(flags["--report_to"])
         if problem:
             say("--report_to", problem)
+    found += _zero3_problems(argv)
     if "--output_dir" in flags and "--resume_from_checkpoint" not in flags and not flag_is_on(argv, "--dry_run"):
         problem = _output_problem(Path(flags["--output_dir"]))
         if problem:
             say("--output_dir", problem)
+    return found
+
+
+def zero_stage(deepspeed) -> int:
+    """The ZeRO stage of a --deepspeed value (a config file's path or the config itself; 0 without)."""
+    if not deepspeed:
+        return 0
+    config = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def _zero3_problems(argv: Sequence[str]) -> list[str]:
+    """What ZeRO-3's partitioning rules out, said before the ranks start."""
+    try:
+        stage = zero_stage(flag_value(argv, "--deepspeed"))
+    except (OSError, ValueError, AttributeError):  # no such file, or not a JSON object: DeepSpeed says so
+        return []
+    if stage != 3:
+        return []
+    found = []
+    if flag_is_on(argv, "--riemannian"):
+        found.append("--riemannian needs each adapter factor whole on every rank, which ZeRO-3 partitions; use "
+                     "deepspeed_configs/zero2.json (ZeRO-2) with --riemannian.")
+    bits = flag_value(argv, "--bits") or "16"
+    if bits != "16":
+        found.append(f"--bits {bits} under ZeRO-3: ZeRO-3 partitions every parameter, and bitsandbytes' packed "
+                     "4/8-bit weights cannot be partitioned and gathered. QLoRA trains under ZeRO-2 (ZERO=2, "
+                     "deepspeed_configs/zero2.json) or on one GPU.")
     return found
 
 

@@ -126,6 +126,7 @@ def test_a_feature_choice_the_tower_cannot_give_is_refused(choice, expected, tin
     ["--dry-run", "yes"], ["--dry_run", "no"], ["--dry_run", "t"], ["--dry_run", "1", "--dry_run", "0"],
     ["--output_dir", "a", "--output-dir", "b"], ["--output_dir=c"], ["--trust_remote_code"],
     ["--trust-remote-code", "n"], ["--mm_vision_select_feature", "cls_patch"], ["--mm-vision-select-feature=patch"],
+    ["--riemannian", "--bits", "4"], ["--riemannian=0", "--bits=8"],
 ])
 def test_the_launch_checks_read_argv_as_the_trainer_does(argv):
     """preflight.flag_value / flag_is_on against HfArgumentParser, the trainer's own parse."""
@@ -142,6 +143,8 @@ def test_the_launch_checks_read_argv_as_the_trainer_does(argv):
     assert flag_is_on(argv, "--trust_remote_code") == model.trust_remote_code
     assert (flag_value(required + argv, "--output_dir") or "x") == training.output_dir
     assert (flag_value(argv, "--mm_vision_select_feature") or "auto") == model.mm_vision_select_feature
+    assert flag_is_on(argv, "--riemannian") == training.riemannian
+    assert int(flag_value(argv, "--bits") or 16) == model.bits
 
 
 def test_riemannian_preconditioning_is_refused_in_fp16():
