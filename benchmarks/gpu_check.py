@@ -79,6 +79,7 @@ def packing(smoke: bool, device, dtype) -> dict:
     order = [i for row in packing_rows(items, attention) for i in row]
     relative = max(abs(losses[k] - alone[i]).item() / abs(alone[i]).item() for k, i in enumerate(order))
     runs = packing_speed.throughput(samples, image_token, runs=1 if smoke else 3, steps=1 if smoke else 4,
+                                    batch=4 if smoke else 16,
                                     hidden=hidden if smoke else 4096, layers=2 if smoke else 4, attention=attention,
                                     device=device, dtype=dtype, log=lambda line: None)
     return {"attention": attention, "processed_per_real_token": ratios, "parity_max_relative_loss_difference": relative,

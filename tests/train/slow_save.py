@@ -5,7 +5,9 @@ after touching MARKER, so the test can signal or kill the run there."""
 import os
 import time
 
-if os.environ.get("LLAVA_MOSLORA_TEST_SLOW_SAVE"):
+# Only in the ranks (torchrun sets LOCAL_RANK): the launcher, the launch checks and the study
+# would otherwise each import transformers.trainer at start-up, seconds apiece.
+if os.environ.get("LLAVA_MOSLORA_TEST_SLOW_SAVE") and "LOCAL_RANK" in os.environ:
     import transformers.trainer as trainer_module
 
     step, marker, *pause = os.environ["LLAVA_MOSLORA_TEST_SLOW_SAVE"].split(":")

@@ -18,6 +18,8 @@ from helpers import run_script
 pytestmark = pytest.mark.slow
 
 
+# Slowest ten of the suite on two workers: ~19 s alone. Three one-step launches, one per layout: the layouts
+# differ only in how the Trainer and DeepSpeed split the batch, so nothing short of a launch shows it.
 def test_load_balancing_gets_the_same_gradients_from_1x8_8x1_and_2x4(stage1, tmp_path):
     Image.new("RGB", (24, 24), (200, 30, 30)).save(tmp_path / "red.png")
     sample = {"image": "red.png", "conversations": [{"from": "human", "value": "<image>\nWhat color is it?"},

@@ -2,6 +2,7 @@
 with 2 processes and its checkpoint loads quantized again; the refusals come before anything is
 loaded; the dry run prices the quantized weights."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -109,6 +110,8 @@ def test_4bit_moslora_trains_with_two_processes_and_reloads_quantized(tiny_bases
     torch.testing.assert_close(theirs, mine, rtol=1e-4, atol=1e-4)
 
 
+# Slowest ten of the suite on two workers: ~20 s alone, 4-bit layers run on bitsandbytes' CPU kernels; two
+# launches, as resuming is the point (the stopped run's state is the whole run's checkpoint-4, copied).
 @pytest.mark.slow
 def test_4bit_resume_gives_the_uninterrupted_losses(tiny_bases, shapes_data, tmp_path):
     """DeepSpeed's engine checkpoint holds bitsandbytes' quantization constants, which its layers
@@ -117,8 +120,9 @@ def test_4bit_resume_gives_the_uninterrupted_losses(tiny_bases, shapes_data, tmp
              "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--dataloader_num_workers", "0",
              "--model_max_length", "256", "--learning_rate", "1e-2"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_script("pretrain.sh", dry_run_env(tiny_bases, shapes_data, whole, BITS="4"), "--max_steps", "8", *flags)
-    run_script("pretrain.sh", dry_run_env(tiny_bases, shapes_data, parts, BITS="4"), "--max_steps", "4", *flags)
+    run_script("pretrain.sh", dry_run_env(tiny_bases, shapes_data, whole, BITS="4"), "--max_steps", "8",
+               "--save_total_limit", "2", *flags)
+    shutil.copytree(whole / "checkpoint-4", parts / "checkpoint-4")  # a run stopped after its step-4 save
     resumed = run_script("pretrain.sh", dry_run_env(tiny_bases, shapes_data, parts, BITS="4"), "--max_steps", "8",
                          "--resume_from_checkpoint", "auto", *flags)
     assert f"resuming from {parts / 'checkpoint-4'}" in resumed.stdout

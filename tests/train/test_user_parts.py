@@ -9,8 +9,6 @@ merged directory's chat template (the same prompt as ours).
 import base64
 import io
 import json
-import os
-import subprocess
 import sys
 
 import pandas as pd
@@ -18,7 +16,7 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
-from helpers import ROOT, run_script
+from helpers import run_script
 from llava_moslora.cli import main as cli
 from llava_moslora.data import encode_conversation, get_template
 from llava_moslora.data.tokenize import IGNORE_INDEX
@@ -145,21 +143,21 @@ def train_both_stages(model, tower, template, data, tmp_path, stage1_flags=(), s
     return stage2
 
 
-def chat_answer(stage2, data):
-    """`llava-moslora chat --prompt` on one of the images, as a user runs it."""
-    answer = subprocess.run([sys.executable, "-m", "llava_moslora", "chat", "--model", str(stage2),
-                             "--image", str(data / "images" / "2.png"), "--prompt", "What is this?",
-                             "--max-new-tokens", "40"], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert answer.returncode == 0, answer.stderr[-3000:]
-    return answer.stdout.strip()
+def chat_answer(stage2, data, capsys):
+    """`llava-moslora chat --prompt` on one of the images, through the CLI a user runs (in this
+    process: a subprocess would cost its start-up, seconds, on every family)."""
+    capsys.readouterr()
+    assert cli(["chat", "--model", str(stage2), "--image", str(data / "images" / "2.png"), "--prompt", "What is this?",
+                "--max-new-tokens", "40"]) == 0
+    return capsys.readouterr().out.strip()
 
 
 # Slowest ten of the suite (CI, 2 cores): up to 49 s per family (Vicuna's SentencePiece folder, Mistral, Llama 3,
 # Qwen2's vocab+merges). Both stages, chat, eval and merge on each real tokenizer: where a family's tokens break labels.
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(RUNS))
-def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, families, siglip, tiny_bases, tmp_path):
+def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, families, siglip, tiny_bases, tmp_path,
+                                                                     capsys):
     data = write_colour_data(tmp_path / "data")
     tower = siglip if RUNS[family] == "siglip" else tiny_bases["vision_tower"]
     stage2 = train_both_stages(families(family), tower, TEMPLATE[family], data, tmp_path)
@@ -168,7 +166,7 @@ def test_family_trains_both_stages_then_chats_evaluates_and_merges(family, famil
     assert recipe["num_image_tokens"] == 16  # both towers: 16 patches, SigLIP's whole, CLIP's without CLS
 
     # chat: the reply learned, ended at the end-of-turn token (not run on to max_new_tokens)
-    assert chat_answer(stage2, data) == REPLY
+    assert chat_answer(stage2, data, capsys) == REPLY
     assert cli(["eval", "--model", str(stage2), "--benchmarks", "Colors_MCQ", "--data-root", str(data),
                 "--work-dir", str(tmp_path / "eval"), "--backend", "builtin"]) == 0
     assert list((tmp_path / "eval").rglob("*Colors_MCQ*"))
@@ -261,7 +259,7 @@ def save_remote_code_lm(families, out):
 # Slowest ten of the suite (CI, 2 cores): ~43 s. A trust_remote_code LLM (InternLM2's way) through both
 # stages, chat and eval: its loading path differs in every room.
 @pytest.mark.slow
-def test_a_remote_code_language_model_trains_both_stages_chats_and_evaluates(families, tiny_bases, tmp_path):
+def test_a_remote_code_language_model_trains_both_stages_chats_and_evaluates(families, tiny_bases, tmp_path, capsys):
     """--trust_remote_code (InternLM2's path): stage 1 with it, stage 2 from the recipe alone, with
     XTuner's llama3_chat and a LoRA ViT beside MoSLoRA on the LLM; merging is refused in a line."""
     model = save_remote_code_lm(families, tmp_path / "remote_lm")
@@ -273,7 +271,7 @@ def test_a_remote_code_language_model_trains_both_stages_chats_and_evaluates(fam
     recipe = json.loads((stage2 / "llava_moslora.json").read_text())
     assert recipe["trust_remote_code"] is True and recipe["template"] == "llama3_chat"
     assert recipe["llm_adapter"]["kind"] == "moslora" and recipe["vision_adapter"]["kind"] == "lora"
-    assert chat_answer(stage2, data) == REPLY
+    assert chat_answer(stage2, data, capsys) == REPLY
     assert cli(["eval", "--model", str(stage2), "--benchmarks", "Colors_MCQ", "--data-root", str(data),
                 "--work-dir", str(tmp_path / "eval"), "--backend", "builtin"]) == 0
     with pytest.raises(SystemExit, match="runs code from its own folder"):
