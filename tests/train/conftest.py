@@ -50,7 +50,10 @@ def stage1(tiny_bases, shapes_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def uninterrupted(shapes_data, stage1, tmp_path_factory):
-    """Stage 2 for 10 steps on 2 processes of one node, the reference for resumed and other-launcher runs."""
+    """Stage 2 for 10 steps on 2 processes of one node, the reference for resumed and other-launcher runs.
+    It keeps every checkpoint (3, 6, 9 and the last, 10): a test that needs a run stopped after a save
+    copies one."""
     out = tmp_path_factory.mktemp("run") / "whole"
-    run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10", "--save_steps", "3", *STEADY)
+    run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "10", "--save_steps", "3",
+               "--save_total_limit", "4", *STEADY)
     return out

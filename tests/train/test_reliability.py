@@ -196,8 +196,8 @@ def test_auto_resume_passes_over_a_damaged_newest_checkpoint(shapes_data, stage1
     """The newest checkpoint's trainable.safetensors cut short (a disk or copy fault): auto says
     so and resumes from the one before, to the uninterrupted run's losses."""
     out = tmp_path / "damaged"
-    run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "6", "--save_steps", "3",
-               "--save_total_limit", "3", *STEADY)
+    for step in (3, 6):  # a run stopped after its step-6 save
+        shutil.copytree(uninterrupted / f"checkpoint-{step}", out / f"checkpoint-{step}")
     newest = out / "checkpoint-6" / "trainable.safetensors"
     newest.write_bytes(newest.read_bytes()[:40])
     resume_and_compare(shapes_data, stage1, out, uninterrupted, 3)
@@ -205,7 +205,7 @@ def test_auto_resume_passes_over_a_damaged_newest_checkpoint(shapes_data, stage1
 
 def test_a_full_disk_stops_the_run_cleanly_and_the_previous_checkpoint_resumes(shapes_data, stage1, uninterrupted,
                                                                               tmp_path):
-    """On a small file system of its own (a 256 MB tmpfs), a run saves checkpoint-3; the disk is
+    """On a small file system of its own (a 256 MB tmpfs), a run holds checkpoint-3; the disk is
     then filled to within 64 KB, and the run continued from there fails to save checkpoint-6: it
     stops saying the disk is full, the partial checkpoint is removed, checkpoint-3 stays sound,
     and once space is freed it resumes to the uninterrupted run's losses."""
@@ -221,7 +221,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_the_previous_checkpoint_resumes(s
         pytest.skip(f"cannot mount a small file system here (needs root): {mounted.stderr.strip()}")
     try:
         out = disk / "out"
-        run_script("finetune.sh", stage2_env(shapes_data, stage1, out), "--max_steps", "3", "--save_steps", "3", *STEADY)
+        shutil.copytree(uninterrupted / "checkpoint-3", out / "checkpoint-3")  # a run stopped after its step-3 save
         filler = disk / "filler"
         with open(filler, "wb") as handle:  # the disk fills up (another job, logs, a dataset copy)
             handle.truncate(os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - (64 << 10))
