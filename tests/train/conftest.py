@@ -33,7 +33,7 @@ def shapes_data(tmp_path_factory):
     return root
 
 
-# Slowest ten of the suite (CI, 2 cores): ~34 s, once per session (charged to the first test that uses it).
+# Slowest ten of the suite (CI, 2 cores): ~35 s, once per worker (charged to the first test that uses it).
 # A real 2-process stage 1 through pretrain.sh; every stage-2 test in tests/train starts from it.
 @pytest.fixture(scope="session")
 def stage1(tiny_bases, shapes_data, tmp_path_factory):
