@@ -3,10 +3,10 @@
 `python -m llava_moslora.train.preflight ARGS` takes the arguments `train` would get and exits 2
 with one line per mistake: a flag of LLaVA's that means something else here (llava_flags.py); a
 missing data path, image folder, stage-1 checkpoint, model or vision tower; an unknown adapter or
-template; what ZeRO-3 rules out (--riemannian, --bits 4/8); an output directory that holds another run. The
-stage scripts run it before the launcher, and say which of their variables gave each flag
-(LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,..."); `train` runs the same checks itself. It
-imports no torch and no transformers, so a mistake costs a second, not a model load.
+template; what ZeRO-3 rules out (--riemannian, --bits 4/8); an output directory that holds
+another run. The stage scripts run it before the launcher, and say which of their variables gave
+each flag (LLAVA_MOSLORA_VARIABLES="--data_path=DATA_PATH,..."); `train` runs the same checks
+itself. It imports no torch and no transformers, so a mistake costs a second, not a model load.
 """
 from __future__ import annotations
 
