@@ -53,6 +53,8 @@ def test_dry_run_prices_the_quantized_weights(tiny_bases, shapes_data, tmp_path)
     assert weights(qlora) < weights(float_run)
 
 
+# Slowest fifteen on two workers: ~25 s alone. Both stages on 4-bit bases through the scripts (bitsandbytes'
+# CPU kernels), then the quantized reload: QLoRA's whole path, which no in-process test reaches.
 @pytest.mark.slow
 def test_4bit_moslora_trains_with_two_processes_and_reloads_quantized(tiny_bases, shapes_data, tmp_path):
     """Stage 1 as LLaVA runs it (the LLM frozen, so its base files are what stage 2 quantizes),
