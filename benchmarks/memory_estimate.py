@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=64, help="MoSLoRA rank [64]")
     parser.add_argument("--steps", type=int, default=4, help="training steps per measured run [4]")
     parser.add_argument("--max-length", type=int, default=256, help="model_max_length [256]")
-    parser.add_argument("--zero", default="2,3", help="ZeRO stages to compare, comma-separated [2,3]")
+    parser.add_argument("--zero", type=int, nargs="+", choices=(2, 3), default=[2, 3], help="ZeRO stages to compare [2 3]")
     parser.add_argument("--llava-7b", action="store_true", help="only print the dry run of LLaVA-1.5-7B's stage 2")
     parser.add_argument("--gpus", type=int, default=8, help="with --llava-7b: GPUs [8]")
     parser.add_argument("--per-device", type=int, default=16, help="with --llava-7b: per-device batch [16]")
@@ -120,9 +120,6 @@ def main() -> None:
     parser.add_argument("--qlora-peaks", action="store_true", help="peak RSS of one process at 16 / 8 / 4 bits")
     parser.add_argument("--startup-peaks", action="store_true", help="each rank's start-up peak RSS per ZeRO config")
     args = parser.parse_args()
-    stages = [int(stage) for stage in args.zero.split(",")]
-    if not set(stages) <= {2, 3}:
-        parser.error(f"--zero {args.zero}: give 2, 3 or 2,3")
     if args.llava_7b:
         with tempfile.TemporaryDirectory() as tmp:
             env = {**llava_7b_configs(Path(tmp)), "NUM_GPUS": str(args.gpus), "PER_DEVICE_BATCH": str(args.per_device),
@@ -162,7 +159,7 @@ def main() -> None:
                 print(f"  ZeRO-{zero:<10}" + "".join(f"  rank {rank}: {peak / MIB:>6.0f} MiB" for rank, peak in enumerate(peaks))
                       + (f"  (the bases loaded partitioned, rank 0 {held.group(0)[10:]})" if held else ""))
             return
-        for zero in stages:
+        for zero in args.zero:
             out = work / f"zero{zero}"
             env_zero = {**env, "ZERO": str(zero), "OUTPUT_DIR": str(out)}
             estimate = estimated_total(pretrain(env_zero, *flags, "--dry_run"), zero)
